@@ -1,0 +1,112 @@
+"""Model-side primitives: preprocessing inside the model, and a guard that attacks a model
+without changing it.
+
+Attacks work in *input space* (e.g. pixels in [0, 1]); any normalisation belongs to the model,
+as a module such as :class:`Normalize`. :func:`attack_mode` puts a model in eval mode with its
+parameters frozen for the duration of an attack and restores exactly what it found.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["Normalize", "attack_mode", "check_logits", "ProbabilityOutputWarning"]
+
+
+class ProbabilityOutputWarning(UserWarning):
+    """The model seems to return probabilities (softmax output) instead of logits."""
+
+
+class Normalize(nn.Module):
+    """Per-channel ``(x - mean) / std`` as the first layer of a model.
+
+    Putting normalisation inside the model lets every attack work in the natural input space
+    (pixels in ``[0, 1]``), where ε and bounds have their usual meaning.
+
+    >>> model = nn.Sequential(Normalize([0.1307], [0.3081]), my_cnn)
+    """
+
+    def __init__(self, mean: Sequence[float] | float, std: Sequence[float] | float) -> None:
+        super().__init__()
+        mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
+        std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
+        if mean_t.numel() != std_t.numel():
+            raise ValueError(
+                f"Normalize: mean has {mean_t.numel()} values but std has {std_t.numel()}"
+            )
+        if not torch.all(std_t > 0):
+            raise ValueError(f"Normalize: std must be > 0, got {std_t.tolist()}")
+        self.register_buffer("mean", mean_t)
+        self.register_buffer("std", std_t)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2) if x.dim() > 2 else (1, -1)
+        mean = self.mean.to(x.dtype).reshape(shape)
+        std = self.std.to(x.dtype).reshape(shape)
+        return (x - mean) / std
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean.tolist()}, std={self.std.tolist()}"
+
+
+@contextlib.contextmanager
+def attack_mode(model: nn.Module, *, warn: bool = True) -> Iterator[nn.Module]:
+    """Run an attack on ``model`` in eval mode with frozen parameters, then restore it.
+
+    - a model found in train mode is switched to eval mode (with a warning) and switched back;
+    - every parameter's ``requires_grad`` flag is set to False for the duration (so no weight
+      gradient is ever computed) and restored exactly, module by module;
+    - parameters' ``.grad`` are never touched.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    was_training = model.training
+    if was_training and warn:
+        warnings.warn(
+            "model was in train mode; advex attacks it in eval mode and restores train mode "
+            "afterwards (call model.eval() to silence this warning)",
+            UserWarning,
+            stacklevel=4,
+        )
+    params = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in params:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for p, flag in params:
+            p.requires_grad_(flag)
+        for m, mode in modes:
+            m.training = mode
+
+
+def check_logits(output: torch.Tensor, *, name: str = "model") -> None:
+    """Validate a model's output on a batch: 2-D, finite; warn when it looks like probabilities.
+
+    Losses such as cross-entropy and the C&W margin assume logits. A softmax output squashes
+    gradients (a classic cause of gradient masking), so we warn rather than silently proceed.
+    """
+    if output.dim() != 2:
+        raise ValueError(
+            f"{name} must return logits of shape (batch, classes); got shape {tuple(output.shape)}"
+        )
+    if not torch.isfinite(output).all():
+        raise ValueError(f"{name} returned NaN or inf logits")
+    if output.shape[1] > 1 and output.shape[0] > 0:
+        detached = output.detach()
+        nonneg = bool((detached >= 0).all() and (detached <= 1).all())
+        if nonneg and torch.allclose(
+            detached.sum(1), torch.ones_like(detached[:, 0]), atol=1e-4
+        ):
+            warnings.warn(
+                f"{name} seems to return probabilities (outputs in [0, 1] summing to 1), not "
+                "logits; gradient-based attacks are weakened by a softmax output (gradient "
+                "masking). Remove the final softmax, or use a margin loss (loss='margin').",
+                ProbabilityOutputWarning,
+                stacklevel=4,
+            )

@@ -1,0 +1,184 @@
+"""The three geometries advex attacks in: L∞, L2 and L1.
+
+Each norm is written once here and shared by every attack: how to measure a perturbation, the
+steepest-ascent direction for a gradient (the normalised step), the Euclidean projection onto the
+ε-ball, and a uniform random start inside the ball. All operations are per sample: tensors have a
+leading batch dimension and ``eps`` is a scalar or a tensor with one value per sample.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["Norm", "LInf", "L2", "L1", "get_norm", "NORMS"]
+
+_TINY = 1e-12
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], -1)
+
+
+def _per_sample(eps: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+    """Broadcast a scalar or (B,) eps to shape (B, 1, 1, ...) matching ``like``."""
+    e = torch.as_tensor(eps, dtype=like.dtype, device=like.device)
+    if e.dim() == 0:
+        e = e.expand(like.shape[0])
+    return e.reshape((-1,) + (1,) * (like.dim() - 1))
+
+
+class Norm:
+    """Interface of a perturbation norm (all methods are per sample)."""
+
+    name: str = ""
+    p: float = 0.0
+
+    def measure(self, delta: torch.Tensor) -> torch.Tensor:
+        """Per-sample norm of ``delta``, shape (B,)."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def steepest(self, grad: torch.Tensor) -> torch.Tensor:
+        """Unit-norm direction maximising ``<grad, d>`` (the normalised ascent step)."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def project(self, delta: torch.Tensor, eps: torch.Tensor | float) -> torch.Tensor:
+        """Euclidean projection of ``delta`` onto the ball of radius ``eps``."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def random(
+        self, like: torch.Tensor, eps: torch.Tensor | float, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """A point drawn uniformly from the ball of radius ``eps`` (shape of ``like``)."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def dual(self, grad: torch.Tensor) -> torch.Tensor:
+        """Dual norm of ``grad`` per sample (used by DeepFool/FAB-style linearisations)."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class LInf(Norm):
+    name, p = "linf", math.inf
+
+    def measure(self, delta):
+        return _flat(delta).abs().amax(dim=1)
+
+    def steepest(self, grad):
+        return grad.sign()
+
+    def project(self, delta, eps):
+        e = _per_sample(eps, delta)
+        return torch.maximum(torch.minimum(delta, e), -e)
+
+    def random(self, like, eps, generator):
+        u = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+        return (2 * u - 1) * _per_sample(eps, like)
+
+    def dual(self, grad):
+        return _flat(grad).abs().sum(dim=1)
+
+
+class L2(Norm):
+    name, p = "l2", 2.0
+
+    def measure(self, delta):
+        return _flat(delta).norm(p=2, dim=1)
+
+    def steepest(self, grad):
+        n = _flat(grad).norm(p=2, dim=1).clamp_min(_TINY)
+        return grad / n.reshape((-1,) + (1,) * (grad.dim() - 1))
+
+    def project(self, delta, eps):
+        n = _flat(delta).norm(p=2, dim=1)
+        e = torch.as_tensor(eps, dtype=delta.dtype, device=delta.device).expand_as(n)
+        factor = torch.where(n > e, e / n.clamp_min(_TINY), torch.ones_like(n))
+        return delta * factor.reshape((-1,) + (1,) * (delta.dim() - 1))
+
+    def random(self, like, eps, generator):
+        g = torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+        direction = self.steepest(g)
+        d = _flat(like).shape[1]
+        u = torch.rand(like.shape[0], generator=generator, device=like.device, dtype=like.dtype)
+        radius = u.pow(1.0 / d).reshape((-1,) + (1,) * (like.dim() - 1))
+        return direction * radius * _per_sample(eps, like)
+
+    def dual(self, grad):
+        return _flat(grad).norm(p=2, dim=1)
+
+
+class L1(Norm):
+    """L1 ball. The ascent step is sparse: the sign of the gradient on its top ``1 - sparsity``
+    fraction of coordinates by magnitude (as in SLIDE, Tramèr & Boneh 2019), scaled to unit L1
+    norm; the single-coordinate steepest step of the textbook makes PGD-L1 crawl."""
+
+    name, p = "l1", 1.0
+
+    def __init__(self, sparsity: float = 0.99) -> None:
+        if not 0.0 <= sparsity < 1.0:
+            raise ValueError(f"L1 sparsity must be in [0, 1), got {sparsity}")
+        self.sparsity = sparsity
+
+    def measure(self, delta):
+        return _flat(delta).abs().sum(dim=1)
+
+    def steepest(self, grad):
+        g = _flat(grad)
+        d = g.shape[1]
+        k = max(1, int(round((1.0 - self.sparsity) * d)))
+        mag = g.abs()
+        thresh = mag.topk(k, dim=1).values[:, -1:]
+        keep = (mag >= thresh) & (mag > 0)
+        count = keep.sum(dim=1, keepdim=True).clamp_min(1)
+        step = g.sign() * keep / count
+        return step.reshape(grad.shape)
+
+    def project(self, delta, eps):
+        # Duchi et al. (2008): project |delta| onto the simplex of radius eps, restore signs.
+        v = _flat(delta)
+        e = torch.as_tensor(eps, dtype=v.dtype, device=v.device).expand(v.shape[0])
+        a = v.abs()
+        inside = a.sum(dim=1) <= e
+        if bool(inside.all()):
+            return delta
+        mu = a.sort(dim=1, descending=True).values
+        cs = mu.cumsum(dim=1)
+        ar = torch.arange(1, v.shape[1] + 1, device=v.device, dtype=v.dtype)
+        cond = mu - (cs - e[:, None]) / ar > 0
+        rho = cond.to(torch.int64).cumsum(dim=1).argmax(dim=1, keepdim=True)
+        theta = ((cs.gather(1, rho) - e[:, None]) / (rho + 1).to(v.dtype)).clamp_min(0)
+        w = (a - theta).clamp_min(0) * v.sign()
+        out = torch.where(inside[:, None], v, w)
+        return out.reshape(delta.shape)
+
+    def random(self, like, eps, generator):
+        # uniform in the L1 ball: Laplace direction, radius ~ u^(1/d)
+        e = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+        lap = -torch.log(e.clamp_min(1e-20))
+        s = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+        lap = torch.where(s < 0.5, -lap, lap)
+        n = _flat(lap).abs().sum(dim=1).clamp_min(_TINY)
+        d = _flat(like).shape[1]
+        u = torch.rand(like.shape[0], generator=generator, device=like.device, dtype=like.dtype)
+        r = (u.pow(1.0 / d) / n).reshape((-1,) + (1,) * (like.dim() - 1))
+        return lap * r * _per_sample(eps, like)
+
+    def dual(self, grad):
+        return _flat(grad).abs().amax(dim=1)
+
+
+NORMS: dict[str, type[Norm]] = {"linf": LInf, "l2": L2, "l1": L1}
+_ALIASES = {"inf": "linf", "Linf": "linf", "L2": "l2", "L1": "l1", "2": "l2", "1": "l1"}
+
+
+def get_norm(norm: str | Norm) -> Norm:
+    """Return the :class:`Norm` for ``"linf"``, ``"l2"`` or ``"l1"`` (or pass one through)."""
+    if isinstance(norm, Norm):
+        return norm
+    key = _ALIASES.get(str(norm), str(norm).lower())
+    if key not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; expected one of {sorted(NORMS)}")
+    return NORMS[key]()

@@ -1,0 +1,58 @@
+"""Shared fixtures. The zoo cache is repo-local (``.advex-cache``) unless ADVEX_CACHE is set, so
+the reference model is trained once per checkout and shared by every test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("ADVEX_CACHE", str(ROOT / ".advex-cache"))
+DATASETS = Path(os.environ.get("ADVEX_DATASETS", ROOT.parent / "shared" / "datasets"))
+
+
+@pytest.fixture(scope="session")
+def datasets_root() -> Path:
+    if not DATASETS.is_dir():
+        pytest.skip(f"real datasets not found at {DATASETS}")
+    return DATASETS
+
+
+@pytest.fixture(scope="session")
+def mnist_model():
+    """The zoo's MNIST SmallCNN (trained on first use, then cached)."""
+    from advex import zoo
+
+    return zoo.load("mnist-smallcnn", progress=False)
+
+
+@pytest.fixture(scope="session")
+def mnist_test():
+    """(x, y) of the built-in mnist5k test split."""
+    from advex import data
+
+    return data.mnist5k("test").tensors()
+
+
+@pytest.fixture(scope="session")
+def mnist_correct(mnist_model, mnist_test):
+    """The first 200 test digits the zoo model classifies correctly."""
+    x, y = mnist_test
+    with torch.no_grad():
+        pred = mnist_model(x).argmax(1)
+    keep = (pred == y).nonzero().squeeze(1)[:200]
+    return x[keep], y[keep]
+
+
+@pytest.fixture
+def tiny_model():
+    """A small deterministic linear model on 1×8×8 inputs (fast property tests)."""
+    g = torch.Generator().manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return m.eval()
