@@ -17,7 +17,7 @@ from torch import nn
 
 from ..core.goals import Goal
 from ..core.losses import get_loss
-from ..core.model import attack_mode, check_logits
+from ..core.model import EOT, attack_mode, check_logits
 from ..core.result import AttackResult
 from ..core.threat import ThreatModel
 
@@ -102,15 +102,11 @@ def _check_range(labels: torch.Tensor, num_classes: int, name: str) -> None:
         )
 
 
-def check_target(
-    target: Any, y: torch.Tensor, num_classes: int
-) -> torch.Tensor | None:
+def check_target(target: Any, y: torch.Tensor, num_classes: int) -> torch.Tensor | None:
     """Normalise ``target`` (None, an int for every sample, or a (B,) tensor) and validate it."""
     if target is None:
         return None
-    if isinstance(target, int | bool) or (
-        isinstance(target, torch.Tensor) and target.dim() == 0
-    ):
+    if isinstance(target, int | bool) or (isinstance(target, torch.Tensor) and target.dim() == 0):
         target = torch.full_like(y, int(target))
     target = check_labels(target, y[:, None], name="target")
     _check_range(target, num_classes, "target")
@@ -136,6 +132,9 @@ class Attack:
     minimum_norm: bool = False
     #: whether the attack can only run targeted (e.g. JSMA, L-BFGS as in their papers)
     targeted_only: bool = False
+    #: Expectation over Transformation: average the logits of this many random draws of a
+    #: randomised model at every model call (1 = off). Set it as an attribute on any attack.
+    eot_samples: int = 1
 
     def __init__(self, threat: ThreatModel, *, seed: int | None = 0) -> None:
         self.threat = threat
@@ -152,6 +151,8 @@ class Attack:
         y = check_labels(y, x)
         x0 = x.detach()
         with attack_mode(model) if isinstance(model, nn.Module) else _null():
+            if int(self.eot_samples) > 1:
+                model = EOT(model, self.eot_samples)
             caller = ModelCaller(model, x0.shape[0], x0.device)
             clean_logits = caller.logits(x0)
             check_logits(clean_logits, name=type(model).__name__)

@@ -5,13 +5,15 @@ Nothing here imports the rest of advex.
 
 from .goals import Goal
 from .losses import cross_entropy, dlr, get_loss, margin
-from .model import Normalize, ProbabilityOutputWarning, attack_mode, check_logits
+from .model import BPDA, EOT, Normalize, ProbabilityOutputWarning, attack_mode, check_logits
 from .norms import L1, L2, LInf, Norm, get_norm
 from .result import AttackResult
 from .threat import ThreatModel
 
 __all__ = [
     "AttackResult",
+    "BPDA",
+    "EOT",
     "Goal",
     "L1",
     "L2",

@@ -15,7 +15,14 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-__all__ = ["Normalize", "attack_mode", "check_logits", "ProbabilityOutputWarning"]
+__all__ = [
+    "BPDA",
+    "EOT",
+    "Normalize",
+    "ProbabilityOutputWarning",
+    "attack_mode",
+    "check_logits",
+]
 
 
 class ProbabilityOutputWarning(UserWarning):
@@ -100,9 +107,7 @@ def check_logits(output: torch.Tensor, *, name: str = "model") -> None:
     if output.shape[1] > 1 and output.shape[0] > 0:
         detached = output.detach()
         nonneg = bool((detached >= 0).all() and (detached <= 1).all())
-        if nonneg and torch.allclose(
-            detached.sum(1), torch.ones_like(detached[:, 0]), atol=1e-4
-        ):
+        if nonneg and torch.allclose(detached.sum(1), torch.ones_like(detached[:, 0]), atol=1e-4):
             warnings.warn(
                 f"{name} seems to return probabilities (outputs in [0, 1] summing to 1), not "
                 "logits; gradient-based attacks are weakened by a softmax output (gradient "
@@ -110,3 +115,53 @@ def check_logits(output: torch.Tensor, *, name: str = "model") -> None:
                 ProbabilityOutputWarning,
                 stacklevel=4,
             )
+
+
+class EOT(nn.Module):
+    """Expectation over Transformation (Athalye et al. 2018) for a randomised model.
+
+    ``EOT(model, samples=k)(x)`` runs ``model`` on ``k`` copies of the batch in one call and
+    returns the mean logits, so a gradient attack on it follows the averaged gradient of the
+    random draws instead of one noisy draw ("expectation over logits"). Attacks take this as an
+    option (``PGD(..., eot_samples=k)``); wrapping the model by hand is equivalent.
+    """
+
+    def __init__(self, model: nn.Module, samples: int = 16) -> None:
+        super().__init__()
+        if int(samples) < 1:
+            raise ValueError(f"EOT samples must be >= 1, got {samples}")
+        self.model = model
+        self.samples = int(samples)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, b = self.samples, x.shape[0]
+        if k == 1:
+            return self.model(x)
+        out = self.model(x.repeat((k,) + (1,) * (x.dim() - 1)))
+        return out.reshape(k, b, *out.shape[1:]).mean(0)
+
+
+class BPDA(nn.Module):
+    """Backward Pass Differentiable Approximation (Athalye et al. 2018).
+
+    Forward applies ``transform`` (e.g. bit-depth reduction, JPEG, quantisation — anything with
+    zero or useless gradients); backward uses the gradient of ``approximation`` instead
+    (identity by default, the usual choice for transforms with ``transform(x) ≈ x``)::
+
+        defended = nn.Sequential(BPDA(quantize), classifier)   # attackable by any gradient attack
+
+    The output value is exactly ``transform(x)``.
+    """
+
+    differentiable = True  # as seen by attacks after the wrapping
+
+    def __init__(self, transform, approximation=None) -> None:
+        super().__init__()
+        self.transform = transform
+        self.approximation = approximation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        approx = x if self.approximation is None else self.approximation(x)
+        with torch.no_grad():
+            exact = self.transform(x)
+        return approx + (exact - approx).detach()

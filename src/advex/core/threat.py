@@ -121,9 +121,7 @@ class ThreatModel:
         """Per-sample perturbation size in this threat model's norm."""
         return self.lp.measure(x_adv - x)
 
-    def contains(
-        self, x_adv: torch.Tensor, x: torch.Tensor, tol: float = 1e-6
-    ) -> torch.Tensor:
+    def contains(self, x_adv: torch.Tensor, x: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
         """Per-sample bool: ``x_adv`` lies in the ε-ball, the bounds and respects the mask."""
         lo, hi = self.bounds
         ok = ((x_adv >= lo - tol) & (x_adv <= hi + tol)).reshape(x.shape[0], -1).all(1)
