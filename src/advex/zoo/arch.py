@@ -1,0 +1,68 @@
+"""Architectures of the reference models (all return logits)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from torch import nn
+
+from advex.core.model import Normalize
+
+__all__ = ["ARCHITECTURES", "build", "register_arch", "smallcnn", "mlp"]
+
+MNIST_MEAN = (0.1307,)
+MNIST_STD = (0.3081,)
+
+
+def smallcnn(
+    num_classes: int = 10,
+    in_channels: int = 1,
+    mean: Sequence[float] = MNIST_MEAN,
+    std: Sequence[float] = MNIST_STD,
+) -> nn.Sequential:
+    """Normalize → Conv(32)-ReLU-MaxPool → Conv(64)-ReLU-MaxPool → FC(128)-ReLU → FC(classes).
+
+    Input ``(N, in_channels, 28, 28)`` in ``[0, 1]``.
+    """
+    return nn.Sequential(
+        Normalize(list(mean), list(std)),
+        nn.Conv2d(in_channels, 32, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * 7 * 7, 128),
+        nn.ReLU(),
+        nn.Linear(128, num_classes),
+    )
+
+
+def mlp(in_features: int = 64, hidden: int = 64, num_classes: int = 10) -> nn.Sequential:
+    """Flatten → Linear(in_features, hidden)-ReLU → Linear(hidden, classes). Input 1×8×8."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(in_features, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, num_classes),
+    )
+
+
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"smallcnn": smallcnn, "mlp": mlp}
+
+
+def register_arch(name: str, factory: Callable[..., nn.Module]) -> None:
+    """Add an architecture so that :func:`build` and saved cards can refer to it by name."""
+    ARCHITECTURES[name] = factory
+
+
+def build(arch: str, **kwargs) -> nn.Module:
+    """Build a fresh (untrained) model of architecture ``arch``."""
+    try:
+        factory = ARCHITECTURES[arch]
+    except KeyError:
+        raise ValueError(
+            f"unknown architecture {arch!r}; available: {sorted(ARCHITECTURES)}"
+        ) from None
+    return factory(**kwargs)
