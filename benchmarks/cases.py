@@ -1,0 +1,532 @@
+"""The benchmark cases: one advex attack next to the same attack in other libraries.
+
+A case is a function decorated with :func:`case`. It receives the case's settings ``p`` (a
+namespace holding the decorator's keyword arguments, with ``quick`` overrides applied and
+``num_classes`` filled in) and returns ``{implementation name: factory}``. A factory takes no
+argument and returns a runner ``run(model, x, y) -> x_adv`` (or an advex ``AttackResult``); it
+raises :class:`Skip` when the attack or the library is missing, and the harness prints why.
+
+Adding a case is a few lines::
+
+    @case("bim", kind="budget", norm="linf", eps=0.3, steps=10, step_size=0.03, quick={"steps": 2})
+    def bim(p):
+        return {
+            "advex": lambda: advex("gradient", "BIM", eps=p.eps, steps=p.steps,
+                                   step_size=p.step_size),
+            "torchattacks": lambda: torchattacks("BIM", eps=p.eps, alpha=p.step_size,
+                                                 steps=p.steps),
+        }
+
+``kind="budget"``: a fixed-ε attack, judged by robust accuracy (lower = stronger) and checked to
+stay in the ε-ball. ``kind="minnorm"``: a minimum-norm attack, judged by its success rate and
+the median ``norm`` distance of its successful points (lower = stronger).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["Case", "CASES", "Skip", "case", "advex", "raw", "torchattacks", "art", "foolbox"]
+
+#: every implementation name a case may use, in the order rows are printed
+IMPLEMENTATIONS = ("advex", "raw", "torchattacks", "art", "foolbox")
+PEERS = ("torchattacks", "art", "foolbox")
+
+Runner = Callable[[nn.Module, torch.Tensor, torch.Tensor], object]
+
+
+class Skip(Exception):
+    """This implementation cannot run here (missing attack or library); the message says why."""
+
+
+@dataclass
+class Case:
+    key: str
+    kind: str  # "budget" | "minnorm"
+    title: str
+    cost: str  # what the last column counts per image: "gradients" | "queries" (forwards)
+    params: dict
+    quick: dict
+    build: Callable[[SimpleNamespace], dict[str, Callable[[], Runner]]]
+    notes: list[str] = field(default_factory=list)
+
+    def settings(self, quick: bool, num_classes: int) -> SimpleNamespace:
+        values = dict(self.params)
+        if quick:
+            values.update(self.quick)
+        return SimpleNamespace(num_classes=num_classes, **values)
+
+
+CASES: list[Case] = []
+
+
+def case(
+    key: str,
+    *,
+    kind: str,
+    title: str,
+    cost: str = "gradients",
+    quick: dict | None = None,
+    notes=(),
+    **params,
+):
+    """Register a benchmark case (see the module docstring)."""
+    if kind not in ("budget", "minnorm"):
+        raise ValueError(f"case {key!r}: kind must be 'budget' or 'minnorm', got {kind!r}")
+    if cost not in ("gradients", "queries"):
+        raise ValueError(f"case {key!r}: cost must be 'gradients' or 'queries', got {cost!r}")
+    if "norm" not in params:
+        raise ValueError(f"case {key!r}: give norm= (the distance used to judge strength)")
+
+    def register(fn):
+        CASES.append(Case(key, kind, title, cost, params, dict(quick or {}), fn, list(notes)))
+        return fn
+
+    return register
+
+
+# --------------------------------------------------------------------------------------------
+# Adapters: small functions that turn "library + class + hyperparameters" into a runner
+# --------------------------------------------------------------------------------------------
+
+
+def _construct(cls, label: str, kwargs: dict):
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # the attack exists but its signature differs from what we pass
+        raise Skip(f"{label}: cannot construct with {sorted(kwargs)}: {e}") from None
+
+
+def advex(module: str, cls: str, **kwargs) -> Runner:
+    """``advex.attacks.<module>.<cls>(**kwargs)``; the runner returns the AttackResult."""
+    label = f"advex.attacks.{module}.{cls}"
+    try:
+        mod = importlib.import_module(f"advex.attacks.{module}")
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("advex.attacks"):
+            raise Skip(f"{label} is not available (no module advex.attacks.{module})") from None
+        raise
+    if not hasattr(mod, cls):
+        raise Skip(f"{label} is not available")
+    attack = _construct(getattr(mod, cls), label, kwargs)
+    return lambda model, x, y: attack(model, x, y)
+
+
+def raw(passes: int) -> Runner:
+    """The physical limit: ``passes`` × (forward + ``torch.autograd.grad`` w.r.t. the input),
+    summed cross-entropy, weights frozen (restored afterwards), nothing else."""
+
+    def run(model, x, y):
+        frozen = [(p, p.requires_grad) for p in model.parameters()]
+        for p, _ in frozen:
+            p.requires_grad_(False)
+        try:
+            x_leaf = x.detach().requires_grad_(True)
+            for _ in range(passes):
+                loss = F.cross_entropy(model(x_leaf), y, reduction="sum")
+                torch.autograd.grad(loss, x_leaf)
+        finally:
+            for p, flag in frozen:
+                p.requires_grad_(flag)
+        return None
+
+    return run
+
+
+def _peer_module(name: str, dist: str):
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        raise Skip(
+            f"{dist} is not installed or does not import ({type(e).__name__}: {e})"
+        ) from None
+
+
+def torchattacks(cls: str, **kwargs) -> Runner:
+    """``torchattacks.<cls>(model, **kwargs)(x, y)`` (the attack object is built per call)."""
+    ta = _peer_module("torchattacks", "torchattacks")
+    if not hasattr(ta, cls):
+        raise Skip(f"torchattacks has no {cls}")
+    attack_cls = getattr(ta, cls)
+
+    def run(model, x, y):
+        return _construct(attack_cls, f"torchattacks.{cls}", {"model": model, **kwargs})(x, y)
+
+    return run
+
+
+def art(cls: str, *, num_classes: int, use_labels: bool = True, **kwargs) -> Runner:
+    """ART: ``PyTorchClassifier`` around the model (clip values (0, 1), batch = whole batch),
+    then ``art.attacks.evasion.<cls>(classifier, **kwargs).generate(x_numpy, y_numpy)``."""
+    _peer_module("art", "adversarial-robustness-toolbox")
+    evasion = _peer_module("art.attacks.evasion", "adversarial-robustness-toolbox")
+    from art.estimators.classification import PyTorchClassifier
+
+    if not hasattr(evasion, cls):
+        raise Skip(f"ART has no {cls}")
+    attack_cls = getattr(evasion, cls)
+    accepted = inspect.signature(attack_cls.__init__).parameters
+    # ART's attacks name their first argument 'estimator' or 'classifier'
+    first = next(k for k in accepted if k != "self")
+    extra = {k: v for k, v in (("verbose", False),) if k in accepted}
+
+    def run(model, x, y):
+        classifier = PyTorchClassifier(
+            model=model,
+            loss=nn.CrossEntropyLoss(),
+            input_shape=tuple(x.shape[1:]),
+            nb_classes=num_classes,
+            clip_values=(0.0, 1.0),
+            device_type="cpu" if x.device.type == "cpu" else "gpu",
+        )
+        batch = {"batch_size": len(x)} if "batch_size" in accepted else {}
+        attack = _construct(
+            attack_cls, f"art.{cls}", {first: classifier, **kwargs, **extra, **batch}
+        )
+        labels = y.cpu().numpy() if use_labels else None
+        x_adv = attack.generate(x.cpu().numpy(), labels)
+        return torch.from_numpy(np.asarray(x_adv)).to(x.device, x.dtype)
+
+    return run
+
+
+def foolbox(cls: str, *, eps: float | None, **kwargs) -> Runner:
+    """Foolbox 3: ``attack(PyTorchModel(model, bounds=(0, 1)), x, y, epsilons=eps)``; the
+    runner returns the clipped adversarials."""
+    fb = _peer_module("foolbox", "foolbox")
+    if not hasattr(fb.attacks, cls):
+        raise Skip(f"foolbox has no {cls}")
+    attack = _construct(getattr(fb.attacks, cls), f"foolbox.{cls}", kwargs)
+
+    def run(model, x, y):
+        fmodel = fb.PyTorchModel(model, bounds=(0.0, 1.0))
+        _, clipped, _ = attack(fmodel, x, y, epsilons=eps)
+        return clipped
+
+    return run
+
+
+# --------------------------------------------------------------------------------------------
+# The cases
+# --------------------------------------------------------------------------------------------
+
+
+@case(
+    "pgd-no-early-exit",
+    kind="budget",
+    title="PGD-40 L∞, ε=0.001 (nothing flips: every point runs all steps)",
+    norm="linf",
+    eps=0.001,
+    steps=40,
+    step_size=0.0025 / 40,
+    quick={"steps": 3},
+    notes=["target: advex / raw ≤ 1.05 (advex also does a clean and a final forward)"],
+)
+def pgd_no_early_exit(p):
+    return {
+        "advex": lambda: advex(
+            "gradient", "PGD", eps=p.eps, steps=p.steps, step_size=p.step_size, random_start=True
+        ),
+        "raw": lambda: raw(p.steps),
+        "torchattacks": lambda: torchattacks(
+            "PGD", eps=p.eps, alpha=p.step_size, steps=p.steps, random_start=True
+        ),
+    }
+
+
+@case(
+    "pgd",
+    kind="budget",
+    title="PGD-40 L∞, ε=0.3, step 0.01, random start (Madry et al. MNIST)",
+    norm="linf",
+    eps=0.3,
+    steps=40,
+    step_size=0.01,
+    quick={"steps": 3},
+    notes=["advex stops spending passes on fooled points; the peers run every step"],
+)
+def pgd(p):
+    return {
+        "advex": lambda: advex(
+            "gradient", "PGD", eps=p.eps, steps=p.steps, step_size=p.step_size, random_start=True
+        ),
+        "raw": lambda: raw(p.steps),
+        "torchattacks": lambda: torchattacks(
+            "PGD", eps=p.eps, alpha=p.step_size, steps=p.steps, random_start=True
+        ),
+        "art": lambda: art(
+            "ProjectedGradientDescentPyTorch",
+            num_classes=p.num_classes,
+            norm=np.inf,
+            eps=p.eps,
+            eps_step=p.step_size,
+            max_iter=p.steps,
+            num_random_init=1,
+        ),
+        "foolbox": lambda: foolbox(
+            "LinfPGD", eps=p.eps, abs_stepsize=p.step_size, steps=p.steps, random_start=True
+        ),
+    }
+
+
+@case(
+    "fgsm",
+    kind="budget",
+    title="FGSM L∞, ε=0.1 (one gradient: measures per-call overhead)",
+    norm="linf",
+    eps=0.1,
+    quick={},
+)
+def fgsm(p):
+    return {
+        "advex": lambda: advex("gradient", "FGSM", eps=p.eps),
+        "torchattacks": lambda: torchattacks("FGSM", eps=p.eps),
+        "art": lambda: art("FastGradientMethod", num_classes=p.num_classes, norm=np.inf, eps=p.eps),
+        "foolbox": lambda: foolbox("FGSM", eps=p.eps),
+    }
+
+
+@case(
+    "mifgsm",
+    kind="budget",
+    title="MI-FGSM L∞, ε=0.1, 10 steps of 0.01, decay 1.0 (Dong et al.)",
+    norm="linf",
+    eps=0.1,
+    steps=10,
+    step_size=0.01,
+    decay=1.0,
+    quick={"steps": 2},
+)
+def mifgsm(p):
+    return {
+        "advex": lambda: advex(
+            "gradient", "MIFGSM", eps=p.eps, steps=p.steps, step_size=p.step_size, decay=p.decay
+        ),
+        "torchattacks": lambda: torchattacks(
+            "MIFGSM", eps=p.eps, alpha=p.step_size, steps=p.steps, decay=p.decay
+        ),
+        "art": lambda: art(
+            "MomentumIterativeMethod",
+            num_classes=p.num_classes,
+            norm=np.inf,
+            eps=p.eps,
+            eps_step=p.step_size,
+            decay=p.decay,
+            max_iter=p.steps,
+        ),
+    }
+
+
+@case(
+    "apgd-no-early-exit",
+    kind="budget",
+    title="APGD-CE L∞, 50 steps, ε=0.001 (nothing flips: every point runs all steps)",
+    norm="linf",
+    eps=0.001,
+    steps=50,
+    quick={"steps": 3},
+    notes=["target: advex / raw ≤ 1.1 (APGD also evaluates its start point)"],
+)
+def apgd_no_early_exit(p):
+    return {
+        "advex": lambda: advex("apgd", "APGD", eps=p.eps, steps=p.steps, loss="ce"),
+        "raw": lambda: raw(p.steps),
+    }
+
+
+@case(
+    "apgd",
+    kind="budget",
+    title="APGD-CE L∞, ε=0.1, 50 steps, 1 restart (Croce & Hein 2020)",
+    norm="linf",
+    eps=0.1,
+    steps=50,
+    quick={"steps": 3},
+    notes=["torchattacks' APGD is AutoAttack's code; ART's runs with its own checkpoints"],
+)
+def apgd(p):
+    return {
+        "advex": lambda: advex("apgd", "APGD", eps=p.eps, steps=p.steps, loss="ce"),
+        "raw": lambda: raw(p.steps),
+        "torchattacks": lambda: torchattacks(
+            "APGD", norm="Linf", eps=p.eps, steps=p.steps, n_restarts=1, loss="ce", seed=0
+        ),
+        "art": lambda: art(
+            "AutoProjectedGradientDescent",
+            num_classes=p.num_classes,
+            norm=np.inf,
+            eps=p.eps,
+            eps_step=2 * p.eps,
+            max_iter=p.steps,
+            nb_random_init=1,
+            loss_type="cross_entropy",
+        ),
+    }
+
+
+@case(
+    "cw",
+    kind="minnorm",
+    title="C&W L2: 5 binary-search steps × 100 Adam steps (lr 0.01), c0=0.01, κ=0",
+    norm="l2",
+    binary_search_steps=5,
+    steps=100,
+    learning_rate=0.01,
+    initial_const=0.01,
+    quick={"binary_search_steps": 2, "steps": 5},
+    notes=[
+        "torchattacks' CW has no binary search: it runs binary_search_steps × steps Adam steps "
+        "at its default c=1 (same gradient budget)",
+        "ART's CarliniL2Method uses a line search per step (more forward passes)",
+    ],
+)
+def cw(p):
+    return {
+        "advex": lambda: advex(
+            "cw",
+            "CW",
+            norm="l2",
+            confidence=0.0,
+            learning_rate=p.learning_rate,
+            max_iterations=p.steps,
+            binary_search_steps=p.binary_search_steps,
+            initial_const=p.initial_const,
+            abort_early=True,
+        ),
+        "torchattacks": lambda: torchattacks(
+            "CW", c=1.0, kappa=0.0, steps=p.binary_search_steps * p.steps, lr=p.learning_rate
+        ),
+        "art": lambda: art(
+            "CarliniL2Method",
+            num_classes=p.num_classes,
+            confidence=0.0,
+            learning_rate=p.learning_rate,
+            binary_search_steps=p.binary_search_steps,
+            max_iter=p.steps,
+            initial_const=p.initial_const,
+        ),
+        "foolbox": lambda: foolbox(
+            "L2CarliniWagnerAttack",
+            eps=None,
+            binary_search_steps=p.binary_search_steps,
+            steps=p.steps,
+            stepsize=p.learning_rate,
+            confidence=0.0,
+            initial_const=p.initial_const,
+            abort_early=True,
+        ),
+    }
+
+
+@case(
+    "deepfool",
+    kind="minnorm",
+    title="DeepFool L2, ≤50 steps, overshoot 0.02, all 10 classes (Moosavi-Dezfooli et al.)",
+    norm="l2",
+    steps=50,
+    overshoot=0.02,
+    quick={"steps": 3},
+    notes=["torchattacks' DeepFool loops over the images one at a time"],
+)
+def deepfool(p):
+    return {
+        "advex": lambda: advex(
+            "deepfool",
+            "DeepFool",
+            norm="l2",
+            max_iter=p.steps,
+            overshoot=p.overshoot,
+            candidates=p.num_classes,
+        ),
+        "torchattacks": lambda: torchattacks("DeepFool", steps=p.steps, overshoot=p.overshoot),
+        "art": lambda: art(
+            "DeepFool",
+            num_classes=p.num_classes,
+            use_labels=False,
+            max_iter=p.steps,
+            epsilon=p.overshoot,
+            nb_grads=p.num_classes,
+        ),
+        "foolbox": lambda: foolbox(
+            "L2DeepFoolAttack",
+            eps=None,
+            steps=p.steps,
+            candidates=p.num_classes,
+            overshoot=p.overshoot,
+        ),
+    }
+
+
+@case(
+    "square",
+    kind="budget",
+    cost="queries",
+    title="Square L∞, ε=0.1, 1000 queries, p_init 0.8 (Andriushchenko et al.; score-based)",
+    norm="linf",
+    eps=0.1,
+    n_queries=1000,
+    p_init=0.8,
+    quick={"n_queries": 10},
+    notes=["a black-box attack: the last column counts forward passes (queries), not gradients"],
+)
+def square(p):
+    return {
+        "advex": lambda: advex(
+            "square", "Square", eps=p.eps, norm="linf", n_queries=p.n_queries, p_init=p.p_init
+        ),
+        "torchattacks": lambda: torchattacks(
+            "Square",
+            norm="Linf",
+            eps=p.eps,
+            n_queries=p.n_queries,
+            n_restarts=1,
+            p_init=p.p_init,
+            loss="margin",
+            seed=0,
+        ),
+        "art": lambda: art(
+            "SquareAttack",
+            num_classes=p.num_classes,
+            norm=np.inf,
+            eps=p.eps,
+            max_iter=p.n_queries,
+            p_init=p.p_init,
+            nb_restarts=1,
+        ),
+    }
+
+
+@case(
+    "fab",
+    kind="minnorm",
+    title="FAB L∞, 10 steps, 1 restart (Croce & Hein 2020, minimum norm)",
+    norm="linf",
+    steps=10,
+    quick={"steps": 2},
+    notes=[
+        "torchattacks' FAB keeps only adversarials with norm ≤ eps: it runs with eps=1 (the "
+        "whole box), i.e. as a minimum-norm attack"
+    ],
+)
+def fab(p):
+    return {
+        "advex": lambda: advex("fab", "FAB", norm="linf", steps=p.steps, restarts=1),
+        "torchattacks": lambda: torchattacks(
+            "FAB",
+            norm="Linf",
+            eps=1.0,
+            steps=p.steps,
+            n_restarts=1,
+            seed=0,
+            n_classes=p.num_classes,
+        ),
+    }
