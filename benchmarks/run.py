@@ -206,6 +206,10 @@ def measure_case(c: Case, model, x, y, args, num_classes: int) -> dict:
     for name, run in runners.items():
         _log(f"  {c.key}: warm-up {name}")
         counter = Counter(model)
+        params = list(model.parameters())
+        for q in params:
+            q.grad = None
+        before = [(q.detach().clone(), q.requires_grad) for q in params]
         seed_everything(0)
         t0 = time.perf_counter()
         try:
@@ -231,8 +235,18 @@ def measure_case(c: Case, model, x, y, args, num_classes: int) -> dict:
             "forwards_per_image": counter.forward_rows / n,
             "strength": judge(c.kind, p, model, x, y, _x_adv(out)),
             "mutated_input": not (torch.equal(x, x_copy) and torch.equal(y, y_copy)),
+            # side effects on the caller's model: weight gradients computed and left in .grad
+            # (a full backward, more work than the input gradient alone), weights or
+            # requires_grad flags changed
+            "left_parameter_grads": any(q.grad is not None for q in params),
+            "changed_model": any(
+                not torch.equal(v, q.detach()) or flag != q.requires_grad
+                for (v, flag), q in zip(before, params, strict=True)
+            ),
             "times_s": [],
         }
+        for q in params:
+            q.grad = None
         if info["mutated_input"]:  # restore so the next implementation gets the same batch
             x.copy_(x_copy)
             y.copy_(y_copy)
@@ -443,6 +457,10 @@ def format_case_notes(records: list[dict]) -> str:
             flags = []
             if info.get("mutated_input"):
                 flags.append("MUTATED the input batch")
+            if info.get("changed_model"):
+                flags.append("CHANGED the model's weights or requires_grad flags")
+            if info.get("left_parameter_grads"):
+                flags.append("computed weight gradients (left in the model's .grad)")
             if s.get("out_of_bounds"):
                 flags.append(f"{s['out_of_bounds']} points out of bounds")
             if s.get("outside_ball"):

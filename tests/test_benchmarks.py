@@ -82,6 +82,8 @@ def test_quick_run_prints_table_and_writes_consistent_json(mnist_model, tmp_path
     assert raw["gradients_per_image"] == steps
     assert adv["strength"]["robust_accuracy"] == 1.0
     assert adv["mutated_input"] is False
+    # advex takes input gradients only and leaves the caller's model as it was
+    assert adv["left_parameter_grads"] is False and adv["changed_model"] is False
     row = ne["rows"][0]
     assert row["reference"] == "raw" and row["ratio"] == pytest.approx(
         row["advex_s"] / row["reference_s"]
