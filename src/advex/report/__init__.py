@@ -1,0 +1,24 @@
+"""Reports: JSON results with their metadata, PNG figures and plain-text tables.
+
+>>> from advex.report import to_json, save_triptych, save_curve
+>>> to_json(result, "out/results.json", seed=0)
+>>> save_triptych(result.examples, "out/triptych.png")
+>>> save_curve(curve, "out/curve.png")
+"""
+
+from .figures import auto_amplify, save_curve, save_triptych
+from .jsonio import SCHEMA, jsonable, metadata, read_json, to_json
+from .table import format_curve, format_table
+
+__all__ = [
+    "SCHEMA",
+    "auto_amplify",
+    "format_curve",
+    "format_table",
+    "jsonable",
+    "metadata",
+    "read_json",
+    "save_curve",
+    "save_triptych",
+    "to_json",
+]

@@ -1,0 +1,150 @@
+"""JSON results with the metadata needed to reproduce them."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["metadata", "jsonable", "to_json", "read_json", "SCHEMA"]
+
+SCHEMA = "advex-results/1"
+
+
+def _advex_version() -> str:
+    try:
+        import advex
+
+        return str(advex.__version__)
+    except Exception:  # pragma: no cover - a partial install
+        return "unknown"
+
+
+def metadata(
+    *, seed: int | None = None, threat: Any = None, command: str | None = None
+) -> dict[str, Any]:
+    """Versions, platform, date (UTC) and, when given, the seed, threat model and command line."""
+    if threat is not None and hasattr(threat, "to_dict"):
+        threat = threat.to_dict()
+    return {
+        "schema": SCHEMA,
+        "advex_version": _advex_version(),
+        "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
+        "python_version": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "seed": seed,
+        "threat": jsonable(threat),
+        "command": command,
+    }
+
+
+def jsonable(obj: Any) -> Any:
+    """Convert results, tensors, numpy values and dataclasses to plain JSON values.
+
+    Objects with ``to_dict()`` (results, curves, threat models) or ``summary()``
+    (:class:`~advex.core.result.AttackResult`) are converted with it; NaN and ±inf become None
+    (strict JSON has no such numbers).
+    """
+    if obj is None or isinstance(obj, bool | str):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, np.generic):
+        return jsonable(obj.item())
+    if isinstance(obj, torch.Tensor | np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | set):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "to_dict") and callable(obj.to_dict):
+        return jsonable(obj.to_dict())
+    if hasattr(obj, "summary") and callable(obj.summary):
+        return jsonable(obj.summary())
+    if isinstance(obj, torch.dtype | torch.device):
+        return str(obj)
+    raise TypeError(f"cannot write a {type(obj).__name__} to JSON")
+
+
+def to_json(
+    obj: Any,
+    path: str | os.PathLike,
+    *,
+    seed: int | None = None,
+    threat: Any = None,
+    command: str | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``obj`` (an evaluation result, a curve, an ``AttackResult``, or a dict of them) to
+    ``path`` as JSON, with a ``"meta"`` block: advex/torch/numpy/python versions, platform, date,
+    seed and threat model. Returns the written document.
+
+    The file is written atomically (temporary file, then rename); the parent directory is
+    created if needed. Read it back with :func:`read_json` or ``json.load``.
+    """
+    body = jsonable(obj)
+    if threat is None:
+        threat = _find_threat(obj)
+    doc: dict[str, Any] = {"meta": metadata(seed=seed, threat=threat, command=command)}
+    if meta:
+        doc["meta"].update(jsonable(dict(meta)))
+    if isinstance(body, dict):
+        doc.update({k: v for k, v in body.items() if k != "meta"})
+    else:
+        doc["results"] = body
+    text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; use the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return doc
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a results file written by :func:`to_json`."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _find_threat(obj: Any) -> Any:
+    """The threat model shared by the attacks of a result, if there is one."""
+    t = getattr(obj, "threat", None)
+    if t is not None and hasattr(t, "to_dict"):
+        return t
+    stats = getattr(obj, "attacks", None)
+    if isinstance(stats, Mapping) and stats:
+        threats = [getattr(s, "threat", None) for s in stats.values()]
+        if all(isinstance(t, dict) for t in threats) and all(t == threats[0] for t in threats):
+            return threats[0]
+    return None
