@@ -1,28 +1,145 @@
-"""Fixed-budget gradient attacks: FGSM, PGD / BIM (and the shared iterative loop).
+"""Fixed-budget gradient attacks: FGSM, PGD / BIM, MI-FGSM, and the shared iterative loop.
 
 The loop is norm-generic: a norm contributes only its steepest-ascent direction and its
 projection (:mod:`advex.core.norms`), so PGD in L∞, L2 and L1 is one piece of code.
+
+Every fixed-budget attack derives from :class:`FixedBudgetAttack`, which adds
+:meth:`FixedBudgetAttack.run_eps`: several budgets in one call, where points fooled at a small ε
+are reused at every larger ε instead of being attacked again.
 """
 
 from __future__ import annotations
 
-from functools import partial
+import copy
+import math
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import Any
 
 import torch
+from torch import nn
 
 from ..core.goals import Goal
 from ..core.losses import get_loss
+from ..core.result import AttackResult
 from ..core.threat import ThreatModel
-from .base import Attack, ModelCaller, make_threat
+from .base import Attack, ModelCaller, check_labels, make_threat
 
-__all__ = ["FGSM", "PGD", "BIM", "IterativeGradientAttack"]
+__all__ = ["FixedBudgetAttack", "FGSM", "PGD", "BIM", "MIFGSM", "IterativeGradientAttack"]
 
 
 def _loss_name(loss) -> str:
     return loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
 
 
-class FGSM(Attack):
+def fixed_threat(eps, norm, bounds, mask, threat, attack: str) -> ThreatModel:
+    """``make_threat`` for fixed-budget attacks, with a clear error for a list of budgets."""
+    if isinstance(eps, list | tuple | torch.Tensor) and not (
+        isinstance(eps, torch.Tensor) and eps.dim() == 0
+    ):
+        raise TypeError(
+            f"{attack}: eps must be one number; for several budgets in one call use "
+            f"{attack}(eps=...).run_eps(model, x, y, eps=[...])"
+        )
+    return make_threat(eps, norm, bounds, mask, threat, attack=attack)
+
+
+def _check_steps(name: str, value) -> int:
+    if isinstance(value, bool) or int(value) != value or int(value) < 1:
+        raise ValueError(f"{name} must be >= 1 (an integer), got {value!r}")
+    return int(value)
+
+
+class FixedBudgetAttack(Attack):
+    """Base of attacks with a fixed budget ε (FGSM, PGD, BIM, MI-FGSM, APGD).
+
+    Adds :meth:`run_eps`. Subclasses whose hyperparameters scale with ε (a default step size)
+    override :meth:`_rescale` so that a copy at another ε gets the right values.
+    """
+
+    def _rescale(self, eps: float) -> None:
+        """Adjust ε-dependent defaults after the budget changed to ``eps`` (hook)."""
+
+    def at_eps(self, eps: float) -> FixedBudgetAttack:
+        """A copy of this attack with budget ``eps`` (defaults that scale with ε follow it)."""
+        eps = float(eps)
+        if math.isnan(eps) or eps < 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        new = copy.copy(self)
+        new.threat = self.threat.with_eps(eps)
+        new._rescale(eps)
+        return new
+
+    def run_eps(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        eps: Iterable[float],
+        target: Any = None,
+    ) -> dict[float, AttackResult]:
+        """Attack at every budget of ``eps`` in one call; returns ``{ε: AttackResult}``.
+
+        Budgets run in increasing order. A point fooled at ε is fooled at every larger ε (the
+        balls are nested), so its adversarial is reused and only the points still robust are
+        attacked at the next budget. Each result covers the whole batch; its ``gradients`` and
+        ``queries`` count the passes spent *at that ε* (0 for reused points), so the total cost
+        is the sum over the returned results.
+
+        The ε given to the constructor is replaced by each budget in turn.
+
+        >>> curve = PGD(eps=0.3).run_eps(model, x, y, eps=[0.1, 0.2, 0.3])
+        >>> {e: r.robust_accuracy for e, r in curve.items()}
+        """
+        budgets = sorted({float(e) for e in eps})
+        if not budgets:
+            raise ValueError("run_eps needs at least one eps")
+        for e in budgets:
+            if math.isnan(e) or e < 0:
+                raise ValueError(f"eps must be >= 0, got {e}")
+        self.threat.check_inputs(x)
+        y = check_labels(y, x)
+        if target is not None and not isinstance(target, torch.Tensor):
+            target = torch.full_like(y, int(target))
+        elif isinstance(target, torch.Tensor) and target.dim() == 0:
+            target = torch.full_like(y, int(target))
+        out: dict[float, AttackResult] = {}
+        prev: AttackResult | None = None
+        for e in budgets:
+            attack = self.at_eps(e)
+            if prev is None:
+                res = attack(model, x, y, target)
+            else:
+                todo = (~prev.success).nonzero().squeeze(1)
+                sub = None
+                if todo.numel():
+                    sub_target = None if target is None else target[todo]
+                    sub = attack(model, x[todo], y[todo], sub_target)
+                res = _merge(prev, sub, todo, attack)
+            out[e] = res
+            prev = res
+        return out
+
+
+def _merge(
+    prev: AttackResult, sub: AttackResult | None, todo: torch.Tensor, attack: Attack
+) -> AttackResult:
+    """``prev`` with the rows ``todo`` replaced by ``sub``; reused rows cost nothing."""
+    kw: dict[str, Any] = {}
+    for name in ("x_adv", "success", "norms", "adv_pred", "adv_conf", "clean_pred", "clean_conf"):
+        t = getattr(prev, name).clone()
+        if sub is not None:
+            t[todo] = getattr(sub, name)
+        kw[name] = t
+    for name in ("gradients", "queries"):
+        t = torch.zeros_like(getattr(prev, name))
+        if sub is not None:
+            t[todo] = getattr(sub, name)
+        kw[name] = t
+    return replace(prev, threat=attack.threat, params=attack.params(), attack=attack.name, **kw)
+
+
+class FGSM(FixedBudgetAttack):
     """Fast Gradient Sign Method (Goodfellow et al. 2015, "Explaining and Harnessing
     Adversarial Examples"); for L2/L1 the fast gradient method (one normalised step).
 
@@ -54,9 +171,7 @@ class FGSM(Attack):
         threat: ThreatModel | None = None,
         seed: int | None = 0,
     ) -> None:
-        super().__init__(
-            make_threat(eps, norm, bounds, mask, threat, attack="FGSM"), seed=seed
-        )
+        super().__init__(fixed_threat(eps, norm, bounds, mask, threat, "FGSM"), seed=seed)
         self.loss = _loss_name(loss)
         self._loss = get_loss(loss)
 
@@ -72,13 +187,13 @@ class FGSM(Attack):
         return x_adv
 
 
-class IterativeGradientAttack(Attack):
+class IterativeGradientAttack(FixedBudgetAttack):
     """Shared loop of iterative fixed-budget attacks (PGD, BIM, MI-FGSM).
 
     Each iteration: one forward+backward on the points still robust; points that reach the goal
     leave the batch at once (``early_stop``) with the adversarial found; the others keep the
     iterate of highest loss. Restarts run only on points still robust. Subclasses may override
-    :meth:`_direction` (e.g. momentum) and :meth:`_init_state`.
+    :meth:`_direction` (e.g. momentum), :meth:`_init_state` and :meth:`_default_step_size`.
     """
 
     def __init__(
@@ -94,22 +209,28 @@ class IterativeGradientAttack(Attack):
         seed: int | None,
     ) -> None:
         super().__init__(threat, seed=seed)
-        if int(steps) < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        if int(restarts) < 1:
-            raise ValueError(f"restarts must be >= 1, got {restarts}")
+        self.steps = _check_steps("steps", steps)
+        self.restarts = _check_steps("restarts", restarts)
         if step_size is not None and not step_size > 0:
             raise ValueError(f"step_size must be > 0, got {step_size}")
-        self.steps = int(steps)
-        # Madry et al.: 2.5 ε / steps lets an iterate cross the ball and still move back.
-        self.step_size = float(step_size) if step_size is not None else 2.5 * threat.eps / steps
+        self._auto_step = step_size is None
+        self.step_size = float(step_size) if step_size is not None else 0.0
+        if self._auto_step:
+            self._rescale(threat.eps)
         self.random_start = bool(random_start)
-        self.restarts = int(restarts)
         self.loss = _loss_name(loss)
         self._loss = get_loss(loss)
         self.early_stop = bool(early_stop)
 
     # hooks -----------------------------------------------------------------------------------
+    def _default_step_size(self, eps: float) -> float:
+        # Madry et al.: 2.5 ε / steps lets an iterate cross the ball and still move back.
+        return 2.5 * eps / self.steps
+
+    def _rescale(self, eps: float) -> None:
+        if self._auto_step:
+            self.step_size = self._default_step_size(eps)
+
     def _init_state(self, x: torch.Tensor):
         return None
 
@@ -131,51 +252,65 @@ class IterativeGradientAttack(Attack):
             idx = (~found).nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
-            xa, ga = x[idx], goal[idx]
-            if self.random_start:
-                cur = threat.random_start(xa, gen)
-            elif restart == 0:
-                cur = xa.clone()
-            else:  # a deterministic restart would repeat itself: restarts need randomness
-                cur = threat.random_start(xa, gen)
-            state = self._init_state(xa)
-            loss_fn = partial(_apply_loss, self._loss, ga)
-            for t in range(self.steps + 1):
-                last = t == self.steps
-                x_leaf, logits = caller.forward_with_graph(cur, idx)
-                with torch.enable_grad():
-                    obj = loss_fn(logits)
-                lossv = obj.detach()
-                succ = ga.is_success(logits.detach())
-                was = found[idx]
-                better = (succ & ~was) | ((succ == was) & (lossv > best_loss[idx]))
-                if bool(better.any()):
-                    bi = idx[better]
-                    best_x[bi] = cur[better].detach()
-                    best_loss[bi] = lossv[better]
-                    found[bi] |= succ[better]
-                if last:
-                    break
-                keep = None
-                if self.early_stop and bool(succ.any()):
-                    keep = ~succ
-                    if not bool(keep.any()):
-                        break
-                    obj = obj[keep]
-                g = caller.input_grad(obj, x_leaf, idx if keep is None else idx[keep])
-                cur = cur.detach()
-                if keep is not None:
-                    g, cur, xa, idx = g[keep], cur[keep], xa[keep], idx[keep]
-                    ga = ga[keep]
-                    loss_fn = partial(_apply_loss, self._loss, ga)
-                    state = self._subset_state(state, keep)
-                direction, state = self._direction(threat.apply_mask(g), state)
-                cur = threat.project(cur + self.step_size * direction, xa)
+            if self.random_start or restart > 0:
+                # a deterministic restart would repeat itself: restarts need randomness
+                cur = threat.random_start(x[idx], gen)
+            else:
+                cur = x[idx].clone()
+            self._run(caller, x, goal, idx, cur, best_x, best_loss, found)
         return best_x
 
+    def _run(self, caller, x, goal, idx, cur, best_x, best_loss, found) -> None:
+        """One run from ``cur`` on the rows ``idx``; updates ``best_x/best_loss/found``."""
+        threat = self.threat
+        xa, ga = x[idx], goal[idx]
+        # running state of the active rows (local copies: no scatter per step)
+        bx, bl = cur, torch.full_like(best_loss[idx], float("-inf"))
+        bf = torch.zeros_like(found[idx])
+        state = self._init_state(xa)
+        for t in range(self.steps + 1):
+            last = t == self.steps
+            if last:
+                logits = caller.logits(cur, idx)
+                obj = self._loss(logits, ga)
+            else:
+                x_leaf, logits = caller.forward_with_graph(cur, idx)
+                with torch.enable_grad():
+                    obj = self._loss(logits, ga)
+            lossv, succ = obj.detach(), ga.is_success(logits.detach())
+            # a success beats any loss; among equals keep the higher loss
+            better = (succ & ~bf) | ((succ == bf) & (lossv > bl))
+            bx = torch.where(better.view((-1,) + (1,) * (cur.dim() - 1)), cur, bx)
+            bl = torch.where(better, lossv, bl)
+            bf = bf | succ
+            stop = succ if self.early_stop else torch.zeros_like(succ)
+            if last or bool(stop.all()):
+                break
+            if bool(stop.any()):
+                keep = ~stop
+                _flush(idx[stop], bx[stop], bl[stop], bf[stop], best_x, best_loss, found)
+                g = caller.input_grad(obj[keep], x_leaf, idx[keep])[keep]
+                cur, xa, idx, ga = cur[keep], xa[keep], idx[keep], ga[keep]
+                bx, bl, bf = bx[keep], bl[keep], bf[keep]
+                state = self._subset_state(state, keep)
+            else:
+                g = caller.input_grad(obj, x_leaf, idx)
+            direction, state = self._direction(threat.apply_mask(g), state)
+            cur = threat.project(cur.detach() + self.step_size * direction, xa)
+        _flush(idx, bx, bl, bf, best_x, best_loss, found)
 
-def _apply_loss(loss, goal, logits):
-    return loss(logits, goal)
+
+def _flush(idx, bx, bl, bf, best_x, best_loss, found) -> None:
+    """Merge one run's best points into the attack-wide best (success first, then loss)."""
+    if idx.numel() == 0:
+        return
+    was = found[idx]
+    better = (bf & ~was) | ((bf == was) & (bl > best_loss[idx]))
+    if bool(better.any()):
+        bi = idx[better]
+        best_x[bi] = bx[better]
+        best_loss[bi] = bl[better]
+        found[bi] = was[better] | bf[better]
 
 
 class PGD(IterativeGradientAttack):
@@ -195,7 +330,8 @@ class PGD(IterativeGradientAttack):
         loss: ``"ce"`` | ``"margin"`` | ``"dlr"`` | callable. early_stop: stop fooled points.
         seed: seed of the random starts (same seed → same ``x_adv``).
 
-    Cost: at most ``restarts × steps`` forward+backward passes per point, plus 2 forwards.
+    Cost: at most ``restarts × steps`` forward+backward passes per point, plus 1 forward per
+    run (the last iterate) and the 2 forwards of every attack (clean and final prediction).
 
     >>> result = PGD(eps=0.3, norm="linf", steps=40, step_size=0.01)(model, x, y)
     >>> targeted = PGD(eps=0.3)(model, x, y, target=3)
@@ -220,7 +356,7 @@ class PGD(IterativeGradientAttack):
         seed: int | None = 0,
     ) -> None:
         super().__init__(
-            make_threat(eps, norm, bounds, mask, threat, attack=type(self).__name__),
+            fixed_threat(eps, norm, bounds, mask, threat, type(self).__name__),
             steps=steps,
             step_size=step_size,
             random_start=random_start,
@@ -242,3 +378,69 @@ class BIM(PGD):
     def __init__(self, eps: float | None = None, norm: str = "linf", **kwargs) -> None:
         kwargs.setdefault("random_start", False)
         super().__init__(eps, norm, **kwargs)
+
+
+class MIFGSM(IterativeGradientAttack):
+    """Momentum Iterative FGSM (Dong et al. 2018, "Boosting Adversarial Attacks with
+    Momentum").
+
+    Accumulates the L1-normalised gradient with decay μ and steps along the accumulated
+    direction: ``g ← μ·g + ∇L / ‖∇L‖₁``; ``x ← Π(x + α · sign(g))`` for L∞, ``α · g/‖g‖₂`` for
+    L2 (for L1, the sparse sign step of :class:`~advex.core.norms.L1`). No random start, as in
+    the paper. Fooled points stop early; otherwise the iterate of highest loss is returned.
+
+    Args:
+        eps: budget (required). norm: ``"linf"`` (paper) | ``"l2"`` (paper) | ``"l1"``.
+        steps: iterations T (10, paper). step_size: α (default ε / T, paper).
+        decay: momentum μ (1.0, paper). restarts: >1 re-runs robust points from random starts.
+        loss: ``"ce"`` (paper) | ``"margin"`` | ``"dlr"`` | callable. early_stop: stop fooled
+        points. seed: seed of restarts.
+
+    Cost: at most ``restarts × steps`` forward+backward passes per point, + 1 forward per run.
+
+    >>> result = MIFGSM(eps=0.3, steps=10, decay=1.0)(model, x, y)
+    >>> result.robust_accuracy
+    """
+
+    name = "mifgsm"
+
+    def __init__(
+        self,
+        eps: float | None = None,
+        norm: str = "linf",
+        *,
+        steps: int = 10,
+        step_size: float | None = None,
+        decay: float = 1.0,
+        restarts: int = 1,
+        loss="ce",
+        early_stop: bool = True,
+        bounds: tuple[float, float] = (0.0, 1.0),
+        mask: torch.Tensor | None = None,
+        threat: ThreatModel | None = None,
+        seed: int | None = 0,
+    ) -> None:
+        if not (decay >= 0 and math.isfinite(decay)):
+            raise ValueError(f"decay (momentum μ) must be a finite number >= 0, got {decay}")
+        self.decay = float(decay)
+        super().__init__(
+            fixed_threat(eps, norm, bounds, mask, threat, "MIFGSM"),
+            steps=steps,
+            step_size=step_size,
+            random_start=False,
+            restarts=restarts,
+            loss=loss,
+            early_stop=early_stop,
+            seed=seed,
+        )
+
+    def _default_step_size(self, eps: float) -> float:
+        return eps / self.steps
+
+    def _init_state(self, x: torch.Tensor):
+        return torch.zeros_like(x)
+
+    def _direction(self, grad, state):
+        l1 = grad.abs().reshape(grad.shape[0], -1).sum(1).clamp_min(1e-12)
+        state = self.decay * state + grad / l1.view((-1,) + (1,) * (grad.dim() - 1))
+        return self.threat.lp.steepest(state), state
