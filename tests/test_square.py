@@ -292,3 +292,15 @@ def test_label_black_box(mnist_model, mnist_correct):
         LabelBlackBox(lambda b: mnist_model(b).argmax(1))(x)
     with pytest.raises(ValueError, match="outside"):
         LabelBlackBox(lambda b: torch.full((len(b),), 12), num_classes=10)(x)
+
+
+def test_run_eps_reuses_fooled_points(mnist_model, mnist_correct):
+    x, y = mnist_correct[0][:10], mnist_correct[1][:10]
+    out = Square(eps=0.3, n_queries=60).run_eps(mnist_model, x, y, eps=[0.1, 0.3])
+    lo, hi = out[0.1], out[0.3]
+    assert hi.robust_accuracy <= lo.robust_accuracy
+    assert bool((hi.queries[lo.success] == 0).all())
+    assert bool(hi.threat.contains(hi.x_adv, x, tol=1e-6).all())
+    assert float((lo.x_adv - x).abs().amax()) <= 0.1 + 1e-6
+    with pytest.raises(TypeError, match="run_eps"):
+        Square(eps=[0.1, 0.3])

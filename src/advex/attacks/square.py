@@ -14,7 +14,8 @@ import torch
 from ..core.goals import Goal
 from ..core.losses import cross_entropy, get_loss, margin
 from ..core.threat import ThreatModel
-from .base import Attack, ModelCaller, make_threat
+from .base import ModelCaller
+from .gradient import FixedBudgetAttack, fixed_threat
 
 __all__ = ["Square", "p_schedule"]
 
@@ -114,7 +115,7 @@ def _l2(t: torch.Tensor, dims) -> torch.Tensor:
     return t.pow(2).sum(dim=dims, keepdim=True).sqrt()
 
 
-class Square(Attack):
+class Square(FixedBudgetAttack):
     """Square Attack (Andriushchenko et al. 2020, "Square Attack: a query-efficient black-box
     adversarial attack via random search"), L∞ and L2.
 
@@ -147,6 +148,9 @@ class Square(Attack):
     image (the other side grows to keep the area); ``(d,)`` and ``(C, L)`` inputs are treated
     as ``1 × d`` and ``C × 1 × L`` images.
 
+    Several budgets in one call: ``Square(eps=0.3).run_eps(model, x, y, eps=[0.1, 0.2, 0.3])``
+    (points fooled at a smaller ε are not attacked again).
+
     Cost: at most ``restarts × n_queries`` forward passes per point (plus the clean and final
     forwards); no gradient. Points already successful cost nothing.
 
@@ -171,7 +175,7 @@ class Square(Attack):
         threat: ThreatModel | None = None,
         seed: int | None = 0,
     ) -> None:
-        t = make_threat(eps, norm, bounds, mask, threat, attack="Square")
+        t = fixed_threat(eps, norm, bounds, mask, threat, attack="Square")
         if t.norm not in ("linf", "l2"):
             raise ValueError(
                 f"Square supports linf and l2, got norm={t.norm!r} (the paper has no L1 version; "
