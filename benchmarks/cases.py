@@ -514,7 +514,7 @@ def square(p):
     quick={"steps": 2},
     notes=[
         "torchattacks' FAB keeps only adversarials with norm ≤ eps: it runs with eps=1 (the "
-        "whole box), i.e. as a minimum-norm attack"
+        "whole box), i.e. as a minimum-norm attack; advex's FAB adds its final search (3 steps)"
     ],
 )
 def fab(p):
@@ -528,5 +528,64 @@ def fab(p):
             n_restarts=1,
             seed=0,
             n_classes=p.num_classes,
+        ),
+    }
+
+
+@case(
+    "ead",
+    kind="minnorm",
+    title="EAD (elastic net, L1): 5 binary-search steps × 100 FISTA steps, β=1e-3, c0=0.01",
+    norm="l1",
+    binary_search_steps=5,
+    steps=100,
+    learning_rate=0.01,
+    beta=1e-3,
+    initial_const=0.01,
+    quick={"binary_search_steps": 2, "steps": 10},
+)
+def ead(p):
+    return {
+        "advex": lambda: advex(
+            "ead",
+            "EAD",
+            beta=p.beta,
+            decision_rule="EN",
+            learning_rate=p.learning_rate,
+            max_iterations=p.steps,
+            binary_search_steps=p.binary_search_steps,
+            initial_const=p.initial_const,
+            abort_early=True,
+        ),
+        "torchattacks": lambda: torchattacks(
+            "EADL1",
+            kappa=0,
+            lr=p.learning_rate,
+            binary_search_steps=p.binary_search_steps,
+            max_iterations=p.steps,
+            abort_early=True,
+            initial_const=p.initial_const,
+            beta=p.beta,
+        ),
+        "art": lambda: art(
+            "ElasticNet",
+            num_classes=p.num_classes,
+            learning_rate=p.learning_rate,
+            binary_search_steps=p.binary_search_steps,
+            max_iter=p.steps,
+            beta=p.beta,
+            initial_const=p.initial_const,
+            decision_rule="EN",
+        ),
+        "foolbox": lambda: foolbox(
+            "EADAttack",
+            eps=None,
+            binary_search_steps=p.binary_search_steps,
+            steps=p.steps,
+            initial_stepsize=p.learning_rate,
+            initial_const=p.initial_const,
+            regularization=p.beta,
+            decision_rule="EN",
+            abort_early=True,
         ),
     }
