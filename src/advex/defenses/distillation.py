@@ -237,8 +237,11 @@ class DefensiveDistillation:
             teacher.train(was)
         return torch.cat(out)
 
-    def fit(self, train_data, val_data=None) -> DistillationResult:
-        """Train teacher (unless given) and student; return the deployed student."""
+    def fit(
+        self, train_data, val_data=None, *, card_extra: dict | None = None
+    ) -> DistillationResult:
+        """Train teacher (unless given) and student; return the deployed student.
+        ``card_extra`` is merged into the saved card (e.g. data provenance)."""
         t0 = time.perf_counter()
         x, y = _as_xy(train_data, "train_data")
         log: list[dict] = []
@@ -268,10 +271,10 @@ class DefensiveDistillation:
             out_dir=self.out_dir,
         )
         if self.out_dir is not None:
-            result.card = self._save(result)
+            result.card = self._save(result, card_extra)
         return result
 
-    def _save(self, result: DistillationResult) -> dict:
+    def _save(self, result: DistillationResult, card_extra: dict | None = None) -> dict:
         out = self.out_dir
         card = {
             "name": f"{self.arch or 'model'}-distilled-T{self.temperature:g}",
@@ -287,6 +290,7 @@ class DefensiveDistillation:
                 "is not robust to margin-loss attacks such as C&W (Carlini & Wagner 2016)"
             ),
         }
+        card.update(card_extra or {})
         out.mkdir(parents=True, exist_ok=True)
         _write_json(out / "log.json", {"config": self.config(), "log": result.log})
         from .. import zoo

@@ -74,6 +74,13 @@ def train_from_spec(
         raise ValueError(f"unknown method {method!r}; expected one of {CLI_METHODS}")
     train = D.load(data, "train")
     test = D.load(data, "test")
+    info = {
+        "spec": data,
+        "train": train.name,
+        "n_train": len(train),
+        "test": test.name,
+        "n_test": len(test),
+    }
     if method == "distill":
         if resume:
             raise ValueError("--resume is not supported for --method distill")
@@ -93,7 +100,7 @@ def train_from_spec(
             progress=progress,
             **kwargs,
         )
-        return d.fit(train, test)
+        return d.fit(train, test, card_extra={"data": info})
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     net, arch, arch_kwargs = _resolve_model(model, seed)
     trainer = AdversarialTrainer(
@@ -110,11 +117,4 @@ def train_from_spec(
         bounds=train.bounds,
         **kwargs,
     )
-    info = {
-        "spec": data,
-        "train": train.name,
-        "n_train": len(train),
-        "test": test.name,
-        "n_test": len(test),
-    }
     return trainer.fit(train, test, card_extra={"data": info})
