@@ -30,7 +30,7 @@ def test_pgd40_linf_03_fools_99_percent_with_early_exit(mnist_model, mnist_corre
     assert torch.equal(r.success, pred != y)  # success agrees with re-prediction, 100%
     assert attack.threat.contains(r.x_adv, x, tol=1e-6).all()
     assert r.gradients.max() <= 40
-    assert r.gradients.float().mean() < 10  # measured ≈ 4.5: fooled points leave at once
+    assert r.gradients.float().mean() < 10  # measured 3.25: fooled points leave at once
     assert (r.queries <= r.gradients + 3).all()
 
 
@@ -49,7 +49,7 @@ def test_fgsm_is_weaker_than_pgd_and_mifgsm(mnist_model, digits):
     fgsm = FGSM(eps=0.15)(mnist_model, x, y)
     pgd = PGD(eps=0.15, steps=40)(mnist_model, x, y)
     mi = MIFGSM(eps=0.15)(mnist_model, x, y)
-    # measured (100 digits): FGSM 0.64, MI-FGSM 0.39, PGD-40 0.22 robust accuracy
+    # measured (100 digits): FGSM 0.40, MI-FGSM 0.11, PGD-40 0.03 robust accuracy
     assert fgsm.robust_accuracy > mi.robust_accuracy + 0.1
     assert fgsm.robust_accuracy > pgd.robust_accuracy + 0.2
     assert (fgsm.gradients <= 1).all() and (mi.gradients <= 10).all()
@@ -61,7 +61,7 @@ def test_mifgsm_l2_beats_fgm_and_stays_in_ball(mnist_model, digits):
     attack = MIFGSM(eps=1.5, norm="l2")
     mi = attack(mnist_model, x, y)
     assert attack.threat.contains(mi.x_adv, x, tol=1e-5).all()
-    assert mi.robust_accuracy < fgm.robust_accuracy - 0.1
+    assert mi.robust_accuracy < fgm.robust_accuracy - 0.1  # measured: 0.64 vs 0.79
 
 
 def test_mifgsm_momentum_matters(mnist_model, digits):
@@ -86,7 +86,7 @@ def test_restarts_run_only_on_robust_points(mnist_model, digits):
     assert three.robust_accuracy <= one.robust_accuracy
 
 
-@pytest.mark.parametrize("norm,eps,min_rate", [("l2", 2.0, 0.6), ("l1", 12.0, 0.3)])
+@pytest.mark.parametrize("norm,eps,min_rate", [("l2", 2.0, 0.8), ("l1", 12.0, 0.6)])
 def test_l2_and_l1_pgd_work_and_stay_in_their_balls(mnist_model, digits, norm, eps, min_rate):
     x, y = digits
     attack = PGD(eps=eps, norm=norm, steps=20)
@@ -94,7 +94,7 @@ def test_l2_and_l1_pgd_work_and_stay_in_their_balls(mnist_model, digits, norm, e
     assert attack.threat.contains(r.x_adv, x, tol=1e-4).all()
     assert (r.norms <= eps + 1e-4).all()
     fgm = FGSM(eps=eps, norm=norm)(mnist_model, x, y)
-    assert r.success_rate >= min_rate
+    assert r.success_rate >= min_rate  # measured: L2 0.94 (FGM 0.46), L1 0.82 (FGM 0.13)
     assert r.success_rate > fgm.success_rate
 
 
@@ -122,7 +122,7 @@ def test_run_eps_reuses_adversarials_and_saves_passes(mnist_model, digits):
     sweep_cost = sum(int(r.gradients.sum()) for r in sweep.values())
     separate_cost = sum(int(r.gradients.sum()) for r in separate.values())
     # points fooled at a smaller ε cost nothing at the larger ones; robust points cost the
-    # same in both (measured: 0.89 of the passes of separate runs)
+    # same in both (measured: 0.86 of the passes of separate runs)
     assert sweep_cost < 0.95 * separate_cost
     ras = [sweep[e].robust_accuracy for e in budgets]
     assert ras == sorted(ras, reverse=True)  # a point fooled at ε stays fooled above

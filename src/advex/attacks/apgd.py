@@ -1,0 +1,305 @@
+"""Auto-PGD (Croce & Hein 2020) for L∞ and L2, and l1-APGD (Croce & Hein 2021).
+
+APGD is PGD without a step size to tune: it starts with a large step (2ε), adds momentum, and
+halves the step at checkpoints where progress stalled, restarting from the best point found.
+APGD-T runs the targeted DLR loss against the most likely wrong classes in turn.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..core.goals import Goal
+from ..core.losses import get_loss
+from ..core.threat import ThreatModel
+from .base import ModelCaller
+from .gradient import FixedBudgetAttack, _check_steps, _loss_name, fixed_threat
+
+__all__ = ["APGD", "checkpoints", "project_l1_box"]
+
+
+def checkpoints(steps: int) -> list[int]:
+    """Iterations where APGD may halve its step: ``w_j = ⌈p_j · steps⌉`` with ``p_0 = 0``,
+    ``p_1 = 0.22`` and ``p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06)``."""
+    p = [0.0, 0.22]
+    while p[-1] < 1.0:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    w = {math.ceil(round(q * steps, 6)) for q in p[1:]}
+    return sorted(v for v in w if 0 < v < steps)
+
+
+def project_l1_box(
+    z: torch.Tensor, x: torch.Tensor, eps: float, bounds: tuple[float, float]
+) -> torch.Tensor:
+    """Exact Euclidean projection of ``z`` onto ``{x + δ : ‖δ‖₁ ≤ ε} ∩ [low, high]^d``.
+
+    The solution is ``δ_i = sign(v_i) · min(max(|v_i| − λ, 0), c_i)`` (soft-thresholding, then
+    clipping to the room ``c_i`` the box leaves in direction ``sign(v_i)``), with ``v = z − x``
+    and the smallest ``λ ≥ 0`` giving ``‖δ‖₁ ≤ ε``. ``‖δ(λ)‖₁`` is piecewise linear in λ with
+    breakpoints ``|v_i| − c_i`` and ``|v_i|``; sorting them finds λ exactly, per sample.
+    """
+    lo, hi = bounds
+    b = x.shape[0]
+    v = (z - x).reshape(b, -1)
+    x0 = x.reshape(b, -1)
+    a = v.abs()
+    cap = torch.where(v > 0, hi - x0, x0 - lo).clamp_min(0)
+    total0 = torch.minimum(a, cap).sum(1)
+    need = total0 > eps
+    lam = torch.zeros(b, dtype=v.dtype, device=v.device)
+    if bool(need.any()):
+        an, cn = a[need], cap[need]
+        points = torch.cat([(an - cn).clamp_min(0), an], 1)
+        weights = torch.cat([torch.ones_like(an), -torch.ones_like(an)], 1)
+        points, order = points.sort(1)
+        weights = weights.gather(1, order)
+        active = weights.cumsum(1)[:, :-1]  # coordinates in the linear part, per interval
+        drop = (active * points.diff(dim=1)).cumsum(1)
+        value = total0[need, None] - torch.cat([torch.zeros_like(drop[:, :1]), drop], 1)
+        j = (value <= eps).to(torch.int8).argmax(1).clamp_min(1)  # first point at or below ε
+        p_prev = points.gather(1, (j - 1)[:, None]).squeeze(1)
+        v_prev = value.gather(1, (j - 1)[:, None]).squeeze(1)
+        slope = active.gather(1, (j - 1)[:, None]).squeeze(1).clamp_min(1)
+        lam[need] = p_prev + (v_prev - eps) / slope
+    delta = v.sign() * torch.minimum((a - lam[:, None]).clamp_min(0), cap)
+    # guard against rounding: scaling towards 0 keeps δ inside the box
+    n = delta.abs().sum(1)
+    delta = delta * torch.where(n > eps, eps / n.clamp_min(1e-30), torch.ones_like(n))[:, None]
+    return (x0 + delta).reshape(x.shape).clamp(lo, hi)
+
+
+class APGD(FixedBudgetAttack):
+    """Auto-PGD (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an
+    ensemble of diverse parameter-free attacks"); l1-APGD (Croce & Hein 2021, "Mind the box").
+
+    **L∞ / L2** (Algorithm 1 of the paper): from a uniform random start, step
+    ``z = Π(x_k + η·d(∇f))`` and ``x_{k+1} = Π(x_k + α(z − x_k) + (1 − α)(x_k − x_{k−1}))``
+    with momentum α = 0.75 (no momentum on the first step) and η = 2ε initially. At the
+    checkpoints ``w_j`` (see :func:`checkpoints`) the step is halved, and the iterate reset to
+    the best point, when fewer than ρ = 75% of the steps since the last checkpoint increased the
+    loss, or when the step was not halved at the last checkpoint and the best loss has not moved.
+
+    **L1** (l1-APGD, "Mind the box"): steps of size η along the sign of the top-k gradient
+    coordinates, normalised to unit L1 norm, then the exact projection onto the L1 ball ∩ box
+    (:func:`project_l1_box`); coordinates at the box boundary whose gradient points outside are
+    never chosen. Adaptive sparsity: k starts at 20% of the coordinates and, every 4% of the
+    iterations, becomes ``‖x_best − x‖₀ / 1.5``; η starts at ε and is reset to ε (with the
+    iterate reset to the best point) when the sparsity of the best point fell by over 5%,
+    otherwise divided by 1.5 (never below ε/10); no momentum, as in the authors' code.
+    Deviation: the ε-schedule of AutoAttack's L1 mode (``use_largereps``, 3ε→2ε→ε) is not used.
+
+    **APGD-T** (``targeted=True``, DLR-targeted loss by default): for j = 1..``n_target_classes``
+    the j-th most likely wrong class (by the clean logits) is attacked, only on the points still
+    robust. Success is misclassification. With an explicit ``target=`` passed to the call, that
+    target is attacked instead (success = reaching it).
+
+    Points are dropped as soon as they are fooled (they cost no more passes); the others return
+    the point of highest loss. Restarts run only on points still robust.
+
+    Args:
+        eps: budget (required). norm: ``"linf"`` | ``"l2"`` | ``"l1"``.
+        steps: gradient evaluations per run (100, paper). restarts: runs from new random starts
+            (1). loss: ``"ce"`` (APGD-CE, default) | ``"dlr"`` (APGD-DLR; default of APGD-T) |
+            ``"margin"`` | callable. targeted: APGD-T over the top ``n_target_classes`` (9).
+        rho: ρ of condition 1 (0.75). momentum: α (0.75). seed: seed of the random starts.
+
+    Cost per point still robust: ``steps`` forward+backward + 1 forward per run; runs =
+    ``restarts`` (``restarts × n_target_classes`` for APGD-T), plus the 2 forwards of every
+    attack.
+
+    >>> result = APGD(eps=8 / 255, norm="linf", loss="ce")(model, x, y)
+    >>> apgd_t = APGD(eps=8 / 255, targeted=True, n_target_classes=9)(model, x, y)
+    """
+
+    def __init__(
+        self,
+        eps: float | None = None,
+        norm: str = "linf",
+        *,
+        steps: int = 100,
+        restarts: int = 1,
+        loss=None,
+        targeted: bool = False,
+        n_target_classes: int = 9,
+        rho: float = 0.75,
+        momentum: float = 0.75,
+        bounds: tuple[float, float] = (0.0, 1.0),
+        mask: torch.Tensor | None = None,
+        threat: ThreatModel | None = None,
+        seed: int | None = 0,
+    ) -> None:
+        super().__init__(fixed_threat(eps, norm, bounds, mask, threat, "APGD"), seed=seed)
+        self.steps = _check_steps("steps", steps)
+        self.restarts = _check_steps("restarts", restarts)
+        self.n_target_classes = _check_steps("n_target_classes", n_target_classes)
+        if not 0.0 < rho <= 1.0:
+            raise ValueError(f"rho must be in (0, 1], got {rho}")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        self.targeted = bool(targeted)
+        if loss is None:
+            loss = "dlr" if self.targeted else "ce"
+        self.loss = _loss_name(loss)
+        self._loss = get_loss(loss)
+        self.rho = float(rho)
+        self.momentum = float(momentum)
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return "apgd-t" if self.targeted else f"apgd-{self.loss}"
+
+    # ------------------------------------------------------------------------------------------
+    def _attack(self, caller: ModelCaller, x, goal: Goal, done, clean_logits):
+        gen = self._generator(x)
+        best_x = x.clone()
+        best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device, dtype=x.dtype)
+        found = done.clone()
+        if self.targeted and not goal.targeted:
+            k = min(self.n_target_classes, self._num_classes - 1)
+            others = clean_logits.scatter(1, goal.y[:, None], float("-inf"))
+            ranked = others.argsort(1, descending=True)[:, :k]
+            passes = [(j, r) for j in range(k) for r in range(self.restarts)]
+        else:
+            ranked = None
+            passes = [(None, r) for r in range(self.restarts)]
+        for j, _ in passes:
+            idx = (~found).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            sgoal = goal[idx]
+            lgoal = sgoal if j is None else Goal(sgoal.y, ranked[idx, j])
+            self._run(caller, x, idx, lgoal, sgoal, gen, best_x, best_loss, found)
+        return best_x
+
+    def _run(self, caller, x, idx, lgoal, sgoal, gen, best_x, best_loss, found) -> None:
+        threat = self.threat
+        eps = float(threat.eps)
+        l1 = threat.norm == "l1"
+        steps = self.steps
+        cur = threat.random_start(x[idx], gen)
+        d = cur[0].numel()
+        m = idx.numel()
+        ones = torch.ones(m, dtype=x.dtype, device=x.device)
+        # per-row state; every tensor here is subset together when fooled rows leave
+        s = {
+            "idx": idx,
+            "xa": x[idx],
+            "cur": cur,
+            "prev": cur,
+            "eta": ones * (eps if l1 else 2.0 * eps),
+            "bx": cur,
+            "bl": ones * float("-inf"),
+            "bg": torch.zeros_like(cur),
+            "last_loss": ones * float("-inf"),
+            "n_up": torch.zeros(m, dtype=torch.long, device=x.device),
+            "bl_ck": ones * float("-inf"),
+            "halved_ck": torch.zeros(m, dtype=torch.bool, device=x.device),
+            "topk": ones * 0.2,
+            "sp_old": ones * d,
+        }
+        goals = {"lgoal": lgoal, "sgoal": sgoal}
+        ck = set(checkpoints(steps)) if not l1 else set(range(0, steps, max(int(0.04 * steps), 1)))
+        ck.discard(0)
+        ck_prev = 0
+        g = None
+        for i in range(steps + 1):
+            last = i == steps
+            if i > 0:
+                new = self._step(s, g, first=i == 1)
+                s["prev"], s["cur"] = s["cur"], new
+            cur = s["cur"]
+            if last:
+                logits = caller.logits(cur, s["idx"])
+                obj = self._loss(logits, goals["lgoal"])
+            else:
+                x_leaf, logits = caller.forward_with_graph(cur, s["idx"])
+                with torch.enable_grad():
+                    obj = self._loss(logits, goals["lgoal"])
+            lossv = obj.detach()
+            succ = goals["sgoal"].is_success(logits.detach())
+            if bool(succ.any()):
+                bi = s["idx"][succ]
+                best_x[bi] = cur[succ].detach()
+                best_loss[bi] = lossv[succ]
+                found[bi] = True
+            if last or bool(succ.all()):
+                break
+            if bool(succ.any()):
+                keep = ~succ
+                g = caller.input_grad(obj[keep], x_leaf, s["idx"][keep])[keep]
+                s = {k: v[keep] for k, v in s.items()}
+                goals = {k: v[keep] for k, v in goals.items()}
+                lossv = lossv[keep]
+            else:
+                g = caller.input_grad(obj, x_leaf, s["idx"])
+            g = threat.apply_mask(g)
+            cur = s["cur"].detach()
+            s["cur"] = cur
+            shape = (-1,) + (1,) * (cur.dim() - 1)
+            better = lossv > s["bl"]
+            s["bx"] = torch.where(better.view(shape), cur, s["bx"])
+            s["bg"] = torch.where(better.view(shape), g, s["bg"])
+            s["bl"] = torch.where(better, lossv, s["bl"])
+            if i > 0:
+                s["n_up"] = s["n_up"] + (lossv > s["last_loss"]).long()
+            s["last_loss"] = lossv
+            if i in ck:
+                reset = self._checkpoint(s, i - ck_prev, eps, d, l1)
+                ck_prev = i
+                if bool(reset.any()):
+                    r = reset.view(shape)
+                    s["cur"] = torch.where(r, s["bx"], s["cur"])
+                    g = torch.where(r, s["bg"], g)
+                    s["last_loss"] = torch.where(reset, s["bl"], s["last_loss"])
+        # rows never fooled: keep the run's point of highest loss if it beats earlier runs
+        rows = s["idx"]
+        if rows.numel():
+            better = ~found[rows] & (s["bl"] > best_loss[rows])
+            if bool(better.any()):
+                best_x[rows[better]] = s["bx"][better]
+                best_loss[rows[better]] = s["bl"][better]
+
+    def _checkpoint(self, s, span: int, eps: float, d: int, l1: bool) -> torch.Tensor:
+        """Update the step sizes at a checkpoint; returns the rows to reset to their best."""
+        if l1:
+            sp = ((s["bx"] - s["xa"]).abs().reshape(s["bx"].shape[0], -1) > 0).sum(1)
+            sp = sp.to(s["eta"].dtype)
+            reduced = sp / s["sp_old"].clamp_min(1) < 0.95
+            s["topk"] = (sp / d / 1.5).clamp(1.0 / d, 1.0)
+            s["eta"] = torch.where(reduced, torch.full_like(s["eta"], eps), s["eta"] / 1.5)
+            s["eta"] = s["eta"].clamp(eps / 10, eps)
+            s["sp_old"] = sp
+            return reduced
+        cond1 = s["n_up"].to(s["eta"].dtype) < self.rho * span
+        cond2 = ~s["halved_ck"] & (s["bl"] <= s["bl_ck"])
+        halve = cond1 | cond2
+        s["eta"] = torch.where(halve, s["eta"] / 2, s["eta"])
+        s["halved_ck"] = halve
+        s["bl_ck"] = s["bl"]
+        s["n_up"] = torch.zeros_like(s["n_up"])
+        return halve
+
+    def _step(self, s, g: torch.Tensor, first: bool) -> torch.Tensor:
+        threat = self.threat
+        cur, xa = s["cur"], s["xa"]
+        shape = (-1,) + (1,) * (cur.dim() - 1)
+        eta = s["eta"].view(shape)
+        if threat.norm == "l1":
+            lo, hi = threat.bounds
+            movable = ~(((cur <= lo) & (g < 0)) | ((cur >= hi) & (g > 0)))
+            a = (g.abs() * movable).reshape(cur.shape[0], -1)
+            d = a.shape[1]
+            k = (s["topk"] * d).ceil().long().clamp(1, d)
+            thresh = a.sort(1, descending=True).values.gather(1, (k - 1)[:, None])
+            pick = (a >= thresh) & (a > 0)
+            direction = g.sign().reshape(a.shape) * pick
+            direction = direction / pick.sum(1, keepdim=True).clamp_min(1)
+            z = cur + eta * threat.apply_mask(direction.reshape(cur.shape))
+            return project_l1_box(z, xa, float(threat.eps), threat.bounds)
+        z = threat.project(cur + eta * threat.lp.steepest(g), xa)
+        if first:
+            return z
+        a = self.momentum
+        return threat.project(cur + a * (z - cur) + (1 - a) * (cur - s["prev"]), xa)
