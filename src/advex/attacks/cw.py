@@ -1,0 +1,386 @@
+"""Carlini & Wagner (2017) minimum-norm attacks, in L2 and L∞.
+
+Both are batched over samples: every sample carries its own constant ``c`` (and, for L∞, its
+own threshold τ), one forward+backward pass serves every sample still being optimised, and a
+sample leaves the batch as soon as its own optimisation is over, so converged samples stop
+costing passes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..core.goals import Goal
+from ..core.losses import margin
+from ..core.threat import ThreatModel
+from .base import Attack, ModelCaller, make_threat
+
+__all__ = ["CW"]
+
+_BIG = 1e10  # "no upper bound found yet" (Carlini's 1e10)
+
+
+# -- helpers shared with EAD -----------------------------------------------------------------
+
+
+def _shape(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape a per-sample vector (B,) to broadcast against a batch like ``like``."""
+    return v.reshape((-1,) + (1,) * (like.dim() - 1))
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], -1)
+
+
+def _success(logits: torch.Tensor, goal: Goal, kappa: float) -> torch.Tensor:
+    """Success with confidence: the goal is met and the C&W margin is at least κ."""
+    ok = goal.is_success(logits)
+    if kappa > 0:
+        ok &= margin(logits, goal) >= kappa
+    return ok
+
+
+def _search_update(
+    const: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, succeeded: torch.Tensor
+) -> None:
+    """Carlini & Wagner's per-sample binary search over ``c`` (in place).
+
+    A success at ``c`` lowers the upper bound (try a smaller ``c``: smaller perturbation); a
+    failure raises the lower bound and bisects, or multiplies ``c`` by 10 while no success has
+    been seen yet.
+    """
+    upper.copy_(torch.where(succeeded, torch.minimum(upper, const), upper))
+    lower.copy_(torch.where(succeeded, lower, torch.maximum(lower, const)))
+    bounded = upper < 1e9
+    const.copy_(torch.where(bounded, (lower + upper) / 2, const * 10))
+
+
+def _check_positive(name: str, value, *, integer: bool = False, allow_zero: bool = False):
+    v = int(value) if integer else float(value)
+    if integer and v != value:
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if math.isnan(v) or v < 0 or (v == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return v
+
+
+def _min_norm_threat(threat, norm, bounds, mask, attack) -> ThreatModel:
+    t = make_threat(None, norm, bounds, mask, threat, need_eps=False, attack=attack)
+    if t.norm != norm:
+        raise ValueError(f"{attack} measures perturbations in {norm}, but threat.norm={t.norm!r}")
+    if t.eps is not None:
+        raise ValueError(
+            f"{attack} is a minimum-norm attack: pass a threat without eps and use "
+            "result.at_eps(eps, x) for a fixed-budget result"
+        )
+    return t
+
+
+def _tanh_to_x(w: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    return lo + (hi - lo) * (torch.tanh(w) + 1) / 2
+
+
+def _x_to_tanh(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    u = ((x - lo) / (hi - lo) * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6)
+    return torch.atanh(u)
+
+
+class _Adam:
+    """Adam (Kingma & Ba 2015) on a batch of rows, with per-row step counts, so that rows can
+    leave the batch or restart independently."""
+
+    def __init__(self, like: torch.Tensor, lr: float, b1=0.9, b2=0.999, eps=1e-8) -> None:
+        self.lr, self.b1, self.b2, self.eps = lr, b1, b2, eps
+        self.m = torch.zeros_like(like)
+        self.v = torch.zeros_like(like)
+        self.t = torch.zeros(like.shape[0], dtype=like.dtype, device=like.device)
+
+    def step(self, param: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        self.t += 1
+        self.m.mul_(self.b1).add_(grad, alpha=1 - self.b1)
+        self.v.mul_(self.b2).addcmul_(grad, grad, value=1 - self.b2)
+        mhat = self.m / _shape(1 - self.b1**self.t, grad)
+        vhat = self.v / _shape(1 - self.b2**self.t, grad)
+        return param - self.lr * mhat / (vhat.sqrt() + self.eps)
+
+    def reset(self, rows: torch.Tensor) -> None:
+        self.m[rows] = 0
+        self.v[rows] = 0
+        self.t[rows] = 0
+
+    def keep(self, keep: torch.Tensor) -> None:
+        self.m, self.v, self.t = self.m[keep], self.v[keep], self.t[keep]
+
+
+# -- the attack ------------------------------------------------------------------------------
+
+
+class CW(Attack):
+    """Carlini & Wagner (2017), "Towards Evaluating the Robustness of Neural Networks".
+
+    Minimum-norm attack, targeted or untargeted, in L2 (``norm="l2"``) or L∞ (``norm="linf"``).
+    The C&W loss is ``f(x') = max(z_y − max_{j≠y} z_j, −κ)`` (untargeted) or
+    ``max(max_{j≠t} z_j − z_t, −κ)`` (targeted) on the logits ``z``.
+
+    **L2** (the paper's main attack): the change of variables
+    ``x' = lo + (hi − lo)·(tanh(w) + 1)/2`` keeps ``x'`` in bounds; Adam minimises
+    ``‖x' − x‖₂² + c·f(x')`` over ``w`` for ``max_iterations`` steps, aborting a sample early when
+    its loss has not decreased by 0.01 % over the last ``max_iterations // 10`` steps. A
+    per-sample binary search over ``c`` (``binary_search_steps`` rounds starting at
+    ``initial_const``; ×10 while the sample has never succeeded) trades norm against success; the
+    smallest-L2 successful ``x'`` ever seen (margin ≥ κ) is returned.
+
+    **L∞**: the paper's iterative attack (its Section V-C, ``li_attack.py``): the L∞ norm is
+    replaced by the penalty ``Σ_i max(|δ_i| − τ, 0)`` and Adam minimises
+    ``c·max(κ − margin, 0) + Σ_i max(|δ_i| − τ, 0)`` (same tanh variables). When a sample's loss
+    falls below ``10⁻⁴·c`` while it is adversarial, that solution is kept, τ becomes
+    ``decrease_factor · min(τ, ‖δ‖∞)`` and the optimisation restarts warm from the solution (Adam
+    reset); when ``max_iterations`` steps pass without that, ``c`` is multiplied by
+    ``const_factor`` (from ``initial_const``; the sample stops once ``c ≥ largest_const``). A
+    sample is done when τ ≤ (hi − lo)/256 or ``c`` is exhausted; the last solution is returned.
+    Unlike the original, which attacks one image at a time, every sample runs this schedule on
+    its own in one batch.
+
+    Args:
+        norm: ``"l2"`` (default) or ``"linf"``.
+        confidence: κ ≥ 0, the margin required of an adversarial example (0).
+        learning_rate: Adam step (1e-2 for L2, 5e-3 for L∞, the paper's values).
+        max_iterations: Adam steps per binary-search round (L2) or per value of ``c`` (L∞)
+            (1000; the original L2 code used 10000 with early abort).
+        binary_search_steps: L2 only: rounds of the search over ``c`` (9).
+        initial_const: first ``c`` (1e-3 for L2, 1e-5 for L∞).
+        abort_early: L2 only: stop a round for a sample once its loss plateaus (True).
+        largest_const, const_factor, decrease_factor, reduce_const: L∞ only: the cap on ``c``
+            (20), its growth factor (2), τ's shrink factor (0.9), and whether to halve ``c``
+            after each success (False).
+        bounds, mask, threat: see :class:`~advex.core.threat.ThreatModel` (no ``eps``: use
+            ``result.at_eps(eps, x)`` for a fixed-budget result).
+
+    Cost: L2: at most ``binary_search_steps × max_iterations`` forward+backward passes per
+    sample, usually far fewer with ``abort_early``. L∞: ``max_iterations`` passes per value of
+    ``c`` tried plus the passes of each τ level (each level typically takes tens of passes).
+
+    >>> result = CW(norm="l2")(model, x, y)                      # result.norms: L2 per sample
+    >>> fixed = CW(binary_search_steps=5, max_iterations=200)(model, x, y, target=3).at_eps(2.0, x)
+    """
+
+    name = "cw"
+    minimum_norm = True
+
+    def __init__(
+        self,
+        norm: str = "l2",
+        *,
+        confidence: float = 0.0,
+        learning_rate: float | None = None,
+        max_iterations: int = 1000,
+        binary_search_steps: int | None = None,
+        initial_const: float | None = None,
+        abort_early: bool | None = None,
+        largest_const: float | None = None,
+        const_factor: float | None = None,
+        decrease_factor: float | None = None,
+        reduce_const: bool | None = None,
+        bounds: tuple[float, float] = (0.0, 1.0),
+        mask: torch.Tensor | None = None,
+        threat: ThreatModel | None = None,
+        seed: int | None = 0,
+    ) -> None:
+        norm = str(norm).lower().replace("∞", "inf")
+        norm = {"2": "l2", "inf": "linf", "li": "linf", "l_inf": "linf"}.get(norm, norm)
+        if norm not in ("l2", "linf"):
+            raise ValueError(f"CW: norm must be 'l2' or 'linf', got {norm!r}")
+        super().__init__(_min_norm_threat(threat, norm, bounds, mask, "CW"), seed=seed)
+        self.norm = norm
+        self.confidence = _check_positive("confidence", confidence, allow_zero=True)
+        self.max_iterations = _check_positive("max_iterations", max_iterations, integer=True)
+        if norm == "l2":
+            bad = {
+                "largest_const": largest_const,
+                "const_factor": const_factor,
+                "decrease_factor": decrease_factor,
+                "reduce_const": reduce_const,
+            }
+            given = [k for k, v in bad.items() if v is not None]
+            if given:
+                raise ValueError(f"CW: {', '.join(given)} only apply to norm='linf'")
+            self.learning_rate = _check_positive(
+                "learning_rate", 1e-2 if learning_rate is None else learning_rate
+            )
+            self.binary_search_steps = _check_positive(
+                "binary_search_steps",
+                9 if binary_search_steps is None else binary_search_steps,
+                integer=True,
+            )
+            self.initial_const = _check_positive(
+                "initial_const", 1e-3 if initial_const is None else initial_const
+            )
+            self.abort_early = True if abort_early is None else bool(abort_early)
+        else:
+            given = [
+                k
+                for k, v in {
+                    "binary_search_steps": binary_search_steps,
+                    "abort_early": abort_early,
+                }.items()
+                if v is not None
+            ]
+            if given:
+                raise ValueError(f"CW: {', '.join(given)} only apply to norm='l2'")
+            self.learning_rate = _check_positive(
+                "learning_rate", 5e-3 if learning_rate is None else learning_rate
+            )
+            self.initial_const = _check_positive(
+                "initial_const", 1e-5 if initial_const is None else initial_const
+            )
+            self.largest_const = _check_positive(
+                "largest_const", 20.0 if largest_const is None else largest_const
+            )
+            if self.largest_const <= self.initial_const:
+                raise ValueError(
+                    f"largest_const ({self.largest_const}) must exceed initial_const "
+                    f"({self.initial_const})"
+                )
+            self.const_factor = float(2.0 if const_factor is None else const_factor)
+            if not self.const_factor > 1:
+                raise ValueError(f"const_factor must be > 1, got {const_factor!r}")
+            self.decrease_factor = float(0.9 if decrease_factor is None else decrease_factor)
+            if not 0 < self.decrease_factor < 1:
+                raise ValueError(f"decrease_factor must be in (0, 1), got {decrease_factor!r}")
+            self.reduce_const = bool(reduce_const) if reduce_const is not None else False
+
+    # ----------------------------------------------------------------------------------------
+    def _attack(self, caller, x, goal, done, clean_logits):
+        out = x.clone()
+        rows = (~done).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            return out
+        run = self._attack_l2 if self.norm == "l2" else self._attack_linf
+        out[rows] = run(caller, x[rows], goal[rows], rows)
+        return out
+
+    def _grad_w(self, w, g_x):
+        """Chain rule through the tanh change of variables (and the mask)."""
+        lo, hi = self.threat.bounds
+        g = g_x * ((hi - lo) / 2) * (1 - torch.tanh(w) ** 2)
+        return self.threat.apply_mask(g)
+
+    def _to_x(self, w, x0):
+        lo, hi = self.threat.bounds
+        xp = _tanh_to_x(w, lo, hi)
+        m = self.threat._mask_for(x0)
+        return xp if m is None else torch.where(m, xp, x0)
+
+    # -- L2 ------------------------------------------------------------------------------------
+    def _attack_l2(self, caller: ModelCaller, xs, gs: Goal, rows):
+        lo, hi = self.threat.bounds
+        kappa = self.confidence
+        n = xs.shape[0]
+        w0 = _x_to_tanh(xs, lo, hi)
+        const = torch.full((n,), self.initial_const, dtype=xs.dtype, device=xs.device)
+        lower = torch.zeros_like(const)
+        upper = torch.full_like(const, _BIG)
+        best_l2 = torch.full_like(const, math.inf)
+        best_x = xs.clone()
+        check_every = max(self.max_iterations // 10, 1)
+        repeat = self.binary_search_steps >= 10
+        for bs in range(self.binary_search_steps):
+            if repeat and bs == self.binary_search_steps - 1:
+                const = torch.where(upper < 1e9, upper, const)
+            act = torch.arange(n, device=xs.device)  # rows of xs still optimised this round
+            w = w0.clone()
+            adam = _Adam(w, self.learning_rate)
+            prev = torch.full_like(const, math.inf)
+            succeeded = torch.zeros(n, dtype=torch.bool, device=xs.device)
+            for it in range(self.max_iterations):
+                xa, ga, ca = xs[act], gs[act], const[act]
+                xp = self._to_x(w, xa)
+                logits, marg, g = caller.value_and_grad(
+                    xp, lambda z, ga=ga: margin(z, ga, kappa), rows[act]
+                )
+                delta = xp - xa
+                l2sq = _flat(delta).pow(2).sum(1)
+                loss = l2sq + ca * (kappa - marg)
+                # bookkeeping on the evaluated point
+                ok = _success(logits, ga, kappa)
+                if bool(ok.any()):
+                    succeeded[act[ok]] = True
+                    better = ok & (l2sq < best_l2[act])
+                    bi = act[better]
+                    best_l2[bi] = l2sq[better]
+                    best_x[bi] = xp[better]
+                keep = None
+                if self.abort_early and it % check_every == 0:
+                    stop = loss > prev[act] * 0.9999
+                    prev[act] = loss
+                    if bool(stop.any()):
+                        keep = ~stop
+                if it == self.max_iterations - 1:
+                    break
+                gx = 2 * delta - _shape(ca, g) * g
+                w = adam.step(w, self._grad_w(w, gx))
+                if keep is not None:
+                    if not bool(keep.any()):
+                        break
+                    act, w = act[keep], w[keep]
+                    adam.keep(keep)
+            _search_update(const, lower, upper, succeeded)
+        return best_x
+
+    # -- L∞ ------------------------------------------------------------------------------------
+    def _attack_linf(self, caller: ModelCaller, xs, gs: Goal, rows):
+        lo, hi = self.threat.bounds
+        kappa = self.confidence
+        n = xs.shape[0]
+        tau_min = (hi - lo) / 256
+        act = torch.arange(n, device=xs.device)
+        w = _x_to_tanh(xs, lo, hi)
+        adam = _Adam(w, self.learning_rate)
+        const = torch.full((n,), self.initial_const, dtype=xs.dtype, device=xs.device)
+        tau = torch.full_like(const, hi - lo)
+        iters = torch.zeros(n, dtype=torch.long, device=xs.device)  # steps at the current c
+        best_x = xs.clone()
+        while act.numel():
+            xa, ga = xs[act], gs[act]
+            xp = self._to_x(w, xa)
+            logits, marg, g = caller.value_and_grad(
+                xp, lambda z, ga=ga: margin(z, ga, kappa), rows[act]
+            )
+            delta = xp - xa
+            c, t = const[act], _shape(tau[act], xp)
+            over = (delta.abs() - t).clamp_min(0)
+            loss = c * (kappa - marg) + _flat(over).sum(1)
+            solved = (loss < 1e-4 * c) & _success(logits, ga, kappa)
+            # not solved: one Adam step; solved: keep this point as the new warm start
+            gx = (delta.abs() > t).to(xp.dtype) * delta.sign() - _shape(c, g) * g
+            stepped = adam.step(w, self._grad_w(w, gx))
+            sv = _shape(solved, w)
+            w = torch.where(sv, w, stepped)
+            adam.m = torch.where(sv, torch.zeros_like(w), adam.m)
+            adam.v = torch.where(sv, torch.zeros_like(w), adam.v)
+            adam.t = torch.where(solved, torch.zeros_like(adam.t), adam.t)
+            finished = torch.zeros_like(solved)
+            if bool(solved.any()):
+                si = act[solved]
+                best_x[si] = xp[solved]
+                size = _flat(delta[solved]).abs().amax(1)
+                tau[si] = torch.minimum(tau[si], size) * self.decrease_factor
+                iters[si] = 0
+                if self.reduce_const:
+                    const[si] = const[si] / 2
+                finished |= solved & (tau[act] <= tau_min)
+            unsolved = act[~solved]
+            iters[unsolved] += 1
+            grow = ~solved & (iters[act] >= self.max_iterations)
+            if bool(grow.any()):
+                gi = act[grow]
+                const[gi] = const[gi] * self.const_factor
+                iters[gi] = 0
+                finished |= grow & (const[act] >= self.largest_const)
+            if bool(finished.any()):
+                keep = ~finished
+                act, w = act[keep], w[keep]
+                adam.keep(keep)
+        return best_x
