@@ -23,15 +23,15 @@ def test_checkpoints_follow_the_paper():
 
 def test_apgd_ce_at_least_as_strong_as_pgd_with_equal_gradients(mnist_model, mnist_correct):
     x, y = mnist_correct
-    pgd = PGD(eps=0.1, steps=40)(mnist_model, x, y)
-    attack = APGD(eps=0.1, steps=40)
+    pgd = PGD(eps=0.15, steps=40)(mnist_model, x, y)
+    attack = APGD(eps=0.15, steps=40)
     apgd = attack(mnist_model, x, y)
     assert apgd.gradients.max() <= 40 and pgd.gradients.max() <= 40
     assert attack.threat.contains(apgd.x_adv, x, tol=1e-6).all()
-    # measured on 200 digits: APGD-CE 0.535, PGD-40 0.555 robust accuracy (at ε = 0.15:
-    # 0.030 and 0.045)
+    # measured on 200 digits: APGD-CE 0.030, PGD-40 0.045 robust accuracy (at ε = 0.1:
+    # 0.535 and 0.555, but that costs 25 s here)
     assert apgd.robust_accuracy <= pgd.robust_accuracy
-    assert apgd.robust_accuracy < 0.6
+    assert 0 < pgd.robust_accuracy < 0.1
     assert apgd.gradients.sum() <= pgd.gradients.sum()
     with torch.no_grad():
         assert torch.equal(apgd.success, mnist_model(apgd.x_adv).argmax(1) != y)
