@@ -129,9 +129,9 @@ class UniversalPerturbation(Attack):
                 "without target="
             )
         rows = (~done).nonzero().squeeze(1)
+        if rows.numel() == 0:  # every point already misclassified: nothing to attack or fit
+            return x.clone()
         if self.perturbation_ is None:
-            if rows.numel() == 0:
-                raise ValueError("nothing to fit: the model misclassifies every point")
             self._fit(caller, x[rows], goal.y[rows], rows, clean_logits[rows])
         v = self.perturbation_.to(device=x.device, dtype=x.dtype)
         if v.shape != x.shape[1:]:
