@@ -112,3 +112,29 @@ def test_distill_shortcut_is_deterministic():
     b = distill(d, arch="mlp", temperature=20, epochs=1, batch_size=50, progress=False)
     for (k, p), q in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
         assert torch.equal(p, q), k
+
+
+def test_train_from_spec_distill(tmp_path):
+    from advex import zoo
+    from advex.defenses import train_from_spec
+
+    out = tmp_path / "d"
+    res = train_from_spec(
+        "digits-mlp",
+        "digits",
+        "distill",
+        0.0,
+        1,
+        out,
+        temperature=20,
+        batch_size=64,
+        attack_steps=None,
+        progress=False,
+    )
+    card = zoo.load(out).card
+    assert card["defense"] == "defensive-distillation" and card["temperature"] == 20
+    assert card["data"]["spec"] == "digits" and card["accuracy"] == res.accuracy
+    with pytest.raises(ValueError, match="attack_steps does not apply"):
+        train_from_spec("digits-mlp", "digits", "distill", 0.0, 1, out, attack_steps=5)
+    with pytest.raises(ValueError, match="unknown method"):
+        train_from_spec("digits-mlp", "digits", "free-at", 0.3, 1, out)

@@ -47,6 +47,7 @@ def train_from_spec(
     epochs: int,
     out: str | os.PathLike,
     *,
+    norm: str = "linf",
     temperature: float = 100.0,
     seed: int = 0,
     resume: bool = False,
@@ -62,7 +63,8 @@ def train_from_spec(
     architecture (``"smallcnn"``) or a saved model directory (fine-tuned from its weights).
     ``data``: an :func:`advex.data.load` spec (``"mnist5k"``, ``"mnist:PATH"``).
     ``method``: ``pgd``, ``trades``, ``mart``, ``fgsm-rs``, ``standard`` or ``distill``
-    (``temperature`` applies to it; ``eps`` is then only recorded). Other keyword arguments go
+    (``temperature`` applies to it; ``eps`` and ``norm`` are then ignored); keyword arguments
+    that are ``None`` are dropped (so a CLI can pass its unset options). Other ones go
     to :class:`AdversarialTrainer` / :class:`DefensiveDistillation`.
 
     >>> train_from_spec("mnist-smallcnn", "mnist5k", "trades", 0.3, 10, "runs/trades")
@@ -107,6 +109,7 @@ def train_from_spec(
         net,
         method,
         eps,
+        norm,
         epochs=epochs,
         seed=seed,
         out_dir=out,
