@@ -32,7 +32,38 @@ FACTORIES = {
     "fgsm": (_fixed(A.FGSM), ["linf", "l2", "l1"], True),
     "pgd": (_fixed(A.PGD, steps=5), ["linf", "l2", "l1"], True),
     "bim": (_fixed(A.BIM, steps=5), ["linf", "l2", "l1"], True),
+    "mifgsm": (_fixed(A.MIFGSM, steps=3), ["linf", "l2"], True),
+    "apgd": (_fixed(A.APGD, steps=6), ["linf", "l2", "l1"], True),
+    "apgd-t": (_fixed(A.APGD, steps=4, targeted=True, n_target_classes=2), ["linf"], True),
+    "square": (_fixed(A.Square, n_queries=30), ["linf", "l2"], True),
+    "universal": (
+        _fixed(A.UniversalPerturbation, max_epochs=1, inner_steps=2, candidates=3),
+        ["linf", "l2"],
+        True,
+    ),
+    "cw": (
+        lambda norm, eps: A.CW(
+            norm,
+            max_iterations=8,
+            learning_rate=0.1,
+            initial_const=1.0,
+            **({"binary_search_steps": 2} if norm == "l2" else {"largest_const": 2.0}),
+        ),
+        ["l2", "linf"],
+        False,
+    ),
+    "ead": (
+        lambda norm, eps: A.EAD(
+            max_iterations=8, binary_search_steps=2, learning_rate=0.1, initial_const=1.0
+        ),
+        ["l1"],
+        False,
+    ),
+    "lbfgs": (lambda norm, eps: A.LBFGS(search_steps=2, max_iterations=5), ["l2"], False),
 }
+# attacks that only run targeted / only untargeted, as their papers define them
+TARGETED_ONLY = {"lbfgs"}
+UNTARGETED_ONLY = {"universal"}
 
 
 class ConvNet(torch.nn.Module):
@@ -68,6 +99,10 @@ def _cases():
 )
 def test_invariants_for_every_attack(name, norm, b, c, h, w, scale, seed, targeted):
     factory, _, fixed = FACTORIES[name]
+    if name in TARGETED_ONLY:
+        targeted = True
+    if name in UNTARGETED_ONLY:
+        targeted = False
     eps = NORM_EPS[norm] * scale
     model = ConvNet(c, seed=seed).eval()
     x = torch.rand(b, c, h, w, generator=torch.Generator().manual_seed(seed))

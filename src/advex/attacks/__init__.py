@@ -1,6 +1,34 @@
-"""Attacks: every one is called as ``attack(model, x, y, target=None) -> AttackResult``."""
+"""Attacks: every one is called as ``attack(model, x, y, target=None) -> AttackResult``.
 
+Fixed-budget (ε given): FGSM, PGD/BIM, MIFGSM, APGD, Square, UniversalPerturbation.
+Minimum-norm (smallest perturbation found, convert with ``result.at_eps(eps, x)``): CW, EAD,
+LBFGS, DeepFool, FAB, JSMA.
+"""
+
+from .apgd import APGD
 from .base import Attack
-from .gradient import BIM, FGSM, PGD
+from .blackbox import BlackBoxError, LabelBlackBox, ScoreBlackBox
+from .cw import CW
+from .ead import EAD
+from .gradient import BIM, FGSM, MIFGSM, PGD, FixedBudgetAttack
+from .lbfgs import LBFGS
+from .square import Square
+from .universal import UniversalPerturbation
 
-__all__ = ["Attack", "FGSM", "PGD", "BIM"]
+__all__ = [
+    "APGD",
+    "Attack",
+    "BIM",
+    "BlackBoxError",
+    "CW",
+    "EAD",
+    "FGSM",
+    "FixedBudgetAttack",
+    "LBFGS",
+    "LabelBlackBox",
+    "MIFGSM",
+    "PGD",
+    "ScoreBlackBox",
+    "Square",
+    "UniversalPerturbation",
+]

@@ -107,7 +107,13 @@ def check_logits(output: torch.Tensor, *, name: str = "model") -> None:
     if output.shape[1] > 1 and output.shape[0] > 0:
         detached = output.detach()
         nonneg = bool((detached >= 0).all() and (detached <= 1).all())
-        if nonneg and torch.allclose(detached.sum(1), torch.ones_like(detached[:, 0]), atol=1e-4):
+        # exact one-hot rows are hard labels (a label-only black box), not a softmax
+        onehot = bool(((detached == 0) | (detached == 1)).all())
+        if (
+            nonneg
+            and not onehot
+            and torch.allclose(detached.sum(1), torch.ones_like(detached[:, 0]), atol=1e-4)
+        ):
             warnings.warn(
                 f"{name} seems to return probabilities (outputs in [0, 1] summing to 1), not "
                 "logits; gradient-based attacks are weakened by a softmax output (gradient "
