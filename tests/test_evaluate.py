@@ -316,3 +316,18 @@ def test_minimum_norm_attack_curve_from_one_run(mnist_model, small):
     assert mn.robust_accuracy["ls-fgsm"] == fg.robust_accuracy["fgsm"]
     assert sum(mn.gradients["ls-fgsm"]) == int((mn.clean_pred == mn.y).sum())
     assert not math.isnan(mn.clean_accuracy)
+
+
+def test_budgeted_minimum_norm_attack(mnist_model, small):
+    """BudgetedAttack scores a minimum-norm attack at a budget: the same number as its curve."""
+    from advex.evaluate import BudgetedAttack
+
+    x, y = small
+    x, y = x[:80], y[:80]
+    grid = [0.05, 0.1, 0.2]
+    res = robust_accuracy(mnist_model, (x, y), BudgetedAttack(_LineSearchFGSM(grid), eps=0.1))
+    curve = robustness_curve(mnist_model, (x, y), _LineSearchFGSM(grid), grid)
+    assert res.robust_accuracy == pytest.approx(curve.at(0.1, "ls-fgsm"))
+    assert bool((res.norms["ls-fgsm"][res.success["ls-fgsm"]] <= 0.1 + 1e-6).all())
+    with pytest.raises(ValueError, match="fixed-budget"):
+        BudgetedAttack(FGSM(eps=0.1), eps=0.1)

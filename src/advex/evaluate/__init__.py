@@ -8,12 +8,14 @@ and robust accuracy as a function of ε.
 """
 
 from ._data import as_batches
+from .budget import BudgetedAttack
 from .curve import RobustnessCurve, check_eps_list, rebudget, robustness_curve
 from .examples import Examples
 from .robust import AttackStats, EvaluationResult, named_attacks, robust_accuracy
 
 __all__ = [
     "AttackStats",
+    "BudgetedAttack",
     "EvaluationResult",
     "Examples",
     "RobustnessCurve",

@@ -17,6 +17,7 @@ from torch import nn
 from ..attacks.base import Attack
 from ..core.model import attack_mode
 from ._data import as_batches, check_target_spec, model_device, resolve_target
+from .budget import BudgetedAttack
 
 __all__ = ["robustness_curve", "RobustnessCurve", "rebudget", "check_eps_list"]
 
@@ -80,6 +81,8 @@ class _Line:
                 f"curve attack {name!r} must be an Attack instance, an Attack class or a "
                 f"factory eps -> Attack; got {type(spec).__name__}"
             )
+        if isinstance(spec, BudgetedAttack):  # one run of the minimum-norm attack serves all ε
+            self.instance = spec.attack
         self._cache: dict[float, Attack] = {}
 
     @property
@@ -222,8 +225,9 @@ def robustness_curve(
             a factory ``eps -> Attack`` (an Attack class works: ``PGD``, or
             ``functools.partial(PGD, steps=20)``), or an Attack instance, which is re-budgeted
             with :func:`rebudget` (``threat.with_eps``, ``step_size`` scaled with ε). A
-            minimum-norm attack instance (``minimum_norm=True``) runs once: a point is fooled
-            at ε when the attack's perturbation has norm ≤ ε.
+            minimum-norm attack instance (``minimum_norm=True``, or wrapped in
+            :class:`BudgetedAttack`) runs once: a point is fooled at ε when the attack's
+            perturbation has norm ≤ ε.
         eps_list: budgets (sorted and de-duplicated; each >= 0).
         batch_size, target, device, progress: as in :func:`robust_accuracy`.
         independent: run every ε on every correctly classified point instead (for checking;

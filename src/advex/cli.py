@@ -1,0 +1,939 @@
+"""The ``advex`` command line: ``advex demo``, ``advex attack``, ``advex evaluate``, ``advex list``.
+
+A thin layer over :mod:`advex.evaluate` and :mod:`advex.report`: it loads a model and a dataset,
+builds attacks by name, runs the evaluation and writes ``results.json`` plus PNG figures.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+import time
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["main", "available_attacks", "find_attack", "build_attack", "load_model", "parse_params"]
+
+# constructor arguments that have their own command-line option (or are set automatically)
+_RESERVED = {
+    "eps": "--eps",
+    "norm": "--norm",
+    "seed": "--seed",
+    "threat": "--eps/--norm",
+    "bounds": "the dataset's bounds",
+    "mask": "(not settable from the command line)",
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Attacks by name
+# ----------------------------------------------------------------------------------------------
+
+
+def _key(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def available_attacks() -> dict[str, type]:
+    """Attack classes exported by :mod:`advex.attacks` (``__all__``), by lower-case class name.
+
+    Attacks added to ``advex.attacks.__all__`` later become available automatically.
+    """
+    import advex.attacks as attacks_pkg
+    from advex.attacks.base import Attack
+
+    out: dict[str, type] = {}
+    for export in getattr(attacks_pkg, "__all__", []):
+        obj = getattr(attacks_pkg, export, None)
+        if not (isinstance(obj, type) and issubclass(obj, Attack)) or obj is Attack:
+            continue
+        if inspect.isabstract(obj) or getattr(obj, "_attack", None) is Attack._attack:
+            continue  # a base class, not a runnable attack
+        out[export.lower()] = obj
+    return out
+
+
+def find_attack(name: str) -> type:
+    """The attack class called ``name`` (case-insensitive; ``-``/``_`` ignored; the class name or
+    its ``name`` attribute). Raises ``click.UsageError`` listing the available attacks."""
+    table = available_attacks()
+    want = _key(name)
+    for cls_name, cls in table.items():
+        if want in (_key(cls_name), _key(str(getattr(cls, "name", "")))):
+            return cls
+    raise click.UsageError(
+        f"unknown attack {name!r}; available attacks: {', '.join(sorted(table))}"
+    )
+
+
+def _init_params(cls: type) -> dict[str, tuple[inspect.Parameter, Any]]:
+    """Keyword parameters of ``cls(...)`` with their resolved type hints, following
+    ``**kwargs`` up the class hierarchy (e.g. BIM passes them on to PGD)."""
+    from advex.attacks.base import Attack
+
+    params: dict[str, tuple[inspect.Parameter, Any]] = {}
+    for klass in cls.__mro__:
+        if klass in (Attack, object):
+            break
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            hints = typing.get_type_hints(init)
+        except Exception:
+            hints = {}
+        var_kw = False
+        for p in list(inspect.signature(init).parameters.values())[1:]:
+            if p.kind is p.VAR_KEYWORD:
+                var_kw = True
+            elif p.kind is not p.VAR_POSITIONAL and p.name not in params:
+                params[p.name] = (p, hints.get(p.name, p.annotation))
+        if not var_kw:
+            break
+    return params
+
+
+def settable_params(cls: type) -> dict[str, Any]:
+    """``name -> default`` of the hyperparameters ``--param`` can set for ``cls``."""
+    return {
+        k: p.default
+        for k, (p, hint) in _init_params(cls).items()
+        if k not in _RESERVED and _kinds(hint, p.default) is not None
+    }
+
+
+def _kinds(hint: Any, default: Any) -> set | None:
+    """The scalar types a parameter accepts: a subset of {bool, int, float, str, None}.
+
+    ``None`` when the parameter takes something that cannot come from the command line.
+    """
+    scalar = {bool, int, float, str}
+    if isinstance(hint, str):  # an unresolved annotation such as "float | None"
+        parts = {s.strip() for s in hint.replace("Optional[", "").rstrip("]").split("|")}
+        names = {"bool": bool, "int": int, "float": float, "str": str, "None": None}
+        if parts and parts <= set(names):
+            return {names[s] for s in parts}
+        hint = inspect.Parameter.empty
+    if hint is not inspect.Parameter.empty and hint is not Any:
+        origin = typing.get_origin(hint)
+        if origin is typing.Union or isinstance(hint, types.UnionType):
+            members = set()
+            for a in typing.get_args(hint):
+                if a is type(None):
+                    members.add(None)
+                elif a in scalar:
+                    members.add(a)
+                elif typing.get_origin(a) is typing.Literal:
+                    members |= {type(v) for v in typing.get_args(a)}
+                else:
+                    return None
+            return members
+        if typing.get_origin(hint) is typing.Literal:
+            return {type(v) for v in typing.get_args(hint)}
+        if hint in scalar:
+            return {hint}
+        return None
+    if default is inspect.Parameter.empty or default is None:
+        return {int, float, bool, str, None}
+    if type(default) in scalar:
+        return {type(default)}
+    if callable(default):
+        return None
+    return None
+
+
+_TRUE = {"true", "yes", "y", "1", "on"}
+_FALSE = {"false", "no", "n", "0", "off"}
+
+
+def _convert(name: str, raw: str, kinds: set) -> Any:
+    low = raw.strip().lower()
+    if None in kinds and low in ("none", "null"):
+        return None
+    if bool in kinds and low in _TRUE | _FALSE:
+        return low in _TRUE
+    if int in kinds:
+        try:
+            return int(raw)
+        except ValueError:
+            pass
+    if float in kinds:
+        try:
+            return float(raw)
+        except ValueError:
+            pass
+    if str in kinds:
+        return raw
+    want = " or ".join(sorted("None" if k is None else k.__name__ for k in kinds))
+    raise click.UsageError(f"--param {name}={raw}: expected {want}")
+
+
+def parse_params(cls: type, items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Turn ``k=v`` strings into constructor keyword arguments for ``cls``, converted with the
+    constructor's annotations/defaults (int, float, bool, str, None)."""
+    params = _init_params(cls)
+    valid = settable_params(cls)
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise click.UsageError(f"--param expects KEY=VALUE, got {item!r}")
+        if key in _RESERVED:
+            raise click.UsageError(f"--param {key}: set it with {_RESERVED[key]}, not --param")
+        if key not in params:
+            raise click.UsageError(
+                f"{cls.__name__} has no parameter {key!r}; valid parameters: "
+                f"{', '.join(sorted(valid)) or '(none)'}"
+            )
+        kinds = _kinds(params[key][1], params[key][0].default)
+        if kinds is None:
+            raise click.UsageError(f"{cls.__name__} parameter {key!r} cannot be set from the CLI")
+        out[key] = _convert(key, raw, kinds)
+    return out
+
+
+def build_attack(
+    name: str,
+    *,
+    eps: float | None,
+    norm: str,
+    seed: int,
+    params: list[str] | tuple[str, ...] = (),
+    bounds: tuple[float, float] | None = None,
+):
+    """Build the attack called ``name`` with ``--eps/--norm/--seed/--param`` values."""
+    from advex.evaluate import BudgetedAttack
+
+    cls = find_attack(name)
+    kwargs = parse_params(cls, params)
+    accepted = _init_params(cls)
+    if eps is not None and "eps" in accepted:
+        kwargs["eps"] = eps
+    if "norm" in accepted:
+        kwargs["norm"] = norm
+    if "seed" in accepted:
+        kwargs["seed"] = seed
+    if bounds is not None and "bounds" in accepted:
+        kwargs["bounds"] = tuple(bounds)
+    try:
+        attack = cls(**kwargs)
+    except (ValueError, TypeError) as err:
+        msg = str(err)
+        if eps is None and "eps" in msg:
+            msg += f" (use --eps for {cls.__name__})"
+        raise click.UsageError(f"cannot build {cls.__name__}: {msg}") from err
+    if eps is not None and "eps" not in accepted:
+        if getattr(attack, "minimum_norm", False):
+            # a minimum-norm attack scored at the budget: adversarials with norm <= eps count
+            return BudgetedAttack(attack, eps)
+        raise click.UsageError(f"{cls.__name__} has no perturbation budget: drop --eps")
+    return attack
+
+
+def _shown_defaults(cls: type) -> dict[str, Any]:
+    """Settable parameters with the defaults an instance really uses (e.g. BIM's
+    random_start=False), when the attack can be built with a small eps."""
+    shown = settable_params(cls)
+    try:
+        inst = cls(eps=0.1) if "eps" in _init_params(cls) else cls()
+    except Exception:
+        return shown
+    for k, default in shown.items():
+        v = getattr(inst, k, None)
+        if default is not None and isinstance(v, bool | int | float | str):
+            shown[k] = v
+    return shown
+
+
+# ----------------------------------------------------------------------------------------------
+# Models and data
+# ----------------------------------------------------------------------------------------------
+
+
+def _parse_normalize(text: str) -> tuple[list[float], list[float]]:
+    try:
+        vals = [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError as err:
+        raise click.BadParameter(f"expected numbers MEAN,STD, got {text!r}") from err
+    if len(vals) < 2 or len(vals) % 2:
+        raise click.BadParameter(
+            f"expected MEAN,STD (or C means then C stds for C channels), got {text!r}"
+        )
+    half = len(vals) // 2
+    return vals[:half], vals[half:]
+
+
+def _load_weights(model, path: str) -> None:
+    import torch
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise click.UsageError(f"--weights file not found: {path}")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(p))
+        elif suffix in (".pt", ".pth", ".bin", ".ckpt"):
+            # weights_only=True: tensors and plain containers only, never arbitrary pickles
+            state = torch.load(str(p), map_location="cpu", weights_only=True)
+        else:
+            raise click.UsageError(
+                f"--weights must be a .safetensors or .pt/.pth file (loaded with "
+                f"weights_only=True), got {p.name}"
+            )
+    except click.UsageError:
+        raise
+    except Exception as err:
+        raise click.ClickException(f"cannot read weights {p}: {err}") from err
+    if isinstance(state, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict):
+        raise click.ClickException(f"{p} does not hold a state dict")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        raise click.ClickException(
+            f"weights {p.name} do not match the model: {' '.join(first[:3])}"
+        ) from err
+
+
+def load_model(spec: str, weights: str | None = None, normalize: str | None = None):
+    """A zoo name or model directory, or ``package.module:factory`` (+ ``--weights``)."""
+    from torch import nn
+
+    from advex import zoo
+
+    if ":" in spec and not Path(spec).exists():
+        module_name, _, factory_name = spec.partition(":")
+        if not module_name or not factory_name:
+            raise click.UsageError(f"--model {spec!r}: expected package.module:factory")
+        cwd = os.getcwd()
+        if cwd not in sys.path:
+            sys.path.insert(0, cwd)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            raise click.UsageError(
+                f"--model {spec!r}: cannot import {module_name!r}: {err}"
+            ) from err
+        factory = getattr(module, factory_name, None)
+        if not callable(factory):
+            raise click.UsageError(
+                f"--model {spec!r}: {module_name} has no callable {factory_name!r}"
+            )
+        model = factory()
+        if not isinstance(model, nn.Module):
+            raise click.UsageError(
+                f"--model {spec!r}: the factory returned {type(model).__name__}, not an nn.Module"
+            )
+        if weights:
+            _load_weights(model, weights)
+    else:
+        if weights:
+            raise click.UsageError("--weights goes with --model package.module:factory")
+        try:
+            model = zoo.load(spec, progress=True)
+        except (ValueError, FileNotFoundError) as err:
+            raise click.UsageError(
+                f"--model {spec!r}: {err}. Use a zoo name ({', '.join(zoo.available())}), a "
+                "model directory, or package.module:factory with --weights"
+            ) from err
+    if normalize:
+        from advex.core.model import Normalize
+
+        mean, std = _parse_normalize(normalize)
+        try:
+            model = nn.Sequential(Normalize(mean, std), model)
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="--normalize") from err
+    return model.eval()
+
+
+def load_data(spec: str, split: str, n: int | None):
+    from advex import data as D
+
+    try:
+        ds = D.load(spec, split)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        raise click.UsageError(f"--data {spec!r}: {err}") from err
+    if n is not None:
+        ds = ds.subset(n)
+    if len(ds) == 0:
+        raise click.UsageError(f"--data {spec!r} ({split}) is empty: nothing to evaluate")
+    return ds
+
+
+def _targets(ds, targeted: bool, target: int | None, seed: int):
+    import torch
+
+    if target is not None:
+        if not 0 <= target < ds.num_classes:
+            raise click.BadParameter(
+                f"{target} is not a class of {ds.name} (0..{ds.num_classes - 1})",
+                param_hint="--target",
+            )
+        return int(target)
+    if not targeted:
+        return None
+    # a seeded random wrong class per point
+    g = torch.Generator().manual_seed(int(seed))
+    shift = torch.randint(1, ds.num_classes, (len(ds),), generator=g)
+    return (ds.y + shift) % ds.num_classes
+
+
+def _parse_eps_list(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        vals = [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError as err:
+        raise click.BadParameter(f"expected numbers like 0.1,0.2,0.3, got {text!r}") from err
+    if not vals:
+        raise click.BadParameter("give at least one value", param_hint="--eps")
+    for v in vals:
+        if not v >= 0 or v == float("inf"):
+            raise click.BadParameter(
+                f"every eps must be a finite number >= 0, got {v}", param_hint="--eps"
+            )
+    return vals
+
+
+def _slug(name: str) -> str:
+    s = "".join(ch if ch.isalnum() else "_" for ch in name.lower())
+    return "_".join(filter(None, s.split("_"))) or "attack"
+
+
+def _echo_files(out: Path, files: list[Path]) -> None:
+    click.echo(f"\nwrote to {out}/: " + ", ".join(p.name for p in files))
+
+
+def _command_line() -> str:
+    return " ".join(["advex", *sys.argv[1:]]) if sys.argv else "advex"
+
+
+# ----------------------------------------------------------------------------------------------
+# Commands
+# ----------------------------------------------------------------------------------------------
+
+
+def _version() -> str:
+    import advex
+
+    return advex.__version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(version=_version(), prog_name="advex")
+def main() -> None:
+    """advex: create adversarial examples, measure robustness, harden models.
+
+    Start with `advex demo`: it trains a small MNIST model on first use (about a minute on a
+    laptop CPU), attacks 200 test digits with FGSM, PGD and a targeted PGD, prints a table and
+    writes results.json and figures to ./advex-demo/.
+    """
+
+
+@main.command()
+@click.option(
+    "--out",
+    default="advex-demo",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Directory for results.json and PNGs.",
+)
+@click.option(
+    "--n",
+    "n",
+    default=200,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Number of test digits to attack (max 1000).",
+)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the attacks.")
+@click.option(
+    "--quick", is_flag=True, help="Fewer PGD steps (10 instead of 40) and fewer ε on the curve."
+)
+@click.option(
+    "--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr."
+)
+def demo(out: str, n: int, seed: int, quick: bool, progress: bool) -> None:
+    """Attack an MNIST CNN end to end and write a small report.
+
+    Gets the zoo model mnist-smallcnn (trained and cached on first use), attacks the first N
+    mnist5k test digits with FGSM (L∞, ε=0.3), PGD-40 (ε=0.3) and a targeted PGD that turns
+    every digit into a "3" (digits labelled 3 excluded), prints a table, and writes
+    results.json, triptych_*.png (original | perturbation | adversarial) and curve.png (robust
+    accuracy vs ε) into --out.
+    """
+    from advex import data as D
+    from advex import zoo
+    from advex.attacks.gradient import FGSM, PGD
+    from advex.evaluate import robust_accuracy, robustness_curve
+    from advex.report import format_curve, format_table, save_curve, save_triptych, to_json
+
+    t_start = time.perf_counter()
+    out_dir = Path(out)
+    steps = 10 if quick else 40
+    eps = 0.3
+    eps_list = [0.0, 0.1, 0.2, 0.3] if quick else [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
+    target_class = 3
+
+    name = "mnist-smallcnn"
+    try:
+        zoo.load_card(name)
+        cached = True
+    except FileNotFoundError:
+        cached = False
+    if cached:
+        click.echo(f"[1/4] model: {name} (cached in {zoo.cache_dir()})")
+    else:
+        click.echo(
+            f"[1/4] model: training {name} on first use (about a minute on a laptop "
+            f"CPU; cached in {zoo.cache_dir()})"
+        )
+    t0 = time.perf_counter()
+    model = zoo.load(name, progress=progress)
+    train_s = time.perf_counter() - t0
+    card = getattr(model, "card", {})
+
+    ds = D.mnist5k("test")
+    if n > len(ds):
+        click.echo(f"note: mnist5k has {len(ds)} test digits; using all of them")
+    ds = ds.subset(n)
+    click.echo(
+        f"[2/4] attacking {len(ds)} test digits: FGSM and PGD-{steps} (Linf, eps={eps}), "
+        f"targeted PGD-{steps} -> '{target_class}'"
+    )
+    attacks = {
+        "fgsm": FGSM(eps=eps, seed=seed),
+        f"pgd-{steps}": PGD(eps=eps, steps=steps, seed=seed),
+    }
+    untargeted = robust_accuracy(model, ds, attacks, independent=True, progress=progress)
+    tname = f"pgd-{steps} -> {target_class}"
+    targeted = robust_accuracy(
+        model,
+        ds,
+        {tname: PGD(eps=eps, steps=steps, seed=seed)},
+        target=target_class,
+        progress=progress,
+    )
+    click.echo(f"[3/4] robust accuracy vs eps over {eps_list}")
+    curve = robustness_curve(
+        model,
+        ds,
+        {"fgsm": attacks["fgsm"], f"pgd-{steps}": attacks[f"pgd-{steps}"]},
+        eps_list,
+        progress=progress,
+    )
+
+    click.echo("[4/4] writing the report\n")
+    click.echo(format_table({"untargeted": untargeted, "targeted": targeted}))
+    click.echo(
+        f"(targeted: the {targeted.n_skipped} digits labelled {target_class} are "
+        "excluded; success = classified as the target)\n"
+    )
+    click.echo(format_curve(curve))
+
+    files: list[Path] = []
+    for res in (untargeted, targeted):
+        for aname, ex in res.attack_examples.items():
+            suffix = _slug(aname.replace("->", " target "))
+            files.append(save_triptych(ex, out_dir / f"triptych_{suffix}.png", max_rows=6))
+    files.append(save_curve(curve, out_dir / "curve.png"))
+    doc = {
+        "model": {
+            "name": name,
+            "accuracy": card.get("accuracy"),
+            "accuracy_split": card.get("accuracy_split"),
+            "trained_now": not cached,
+            "load_or_train_s": train_s,
+        },
+        "data": {"name": ds.name, "n": len(ds)},
+        "untargeted": untargeted,
+        "targeted": targeted,
+        "curve": curve,
+    }
+    total = time.perf_counter() - t_start
+    to_json(
+        doc,
+        out_dir / "results.json",
+        seed=seed,
+        threat=attacks["fgsm"].threat,
+        command=_command_line(),
+        meta={"wall_time_s": total},
+    )
+    files.insert(0, out_dir / "results.json")
+    _echo_files(out_dir, files)
+    click.echo(f"done in {total:.1f} s")
+
+
+def _common_options(f):
+    options = [
+        click.option(
+            "--model",
+            "model_spec",
+            default="mnist-smallcnn",
+            show_default=True,
+            help="Zoo name (see `advex list`), a saved model directory, or "
+            "package.module:factory (a function returning an nn.Module).",
+        ),
+        click.option(
+            "--weights",
+            type=click.Path(dir_okay=False),
+            help="Weights for a module:factory model: .safetensors, or .pt/.pth "
+            "(read with torch.load(weights_only=True); never unpickled otherwise).",
+        ),
+        click.option(
+            "--normalize",
+            metavar="MEAN,STD",
+            help="Wrap the model with advex.Normalize (per channel: C means then C "
+            "stds), for models trained on normalised inputs.",
+        ),
+        click.option(
+            "--data",
+            "data_spec",
+            default="mnist5k",
+            show_default=True,
+            help="Dataset spec: mnist5k, digits, mnist:PATH or fashion-mnist:PATH.",
+        ),
+        click.option(
+            "--split",
+            default="test",
+            show_default=True,
+            type=click.Choice(["test", "train", "all"]),
+            help="Dataset split.",
+        ),
+        click.option(
+            "--n",
+            "n",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Use only the first N points (default: all).",
+        ),
+        click.option(
+            "--norm",
+            default="linf",
+            show_default=True,
+            type=click.Choice(["linf", "l2", "l1"], case_sensitive=False),
+            help="Threat model norm.",
+        ),
+        click.option(
+            "--targeted",
+            is_flag=True,
+            help="Targeted attack; without --target each point gets a random (seeded) wrong class.",
+        ),
+        click.option(
+            "--target",
+            type=int,
+            default=None,
+            help="Target class for every point (implies --targeted; points of that "
+            "class are skipped).",
+        ),
+        click.option(
+            "--param",
+            "params",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Attack hyperparameter, e.g. --param steps=100 (repeatable; with "
+            "several attacks, ATTACK.KEY=VALUE sets it for one).",
+        ),
+        click.option(
+            "--batch-size",
+            default=256,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help="Batch size.",
+        ),
+        click.option(
+            "--out",
+            default="advex-out",
+            show_default=True,
+            type=click.Path(file_okay=False),
+            help="Output directory.",
+        ),
+        click.option(
+            "--seed",
+            default=0,
+            show_default=True,
+            type=int,
+            help="Seed of the attacks (and of random targets).",
+        ),
+        click.option(
+            "--progress/--no-progress",
+            default=True,
+            show_default=True,
+            help="Progress bar over batches on stderr.",
+        ),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+def _split_params(params: tuple[str, ...], names: list[str]) -> dict[str, list[str]]:
+    """Route ``--param`` items to attacks: ``pgd.steps=20`` to pgd only, ``steps=20`` to every
+    attack that has such a parameter (an error if none has)."""
+    routed: dict[str, list[str]] = {n: [] for n in names}
+    for item in params:
+        key, sep, _ = item.partition("=")
+        if not sep:
+            raise click.UsageError(f"--param expects KEY=VALUE, got {item!r}")
+        if "." in key:
+            owner, _, rest = item.partition(".")
+            matches = [n for n in names if _key(n) == _key(owner)]
+            if not matches:
+                raise click.UsageError(
+                    f"--param {item!r}: no attack {owner!r} among {', '.join(names)}"
+                )
+            routed[matches[0]].append(rest)
+            continue
+        k = key.strip().replace("-", "_")
+        takers = [n for n in names if k in _init_params(find_attack(n)) or k in _RESERVED]
+        if not takers:
+            valid = sorted({p for n in names for p in settable_params(find_attack(n))})
+            raise click.UsageError(
+                f"no attack among {', '.join(names)} has a parameter {k!r}; valid parameters: "
+                f"{', '.join(valid)}"
+            )
+        for n in takers:
+            routed[n].append(item)
+    return routed
+
+
+def _run_errors(fn, *args, **kwargs):
+    """Library errors (bad values, shapes) become clean CLI errors without a traceback."""
+    try:
+        return fn(*args, **kwargs)
+    except click.ClickException:
+        raise
+    except (ValueError, TypeError) as err:
+        raise click.ClickException(str(err)) from err
+
+
+@main.command()
+@click.option(
+    "--attack",
+    "attack_name",
+    default="pgd",
+    show_default=True,
+    help="Attack name (see `advex list`), case-insensitive.",
+)
+@click.option(
+    "--eps",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Perturbation budget (required by fixed-budget attacks).",
+)
+@_common_options
+def attack(
+    attack_name,
+    eps,
+    model_spec,
+    weights,
+    normalize,
+    data_spec,
+    split,
+    n,
+    norm,
+    targeted,
+    target,
+    params,
+    batch_size,
+    out,
+    seed,
+    progress,
+) -> None:
+    """Run one attack on a dataset; write results.json and triptych.png.
+
+    \b
+    Example:
+      advex attack --model mnist-smallcnn --attack pgd --eps 0.3 --n 100 --out out/
+      advex attack --attack pgd --eps 0.3 --target 3 --param steps=100
+      advex attack --model mypkg.nets:make_cnn --weights cnn.safetensors --attack fgsm --eps 0.1
+    """
+    from advex.evaluate import robust_accuracy
+    from advex.report import format_table, save_triptych, to_json
+
+    ds = load_data(data_spec, split, n)
+    atk = build_attack(
+        attack_name, eps=eps, norm=norm.lower(), seed=seed, params=params, bounds=ds.bounds
+    )
+    model = load_model(model_spec, weights, normalize)
+    tgt = _targets(ds, targeted, target, seed)
+    res = _run_errors(
+        robust_accuracy,
+        model,
+        ds,
+        {atk.name: atk},
+        target=tgt,
+        batch_size=batch_size,
+        progress=progress,
+        keep_examples=8,
+    )
+    click.echo(format_table(res))
+    if res.n_skipped:
+        click.echo(f"({res.n_skipped} points whose label is the target were skipped)")
+    out_dir = Path(out)
+    files = [out_dir / "results.json"]
+    ex = res.attack_examples.get(atk.name)
+    if ex is not None:
+        files.append(save_triptych(ex, out_dir / "triptych.png"))
+    to_json(
+        {
+            "model": model_spec,
+            "data": {"spec": data_spec, "split": split, "n": res.n},
+            "attack": repr(atk),
+            "evaluation": res,
+        },
+        out_dir / "results.json",
+        seed=seed,
+        threat=atk.threat,
+        command=_command_line(),
+    )
+    _echo_files(out_dir, files)
+
+
+@main.command()
+@click.option(
+    "--attack",
+    "attack_names",
+    multiple=True,
+    default=("fgsm", "pgd"),
+    show_default=True,
+    help="Attack to run (repeatable), in running order.",
+)
+@click.option(
+    "--eps",
+    "eps_text",
+    default="0.3",
+    show_default=True,
+    metavar="E[,E...]",
+    help="Budget, or a comma-separated list for a robustness curve.",
+)
+@click.option(
+    "--independent",
+    is_flag=True,
+    help="Also run every attack on every point (each attack's own robust accuracy).",
+)
+@_common_options
+def evaluate(
+    attack_names,
+    eps_text,
+    independent,
+    model_spec,
+    weights,
+    normalize,
+    data_spec,
+    split,
+    n,
+    norm,
+    targeted,
+    target,
+    params,
+    batch_size,
+    out,
+    seed,
+    progress,
+) -> None:
+    """Robust accuracy under several attacks (per-point worst case), optionally vs ε.
+
+    Attacks run in the given order, each only on the points still robust. With several --eps
+    values the robustness curve is computed too (curve.png). Writes results.json,
+    triptych.png (worst-case examples at the largest ε) and curve.png.
+
+    \b
+    Example:
+      advex evaluate --attack fgsm --attack pgd --eps 0.1,0.2,0.3 --n 200
+      advex evaluate --attack pgd --param steps=100 --param restarts=2 --eps 0.3
+    """
+    from advex.evaluate import robust_accuracy, robustness_curve
+    from advex.report import format_curve, format_table, save_curve, save_triptych, to_json
+
+    eps_list = sorted(set(_parse_eps_list(eps_text)))
+    ds = load_data(data_spec, split, n)
+    names = [find_attack(a).__name__.lower() for a in attack_names]
+    if len(set(names)) != len(names):
+        raise click.UsageError("each --attack may appear only once")
+    routed = _split_params(params, names)
+    eps_max = eps_list[-1]
+    if eps_max == 0:
+        raise click.BadParameter("the largest eps must be > 0", param_hint="--eps")
+    attacks = {
+        nm: build_attack(
+            nm, eps=eps_max, norm=norm.lower(), seed=seed, params=routed[nm], bounds=ds.bounds
+        )
+        for nm in names
+    }
+    model = load_model(model_spec, weights, normalize)
+    tgt = _targets(ds, targeted, target, seed)
+    res = _run_errors(
+        robust_accuracy,
+        model,
+        ds,
+        attacks,
+        target=tgt,
+        batch_size=batch_size,
+        progress=progress,
+        independent=independent,
+    )
+    click.echo(f"eps = {eps_max:g} ({norm})")
+    click.echo(format_table(res))
+    if res.n_skipped:
+        click.echo(f"({res.n_skipped} points whose label is the target were skipped)")
+    out_dir = Path(out)
+    files = [out_dir / "results.json"]
+    doc: dict[str, Any] = {
+        "model": model_spec,
+        "data": {"spec": data_spec, "split": split, "n": res.n},
+        "attacks": {k: repr(a) for k, a in attacks.items()},
+        "evaluation": res,
+    }
+    if len(eps_list) > 1:
+        curve = _run_errors(
+            robustness_curve,
+            model,
+            ds,
+            attacks,
+            eps_list,
+            target=tgt,
+            batch_size=batch_size,
+            progress=progress,
+        )
+        click.echo("\n" + format_curve(curve))
+        doc["curve"] = curve
+        files.append(save_curve(curve, out_dir / "curve.png"))
+    if res.examples is not None:
+        files.append(save_triptych(res.examples, out_dir / "triptych.png"))
+    to_json(doc, out_dir / "results.json", seed=seed, command=_command_line())
+    _echo_files(out_dir, files)
+
+
+@main.command(name="list")
+def list_cmd() -> None:
+    """List the available attacks (with their parameters), zoo models and dataset specs."""
+    from advex import data as D
+    from advex import zoo
+
+    click.echo("attacks (--attack NAME, --param KEY=VALUE):")
+    for name, cls in sorted(available_attacks().items()):
+        ps = ", ".join(f"{k}={v!r}" for k, v in _shown_defaults(cls).items())
+        click.echo(f"  {name:<10} {ps}")
+    click.echo("\nzoo models (--model NAME): " + ", ".join(zoo.available()))
+    click.echo("datasets (--data SPEC): " + ", ".join(D.SPEC_FORMS))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
