@@ -46,6 +46,7 @@ __all__ = [
     "adapt_for_attack",
     "is_stochastic",
     "non_differentiable",
+    "quantization_table",
 ]
 
 
@@ -440,6 +441,7 @@ class FeatureSqueezing(nn.Module):
         self.batch_size = int(batch_size)
         self.threshold = None if threshold is None else float(threshold)
         self.fpr: float | None = None
+        self.training = bool(getattr(model, "training", False))  # mirror the model's mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.predict_on == "squeezed":
@@ -537,6 +539,7 @@ class AdaptedModel(nn.Module):
         self.wrapped = list(wrapped)
         self.stochastic = bool(stochastic)
         self.eot_samples = int(eot_samples)
+        self.training = bool(getattr(model, "training", False))  # mirror the model's mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -587,6 +590,8 @@ def adapt_for_attack(model: nn.Module, eot_samples: int = 16) -> AdaptedModel:
         raise TypeError(f"adapt_for_attack: model must be an nn.Module, got {type(model).__name__}")
     if int(eot_samples) < 1:
         raise ValueError(f"adapt_for_attack: eot_samples must be >= 1, got {eot_samples!r}")
+    if isinstance(model, AdaptedModel):  # adapting twice: start from the inner view
+        model = model.model
     wrapped: list[str] = []
     view = _rebuild(model, "", wrapped, {})
     stochastic = is_stochastic(model)
