@@ -379,7 +379,7 @@ def _cost(info: dict, cost: str) -> str:
     return text if cost == "gradients" else f"{text}q"
 
 
-def format_table(records: list[dict], machine: dict) -> str:
+def format_table(records: list[dict], machine: dict, markdown: bool = False) -> str:
     head = (
         "case",
         "vs",
@@ -390,7 +390,7 @@ def format_table(records: list[dict], machine: dict) -> str:
         "ref img/s",
         "advex strength",
         "ref strength",
-        "grads/img advex | ref",
+        "grads/img advex / ref",
     )
     rows = []
     for rec in records:
@@ -412,15 +412,22 @@ def format_table(records: list[dict], machine: dict) -> str:
                     ("<" if late else "") + f"{ref['images_per_s']:.0f}",
                     strength_text(rec["kind"], adv["strength"]),
                     "timed out" if late else strength_text(rec["kind"], ref["strength"]),
-                    f"{_cost(adv, rec['cost'])} | " + ("?" if late else _cost(ref, rec["cost"])),
+                    f"{_cost(adv, rec['cost'])} / " + ("?" if late else _cost(ref, rec["cost"])),
                 )
             )
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-    lines = [" | ".join(str(h).ljust(w) for h, w in zip(head, widths, strict=True))]
-    lines.append("-+-".join("-" * w for w in widths))
-    for r in rows:
-        lines.append(" | ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)))
-    return "\n".join(lines)
+    edge = ("| ", " |") if markdown else ("", "")
+
+    def line(values) -> str:
+        cells = " | ".join(str(v).ljust(w) for v, w in zip(values, widths, strict=True))
+        return (edge[0] + cells + edge[1]).rstrip()
+
+    rule = (
+        ("|-" + "-|-".join("-" * w for w in widths) + "-|")
+        if markdown
+        else ("-+-".join("-" * w for w in widths))
+    )
+    return "\n".join([line(head), rule, *(line(r) for r in rows)])
 
 
 def format_header(machine: dict, config: dict) -> str:
@@ -531,6 +538,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="stop an implementation's first run after this long and report '>' that time "
         "(0: no limit)",
     )
+    ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     ap.add_argument("--list", action="store_true", help="list the cases and exit")
     args = ap.parse_args(argv)
     if args.batch is None:
@@ -599,7 +607,7 @@ def main(argv=None) -> int:
     machine["load_average_end"] = _loadavg()
     machine["total_s"] = round(time.perf_counter() - t0, 1)
     print()
-    print(format_table(records, machine))
+    print(format_table(records, machine, markdown=args.markdown))
     print()
     print(format_case_notes(records))
     print(
