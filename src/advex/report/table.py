@@ -15,6 +15,7 @@ HEADERS = (
     "success rate",
     "median norm",
     "grad/point",
+    "queries/point",
     "time",
 )
 
@@ -57,11 +58,14 @@ def _rows(res: Any, label: str | None) -> list[list[str]]:
                 _pct(s.success_rate),
                 _num(s.norm_median),
                 _num(s.gradients_per_point, "{:.1f}"),
+                _num(s.queries_per_point, "{:.1f}"),
                 _secs(s.time_s),
             ]
         )
     if len(res.attacks) > 1:
         grads = res.gradients_total / res.n_correct if res.n_correct else float("nan")
+        queries = sum(s.queries_total for s in res.attacks.values())
+        queries = queries / res.n_correct if res.n_correct else float("nan")
         rows.append(
             [
                 prefix + "worst case",
@@ -70,6 +74,7 @@ def _rows(res: Any, label: str | None) -> list[list[str]]:
                 _pct(res.success_rate),
                 "-",
                 _num(grads, "{:.1f}"),
+                _num(queries, "{:.1f}"),
                 _secs(sum(s.time_s for s in res.attacks.values())),
             ]
         )
@@ -78,12 +83,14 @@ def _rows(res: Any, label: str | None) -> list[list[str]]:
 
 def format_table(results: Any) -> str:
     """One row per attack (and a worst-case row when there are several):
-    attack | clean acc | robust acc | success rate | median norm | grad/point | time.
+    attack | clean acc | robust acc | success rate | median norm | grad/point | queries/point |
+    time.
 
     ``results``: an ``EvaluationResult``, a list of them, or a dict ``label -> result``.
     Robust accuracy is the attack's own when measured (``independent=True``), else cumulative
     (after the attacks listed before it); success rate is among the points it was run on;
-    grad/point is input gradients per attacked point.
+    grad/point and queries/point are input gradients and model evaluations per attacked point
+    (for the worst-case row: per correctly classified point).
     """
     if isinstance(results, Mapping):
         items = [(str(k), v) for k, v in results.items()]
