@@ -309,8 +309,9 @@ def train_gaussian_augmentation(
         seed: seeds the initialisation (for an architecture name), the shuffling and the
             noise; the global RNG is left untouched. Same seed ⇒ same weights.
         arch, arch_kwargs: the zoo architecture of a model passed in (needed to save it).
-        out_dir: if given, the model is saved there in zoo format (``advex.zoo.save``) with a card recording σ, the recipe and, when ``test_data`` is
-            given, the clean and noisy accuracy.
+        out_dir: if given, the model is saved there in zoo format (``advex.zoo.save``) with
+            a card recording σ, the recipe and, when ``test_data`` is given, the clean and
+            noisy accuracy.
         test_data: optional held-out data for the card.
 
     Returns the trained model in eval mode.
