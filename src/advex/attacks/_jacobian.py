@@ -27,7 +27,7 @@ import torch
 
 from .base import ModelCaller
 
-__all__ = ["logit_vjps", "jacobian", "one_hot_cotangents"]
+__all__ = ["logit_vjps", "jacobian", "difference_jacobian", "one_hot_cotangents"]
 
 _METHODS = ("auto", "loop", "vmap")
 
@@ -115,5 +115,32 @@ def jacobian(
     def cot(logits: torch.Tensor) -> torch.Tensor:
         c = classes(logits) if callable(classes) else classes
         return one_hot_cotangents(c.to(logits.device), logits.shape[1], logits.dtype)
+
+    return logit_vjps(caller, x, cot, idx, method=method)
+
+
+def difference_jacobian(
+    caller: ModelCaller,
+    x: torch.Tensor,
+    pairs: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
+    idx: torch.Tensor | None = None,
+    *,
+    method: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and the gradients of ``K`` logit differences per sample: ``grads[i, k] =
+    ∇_x (logits_i[pairs[i, k, 0]] − logits_i[pairs[i, k, 1]])``.
+
+    DeepFool and FAB only use differences ``∇z_k − ∇z_y``: asking for them directly (cotangent
+    ``e_k − e_y``) costs ``K`` products where "all classes, then subtract" costs ``K + 1``.
+    ``pairs`` is a ``(B, K, 2)`` LongTensor or a function of the logits returning one.
+    """
+
+    def cot(logits: torch.Tensor) -> torch.Tensor:
+        pr = pairs(logits) if callable(pairs) else pairs
+        pr = pr.to(logits.device)
+        c = logits.shape[1]
+        return one_hot_cotangents(pr[..., 0], c, logits.dtype) - one_hot_cotangents(
+            pr[..., 1], c, logits.dtype
+        )
 
     return logit_vjps(caller, x, cot, idx, method=method)

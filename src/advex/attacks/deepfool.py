@@ -6,7 +6,7 @@ import torch
 
 from ..core.goals import Goal
 from ..core.threat import ThreatModel
-from ._jacobian import jacobian
+from ._jacobian import difference_jacobian
 from .base import Attack, ModelCaller, make_threat
 
 __all__ = ["DeepFool"]
@@ -23,9 +23,10 @@ class DeepFool(Attack):
     to fool deep neural networks"), in L2 and L∞.
 
     Each iteration linearises the classifier at the current point: for every candidate class
-    ``k`` it computes ``f_k = z_k − z_y`` and ``w_k = ∇z_k − ∇z_y`` (one batched Jacobian for the
-    whole batch), picks the closest linearised boundary ``l = argmin_k |f_k| / ‖w_k‖_dual``
-    (dual of L2 is L2, of L∞ is L1) and steps onto it with the minimal step
+    ``k`` it computes ``f_k = z_k − z_y`` and ``w_k = ∇z_k − ∇z_y`` (one batched Jacobian of
+    the logit differences for the whole batch), picks the closest linearised boundary
+    ``l = argmin_k |f_k| / ‖w_k‖_dual`` (dual of L2 is L2, of L∞ is L1) and steps onto it with
+    the minimal step
     ``r = (|f_l| / ‖w_l‖_dual + 10⁻⁴) · u_l`` where ``u_l = w_l / ‖w_l‖₂`` (L2) or
     ``sign(w_l)`` (L∞). Steps accumulate into ``r_tot``; the iterate is
     ``clip(x + (1 + overshoot) · r_tot)`` (``r_tot`` keeps only what clipping lets through).
@@ -45,9 +46,9 @@ class DeepFool(Attack):
         bounds, mask, threat: see :class:`~advex.core.threat.ThreatModel` (no ``eps``: DeepFool
             is a minimum-norm attack; use ``result.at_eps(eps, x)`` for a fixed budget).
 
-    Cost: per iteration and sample still robust, one Jacobian of ``candidates`` logits (counted
-    as ``candidates`` gradient evaluations; 2 when targeted); at most ``max_iter`` iterations,
-    plus 2 forwards.
+    Cost: per iteration and sample still robust, one forward and ``candidates − 1``
+    vector-Jacobian products (counted as ``candidates − 1`` gradient evaluations; 1 when
+    targeted); at most ``max_iter`` iterations, plus 2 forwards.
 
     >>> result = DeepFool(norm="l2")(model, x, y)
     >>> result.norms.median(), result.at_eps(1.5, x).robust_accuracy
@@ -102,18 +103,18 @@ class DeepFool(Attack):
         if ga.targeted:
             tgt = ga.target
 
-            def classes(logits: torch.Tensor) -> torch.Tensor:
-                other = logits.scatter(1, tgt[:, None], float("-inf")).argmax(1)
-                return torch.stack([other, tgt], dim=1)  # reference first, then the goal class
+            def pairs(logits: torch.Tensor) -> torch.Tensor:
+                ref = logits.scatter(1, tgt[:, None], float("-inf")).argmax(1)
+                return torch.stack([tgt, ref], dim=1)[:, None, :]  # ∇(z_t − z_top other)
 
         else:
             k = min(self.candidates, clean_logits.shape[1])
-            cand = clean_logits[idx].topk(k, dim=1).indices
-            cand[:, 0] = ga.y  # active points are classified correctly: y is the top class
-            cand_all = cand
+            cand = clean_logits[idx].topk(k, dim=1).indices[:, 1:]
+            # active points are classified correctly: y is the top class, cand the next k - 1
+            cand_all = torch.stack([cand, ga.y[:, None].expand_as(cand)], dim=2)
 
-            def classes(logits: torch.Tensor) -> torch.Tensor:
-                return cand_all
+            def pairs(logits: torch.Tensor) -> torch.Tensor:
+                return cand_all  # ∇(z_k − z_y) for the candidates k
 
         scale = 1.0 + self.overshoot
         r_tot = torch.zeros_like(xa)
@@ -122,7 +123,7 @@ class DeepFool(Attack):
             if it == self.max_iter:
                 logits = caller.logits(cur, idx)
             else:
-                logits, jac = jacobian(caller, cur, classes, idx)
+                logits, jac = difference_jacobian(caller, cur, pairs, idx)
             succ = ga.is_success(logits)
             last = it == self.max_iter
             if last or bool(succ.any()):
@@ -137,15 +138,9 @@ class DeepFool(Attack):
                     tgt = ga.target
                 else:
                     cand_all = cand_all[keep]
-            if ga.targeted:
-                ref = logits.scatter(1, tgt[:, None], float("-inf")).argmax(1)
-                f = logits.gather(1, tgt[:, None]) - logits.gather(1, ref[:, None])
-                w = (jac[:, 1] - jac[:, 0]).unsqueeze(1)
-            else:
-                zc = logits.gather(1, cand_all)
-                f = zc[:, 1:] - zc[:, :1]
-                w = jac[:, 1:] - jac[:, :1]
-            w = threat.apply_mask(w.reshape(-1, *xa.shape[1:])).reshape(w.shape)
+            pr = pairs(logits)
+            f = logits.gather(1, pr[..., 0]) - logits.gather(1, pr[..., 1])
+            w = threat.apply_mask(jac.reshape(-1, *xa.shape[1:])).reshape(jac.shape)
             wf = w.reshape(w.shape[0], w.shape[1], -1)
             dual = wf.norm(p=2, dim=2) if threat.norm == "l2" else wf.abs().sum(dim=2)
             dist = f.abs() / (dual + _TINY)

@@ -14,7 +14,7 @@ import torch
 from ..core.goals import Goal
 from ..core.losses import margin
 from ..core.threat import ThreatModel
-from ._jacobian import jacobian
+from ._jacobian import difference_jacobian
 from .base import Attack, ModelCaller, make_threat
 
 __all__ = ["FAB", "FABT", "project_hyperplane_box"]
@@ -138,8 +138,8 @@ class FAB(Attack):
         final_search: regula-falsi steps at the end (3; 0 disables).
         bounds, mask, threat, seed: as for every attack (the seed drives the random starts).
 
-    Cost: per run, per point attacked, ``steps`` × (one Jacobian of all C logits, counted as C
-    gradients, + 1 forward); targeted runs need 2 gradients instead of C; then
+    Cost: per run, per point attacked, ``steps`` × (one forward and the C − 1 gradients of
+    ``z_l − z_y``, + 1 forward); targeted runs need 1 gradient instead of C − 1; then
     ``final_search`` forwards; plus 2 forwards.
 
     >>> result = FAB(norm="linf", steps=100)(model, x, y)          # minimum-norm
@@ -273,35 +273,31 @@ class FAB(Attack):
         y = g.y
         other = None if classes is None else classes[idx]
         for _ in range(self.steps):
-            if mode == "all":
+            if mode == "all":  # every boundary z_l = z_y, l ≠ y
                 c = self._num_classes
-                cls = torch.arange(c, device=x.device).expand(cur.shape[0], c)
-                logits, jac = jacobian(caller, cur, cls, idx)
-                f = logits - logits.gather(1, y[:, None])
-                w = jac - jac.gather(1, y.reshape(-1, 1, *[1] * len(shape)).expand(-1, 1, *shape))
-                w = threat.apply_mask(w.reshape(-1, *shape)).reshape(w.shape)
-                wf = w.reshape(w.shape[0], c, -1)
-                dual = _dual(wf, threat.norm)
-                dist = f.abs() / (dual + _TINY)
-                dist.scatter_(1, y[:, None], math.inf)
+                ar = torch.arange(c, device=x.device).expand(cur.shape[0], c)
+                others = ar[ar != y[:, None]].reshape(cur.shape[0], c - 1)
+                pairs = torch.stack([others, y[:, None].expand_as(others)], dim=2)
+            elif mode == "pair":  # FAB-T: the boundary between the run's target class and y
+                pairs = torch.stack([other, y], dim=1)[:, None, :]
+            else:  # targeted: the boundary between the target and the current top other class
+                tgt = g.target
+
+                def pairs(logits, tgt=tgt):
+                    ref = logits.scatter(1, tgt[:, None], float("-inf")).argmax(1)
+                    return torch.stack([tgt, ref], dim=1)[:, None, :]
+
+            logits, jac = difference_jacobian(caller, cur, pairs, idx)
+            pr = pairs(logits) if callable(pairs) else pairs
+            f = logits.gather(1, pr[..., 0]) - logits.gather(1, pr[..., 1])
+            w = threat.apply_mask(jac.reshape(-1, *shape)).reshape(jac.shape[0], jac.shape[1], -1)
+            if w.shape[1] > 1:  # the closest linearised boundary
+                dist = f.abs() / (_dual(w, threat.norm) + _TINY)
                 s = dist.argmin(1)
                 rows = torch.arange(cur.shape[0], device=x.device)
-                fs, ws = f[rows, s], wf[rows, s]
+                fs, ws = f[rows, s], w[rows, s]
             else:
-                if mode == "pair":  # FAB-T: boundary between y and the run's target class
-                    cls = torch.stack([y, other], dim=1)
-                else:  # targeted: boundary between the current top other class and the target
-                    tgt = g.target
-
-                    def cls(logits, tgt=tgt):
-                        ref = logits.scatter(1, tgt[:, None], float("-inf")).argmax(1)
-                        return torch.stack([ref, tgt], dim=1)
-
-                logits, jac = jacobian(caller, cur, cls, idx)
-                classes_now = cls(logits) if callable(cls) else cls
-                z = logits.gather(1, classes_now)
-                fs = z[:, 1] - z[:, 0]
-                ws = threat.apply_mask(jac[:, 1] - jac[:, 0]).reshape(cur.shape[0], -1)
+                fs, ws = f[:, 0], w[:, 0]
             cf, x0f = cur.reshape(cur.shape[0], -1), x0.reshape(x0.shape[0], -1)
             # linear model at cur: fs + <ws, z - cur>; both projections target its zero set
             d1 = project_hyperplane_box(cf, ws, -fs, (lo, hi), threat.norm)
@@ -374,13 +370,13 @@ class FABT(FAB):
 
     Untargeted goal (success = misclassification), reached by targeted runs: for each of the
     ``n_target_classes`` classes with the highest clean logits after the true class, FAB
-    linearises only the boundary between ``y`` and that class (2 gradients per iteration
-    instead of C). Without ``eps`` every run refines every point's minimum norm; with ``eps``
+    linearises only the boundary between ``y`` and that class (1 gradient per iteration
+    instead of C − 1). Without ``eps`` every run refines every point's minimum norm; with ``eps``
     later runs attack only the points still robust at ``ε`` (AutoAttack's use). All other
     arguments as :class:`FAB`; for a single user-chosen target use ``FAB(...)(model, x, y,
     target=t)``.
 
-    Cost: ``n_target_classes × restarts × steps`` × (2 gradients + 1 forward) per point at most.
+    Cost: ``n_target_classes × restarts × steps`` × (1 gradient + 2 forwards) per point at most.
 
     >>> result = FABT(eps=0.3, norm="linf", n_target_classes=9)(model, x, y)
     """
