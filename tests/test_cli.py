@@ -103,6 +103,7 @@ def test_evaluate_command_with_curve(runner, tmp_path, mnist_model):
     assert doc["evaluation"]["attack_order"] == ["fgsm", "bim"]
     assert doc["evaluation"]["attacks"]["bim"]["params"]["steps"] == 3
     assert doc["curve"]["eps"] == [0.1, 0.2]
+    assert doc["meta"]["threat"] == {"norm": "linf", "eps": 0.2, "bounds": [0.0, 1.0], "mask": None}
     assert (out / "curve.png").exists() and (out / "triptych.png").exists()
 
 

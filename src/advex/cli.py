@@ -917,7 +917,9 @@ def evaluate(
         files.append(save_curve(curve, out_dir / "curve.png"))
     if res.examples is not None:
         files.append(save_triptych(res.examples, out_dir / "triptych.png"))
-    to_json(doc, out_dir / "results.json", seed=seed, command=_command_line())
+    threats = [a.threat.to_dict() for a in attacks.values()]
+    shared = threats[0] if all(t == threats[0] for t in threats) else None
+    to_json(doc, out_dir / "results.json", seed=seed, threat=shared, command=_command_line())
     _echo_files(out_dir, files)
 
 
