@@ -139,6 +139,8 @@ class SmoothedClassifier:
         try:
             if self.num_classes is None:
                 self.num_classes = int(self.base(x[:1]).shape[1])
+                if self.num_classes < 2:
+                    raise ValueError("the base classifier must output logits for >= 2 classes")
             c = self.num_classes
             counts = torch.zeros(b * c, dtype=torch.int64, device=x.device)
             total = b * num
