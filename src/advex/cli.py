@@ -446,7 +446,7 @@ def main() -> None:
     """
 
 
-@main.command()
+@main.command(short_help="Attack an MNIST CNN end to end; write a small report.")
 @click.option(
     "--out",
     default="advex-demo",
@@ -723,7 +723,7 @@ def _run_errors(fn, *args, **kwargs):
         raise click.ClickException(str(err)) from err
 
 
-@main.command()
+@main.command(short_help="Run one attack; write results.json and a triptych.")
 @click.option(
     "--attack",
     "attack_name",
@@ -806,7 +806,7 @@ def attack(
     _echo_files(out_dir, files)
 
 
-@main.command()
+@main.command(short_help="Worst-case robust accuracy over attacks, and vs eps.")
 @click.option(
     "--attack",
     "attack_names",
@@ -923,7 +923,7 @@ def evaluate(
     _echo_files(out_dir, files)
 
 
-@main.command(name="list")
+@main.command(name="list", short_help="List attacks, zoo models and dataset specs.")
 def list_cmd() -> None:
     """List the available attacks (with their parameters), zoo models and dataset specs."""
     from advex import data as D

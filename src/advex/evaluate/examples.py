@@ -148,7 +148,7 @@ class _Keeper:
             part = {}
             for key, v in cols.items():
                 if isinstance(v, torch.Tensor):
-                    part[key] = v[sel].detach().cpu()
+                    part[key] = v[sel.to(v.device)].detach().cpu()
                 elif isinstance(v, list):
                     part[key] = [v[i] for i in sel.tolist()]
                 else:
