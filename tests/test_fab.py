@@ -163,7 +163,7 @@ def test_fabt_fixed_budget(mnist_model, mnist_correct):
     # the budget version finds (about) the points the minimum-norm run finds within ε ...
     within = minnorm.at_eps(eps, x).success
     assert abs(int(fixed.success.sum()) - int(within.sum())) <= 2
-    assert 0.2 <= fixed.success_rate <= 0.9  # ε = 0.1 is near the median minimal ε here
+    assert 0.1 <= fixed.success_rate <= 0.9  # measured 0.25: ε = 0.1 is a hard budget here
     # ... and spends fewer passes: found points stop early, later targets skip them
     assert int(fixed.gradients.sum()) < int(minnorm.gradients.sum())
     with pytest.raises(ValueError, match="untargeted"):
