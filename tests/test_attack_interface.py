@@ -60,10 +60,15 @@ FACTORIES = {
         False,
     ),
     "lbfgs": (lambda norm, eps: A.LBFGS(search_steps=2, max_iterations=5), ["l2"], False),
+    "deepfool": (lambda norm, eps: A.DeepFool(norm, max_iter=5), ["l2", "linf"], False),
+    "fab": (_fixed(A.FAB, steps=5), ["linf", "l2", "l1"], True),
+    "fab-minimum-norm": (lambda norm, eps: A.FAB(norm=norm, steps=5), ["linf", "l2", "l1"], False),
+    "fabt": (_fixed(A.FABT, steps=4, n_target_classes=2), ["linf"], True),
+    "jsma": (lambda norm, eps: A.JSMA(gamma=0.3), ["l2"], False),
 }
 # attacks that only run targeted / only untargeted, as their papers define them
 TARGETED_ONLY = {"lbfgs"}
-UNTARGETED_ONLY = {"universal"}
+UNTARGETED_ONLY = {"universal", "fabt"}
 
 
 class ConvNet(torch.nn.Module):

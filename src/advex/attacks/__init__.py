@@ -9,8 +9,11 @@ from .apgd import APGD
 from .base import Attack
 from .blackbox import BlackBoxError, LabelBlackBox, ScoreBlackBox
 from .cw import CW
+from .deepfool import DeepFool
 from .ead import EAD
+from .fab import FAB, FABT
 from .gradient import BIM, FGSM, MIFGSM, PGD, FixedBudgetAttack
+from .jsma import JSMA
 from .lbfgs import LBFGS
 from .square import Square
 from .universal import UniversalPerturbation
@@ -21,9 +24,13 @@ __all__ = [
     "BIM",
     "BlackBoxError",
     "CW",
+    "DeepFool",
     "EAD",
+    "FAB",
+    "FABT",
     "FGSM",
     "FixedBudgetAttack",
+    "JSMA",
     "LBFGS",
     "LabelBlackBox",
     "MIFGSM",
