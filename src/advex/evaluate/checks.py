@@ -253,13 +253,15 @@ def masking_checks(
     max_points: int = 200,
     broken_by_black_box: int | None = None,
     n_evaluated: int | None = None,
+    eot_samples: int = 1,
 ) -> list[Check]:
     """Run every gradient-masking check on (a probe subset of) ``x, y`` under ``threat``.
 
     Cost on the probe batch: one input-gradient pass, two forwards, and about six short PGD
     runs plus one FGSM (early exit makes them cheap on models that are not robust).
     ``broken_by_black_box``/``n_evaluated`` come from an ensemble run (points only the
-    black-box attack broke); without them that check is skipped.
+    black-box attack broke); without them that check is skipped. ``eot_samples`` > 1 makes
+    the probe attacks average over that many draws of a random model (EOT).
     """
     if threat.eps is None:
         raise ValueError("masking checks need a threat model with a finite eps")
@@ -273,18 +275,20 @@ def masking_checks(
         checks.append(check_randomness(model, x))
 
     def pgd(e, s=seed):
-        return PGD(threat=threat.with_eps(e), steps=steps, seed=s)(model, x, y)
+        atk = PGD(threat=threat.with_eps(e), steps=steps, seed=s)
+        atk.eot_samples = int(eot_samples)
+        return atk(model, x, y)
 
     with warnings.catch_warnings():
         # the probability-output check above already reports this, once
         warnings.simplefilter("ignore", ProbabilityOutputWarning)
-        checks += _attack_checks(model, x, y, threat, pgd, seed, restarts)
+        checks += _attack_checks(model, x, y, threat, pgd, seed, restarts, eot_samples)
     if broken_by_black_box is not None:
         checks.append(check_black_box(n_evaluated or len(x), broken_by_black_box))
     return checks
 
 
-def _attack_checks(model, x, y, threat, pgd, seed, restarts) -> list[Check]:
+def _attack_checks(model, x, y, threat, pgd, seed, restarts, eot_samples=1) -> list[Check]:
     checks = []
     eps = threat.eps
     lo, hi = threat.bounds
@@ -299,7 +303,9 @@ def _attack_checks(model, x, y, threat, pgd, seed, restarts) -> list[Check]:
     big = {"linf": hi - lo, "l2": (hi - lo) * math.sqrt(d), "l1": (hi - lo) * d}
     big_eps = big[threat.norm]
     checks.append(check_unbounded(_robust_acc(pgd(big_eps)), big_eps))
-    fgsm = FGSM(threat=threat, seed=seed)(model, x, y)
+    fgsm_attack = FGSM(threat=threat, seed=seed)
+    fgsm_attack.eot_samples = int(eot_samples)
+    fgsm = fgsm_attack(model, x, y)
     checks.append(check_single_vs_iterative(fgsm.robust_accuracy, accs[eps]))
     robust_runs = [runs[1.0].robust]
     robust_runs += [pgd(eps, s=seed + 1 + r).robust for r in range(restarts - 1)]

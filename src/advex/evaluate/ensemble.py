@@ -1,0 +1,664 @@
+"""``evaluate()``: a robustness evaluation you can trust, in one call.
+
+An ensemble of attacks (a preset: AutoAttack's standard protocol by default) runs batch by batch,
+each attack only on the points still robust, giving the per-point worst case; the gradient-
+masking checks run on a probe subset and give a verdict; defended models that declare
+non-differentiable or random input transforms are attacked through BPDA / EOT automatically;
+with ``out_dir`` every finished batch is on disk, so an interrupted run resumes where it stopped
+and ends with the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.threat import ThreatModel
+from ._data import as_batches, model_device
+from .checks import Check, masking_checks, verdict
+from .examples import Examples
+from .presets import Preset, derive_seed, get_preset
+from .robust import robust_accuracy
+from .state import RunState, model_hash, tensor_hash
+
+__all__ = ["evaluate", "Evaluation", "StageResult", "clopper_pearson"]
+
+#: keys holding timings or dates: they differ between two runs with identical results
+TIMING_KEYS = ("time_s", "wall_time_s", "checks_time_s", "date", "resumed_batches")
+
+
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) two-sided confidence interval for a binomial proportion k/n."""
+    from scipy.stats import beta
+
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    a = 1.0 - level
+    lo = 0.0 if k == 0 else float(beta.ppf(a / 2, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1 - a / 2, k + 1, n - k))
+    return (lo, hi)
+
+
+@dataclass
+class StageResult:
+    """One attack of the ensemble: robust accuracy after it (cumulative worst case), the points
+    it broke first, the points it was run on, and what it cost."""
+
+    name: str
+    attack: str
+    params: dict[str, Any]
+    black_box: bool
+    robust_accuracy: float
+    n_attacked: int
+    n_broken: int
+    gradients: int
+    queries: int
+    time_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass
+class Evaluation:
+    """Result of :func:`evaluate`. Accuracies are fractions in [0, 1].
+
+    ``robust_accuracy_ci`` is the 95% Clopper-Pearson (exact binomial) interval of the robust
+    count over ``n`` points. ``per_attack`` lists the stages in running order, each with the
+    robust accuracy after it. ``verdict`` is ``"PASS"`` when no masking check fired, else
+    ``"SUSPECT"``; ``checks`` holds each check with its evidence and recommendation.
+    ``adaptations`` says whether BPDA / EOT were applied. Per point (data order): ``y``,
+    ``clean_pred``, ``broken_by`` (stage index, -1 if none), ``adv_pred`` and ``norms`` (the
+    worst-case adversarial's distance in the threat norm, NaN when not broken).
+    """
+
+    clean_accuracy: float
+    robust_accuracy: float
+    robust_accuracy_ci: tuple[float, float]
+    n: int
+    n_correct: int
+    n_robust: int
+    per_attack: list[StageResult]
+    verdict: str
+    checks: list[Check]
+    threat: dict[str, Any]
+    preset: dict[str, Any]
+    adaptations: dict[str, Any]
+    seed: int
+    wall_time_s: float
+    checks_time_s: float
+    y: torch.Tensor
+    clean_pred: torch.Tensor
+    broken_by: torch.Tensor
+    adv_pred: torch.Tensor
+    norms: torch.Tensor
+    curve: dict[str, Any] | None = None
+    examples: Examples | None = None
+    data_name: str | None = None
+    class_names: list[str] | None = None
+    resumed_batches: int = 0
+    ci_method: str = "clopper-pearson 95%"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stage_names(self) -> list[str]:
+        return [s.name for s in self.per_attack]
+
+    @property
+    def gradients_total(self) -> int:
+        return sum(s.gradients for s in self.per_attack)
+
+    @property
+    def queries_total(self) -> int:
+        """Forward passes of the attacks (gradient passes included) plus one clean pass/point."""
+        return sum(s.queries for s in self.per_attack) + self.n
+
+    @property
+    def broken_only_by_black_box(self) -> int:
+        black = [j for j, s in enumerate(self.per_attack) if s.black_box]
+        return int(sum(int((self.broken_by == j).sum()) for j in black))
+
+    def to_dict(self, per_point: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "kind": "evaluation",
+            "data": self.data_name,
+            "n": self.n,
+            "n_correct": self.n_correct,
+            "n_robust": self.n_robust,
+            "clean_accuracy": self.clean_accuracy,
+            "robust_accuracy": self.robust_accuracy,
+            "robust_accuracy_ci": list(self.robust_accuracy_ci),
+            "ci_method": self.ci_method,
+            "verdict": self.verdict,
+            "threat": self.threat,
+            "preset": self.preset,
+            "adaptations": self.adaptations,
+            "seed": self.seed,
+            "per_attack": [s.to_dict() for s in self.per_attack],
+            "passes": {"gradients": self.gradients_total, "queries": self.queries_total},
+            "broken_only_by_black_box": self.broken_only_by_black_box,
+            "checks": [c.to_dict() for c in self.checks],
+            "curve": self.curve,
+            "wall_time_s": self.wall_time_s,
+            "checks_time_s": self.checks_time_s,
+            "resumed_batches": self.resumed_batches,
+            "examples": None if self.examples is None else self.examples.to_dict(),
+        }
+        if per_point:
+            out["per_point"] = {
+                "y": self.y.tolist(),
+                "clean_pred": self.clean_pred.tolist(),
+                "broken_by": self.broken_by.tolist(),
+                "adv_pred": self.adv_pred.tolist(),
+                "norm": [None if math.isnan(v) else v for v in self.norms.tolist()],
+            }
+        return out
+
+    def to_json(self, path: str | Path | None = None, **meta: Any) -> str:
+        """The JSON document (with a ``meta`` block); written to ``path`` when given."""
+        import json
+
+        from ..report.jsonio import jsonable, metadata, to_json
+
+        if path is not None:
+            doc = to_json(
+                self.to_dict(), path, seed=self.seed, threat=self.threat, meta=meta or None
+            )
+            return json.dumps(doc, indent=2, allow_nan=False)
+        doc = {"meta": metadata(seed=self.seed, threat=self.threat)}
+        doc["meta"].update(jsonable(meta))
+        doc.update(jsonable(self.to_dict()))
+        return json.dumps(doc, indent=2, allow_nan=False)
+
+    def save_html(self, path: str | Path, **kwargs: Any) -> Path:
+        """A self-contained HTML report (see :func:`advex.report.save_html`)."""
+        from ..report.html import save_html
+
+        return save_html(self, path, **kwargs)
+
+    def summary(self) -> str:
+        lo, hi = self.robust_accuracy_ci
+        lines = [
+            f"clean accuracy  {self.clean_accuracy:7.2%}   (n = {self.n})",
+            f"robust accuracy {self.robust_accuracy:7.2%}   95% CI [{lo:.2%}, {hi:.2%}]",
+            f"verdict         {self.verdict}",
+            "",
+            f"{'stage':<12}{'robust after':>13}{'broke':>7}{'attacked':>10}"
+            f"{'grads':>10}{'queries':>10}{'time':>9}",
+        ]
+        for s in self.per_attack:
+            lines.append(
+                f"{s.name:<12}{s.robust_accuracy:>13.2%}{s.n_broken:>7}{s.n_attacked:>10}"
+                f"{s.gradients:>10}{s.queries:>10}{s.time_s:>8.1f}s"
+            )
+        for c in self.checks:
+            if not c.passed:
+                lines.append(f"SUSPECT {c.name}: {c.evidence} -> {c.recommendation}")
+        if self.adaptations.get("applied"):
+            lines.append(f"adaptations: {self.adaptations['description']}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (
+            f"Evaluation(n={self.n}, clean_accuracy={self.clean_accuracy:.4f}, "
+            f"robust_accuracy={self.robust_accuracy:.4f}, verdict={self.verdict!r}, "
+            f"stages={self.stage_names})"
+        )
+
+
+def _resolve_threat(threat, eps, norm, bounds, preset: Preset) -> ThreatModel:
+    if threat is not None:
+        if not isinstance(threat, ThreatModel):
+            raise TypeError(f"threat must be a ThreatModel, got {type(threat).__name__}")
+        if eps is not None:
+            raise ValueError("give either threat= or eps=/norm=, not both")
+        t = threat
+    elif eps is not None:
+        t = ThreatModel(norm=norm, eps=float(eps), bounds=bounds)
+    else:
+        inst = [s.instance for s in preset.stages if s.instance is not None]
+        if not inst:
+            raise ValueError("evaluate needs a budget: pass eps= (and norm=) or threat=")
+        t = inst[0].threat
+    if t.eps is None or not (t.eps >= 0 and math.isfinite(t.eps)):
+        raise ValueError(f"evaluate needs a finite budget eps >= 0, got {t.eps}")
+    return t
+
+
+def _adapt(model, adapt: bool, eot_samples: int):
+    """The model the attacks see, and what was done to it."""
+    info: dict[str, Any] = {
+        "applied": False,
+        "bpda": [],
+        "stochastic": False,
+        "eot_samples": 1,
+        "description": "none: the model declares no non-differentiable or random transform",
+    }
+    if not isinstance(model, nn.Module):
+        return model, info
+    from ..defenses.transforms import adapt_for_attack, is_stochastic, non_differentiable
+
+    nondiff, random = non_differentiable(model), is_stochastic(model)
+    info["stochastic"] = bool(random)
+    if not (nondiff or random):
+        return model, info
+    if not adapt:
+        info["description"] = (
+            f"none (adapt=False) although the model declares non-differentiable {nondiff} "
+            f"/ random={random} transforms"
+        )
+        return model, info
+    view = adapt_for_attack(model, eot_samples=eot_samples)
+    parts = []
+    if view.wrapped:
+        parts.append(f"BPDA on {', '.join(repr(w) for w in view.wrapped)}")
+    if view.stochastic:
+        parts.append(f"EOT over {view.eot_samples} draws")
+    info.update(
+        applied=True,
+        bpda=list(view.wrapped),
+        eot_samples=int(view.eot_samples),
+        description="; ".join(parts),
+    )
+    return view, info
+
+
+def _check_int(name: str, v: Any, lo: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+    return int(v)
+
+
+def evaluate(
+    model: nn.Module,
+    data: Any,
+    threat: ThreatModel | None = None,
+    *,
+    eps: float | None = None,
+    norm: str = "linf",
+    preset: Any = "standard",
+    bounds: tuple[float, float] | None = None,
+    seed: int = 0,
+    batch_size: int = 100,
+    out_dir: str | Path | None = None,
+    restart: bool = False,
+    checks: bool = True,
+    probe: int = 200,
+    adapt: bool = True,
+    eot_samples: int = 16,
+    keep_examples: int = 8,
+    device: Any = None,
+    progress: bool = False,
+    _fail_after_batches: int | None = None,
+) -> Evaluation:
+    """Robust accuracy under an ensemble of attacks, with a gradient-masking verdict.
+
+    Args:
+        model: classifier returning logits (never modified; eval mode meanwhile).
+        data: ``(x, y)`` tensors, an ``advex.data`` dataset, a torch Dataset or a DataLoader.
+        threat: a :class:`~advex.core.threat.ThreatModel`, or give ``eps`` (and ``norm``:
+            ``"linf"`` | ``"l2"`` | ``"l1"``; ``bounds``, default the data's or (0, 1)).
+        preset: ``"quick"``, ``"standard"`` (AutoAttack standard: APGD-CE, APGD-T 9 targets,
+            FAB-T 9 targets, Square 5,000 queries), ``"thorough"``, a
+            :class:`~advex.evaluate.presets.Preset` (``PRESETS["standard"].scaled(0.1)`` for a
+            cheaper run), or a list / dict of attacks run in that order.
+        seed: every batch's attack seeds derive from ``(seed, batch index, stage)``.
+        batch_size: points per batch (for tensors and datasets; a DataLoader keeps its own).
+        out_dir: write the run state here as it goes (resumable; see :mod:`.state`).
+        restart: discard a state in ``out_dir`` that belongs to a different run.
+        checks: run the gradient-masking checks on the first ``probe`` points.
+        adapt: attack models declaring non-differentiable / random transforms through BPDA /
+            EOT (``eot_samples`` draws), see :func:`advex.defenses.transforms.adapt_for_attack`.
+        keep_examples: (x, x_adv) pairs kept for the report's triptychs.
+        progress: progress bar with ETA over batches (stderr).
+
+    Returns:
+        :class:`Evaluation`.
+
+    >>> ev = evaluate(model, (x, y), eps=0.3, preset="standard")
+    >>> ev.robust_accuracy, ev.verdict, ev.to_json("results.json")
+    """
+    t_start = time.perf_counter()
+    spec = get_preset(preset)
+    if bounds is None:
+        bounds = getattr(as_batches(data, 1), "bounds", None) or (0.0, 1.0)
+    thr = _resolve_threat(threat, eps, norm, tuple(bounds), spec)
+    stages = spec.for_norm(thr.norm)
+    seed = _check_int("seed", seed, 0)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    probe = _check_int("probe", probe, 1)
+    eot_samples = _check_int("eot_samples", eot_samples, 1)
+    keep_examples = _check_int("keep_examples", keep_examples, 0)
+    batches = as_batches(data, batch_size)
+    dev = model_device(model, device)
+    view, adaptations = _adapt(model, adapt, eot_samples)
+
+    state = None
+    if out_dir is not None:
+        from ..report.jsonio import _advex_version, jsonable
+
+        data_fp: dict[str, Any] = {"n": batches.n, "batch_size": batches.batch_size}
+        if isinstance(batches.source, tuple):
+            data_fp["hash"] = tensor_hash(*batches.source)
+        fingerprint = jsonable(
+            {
+                "advex_version": _advex_version(),
+                "model": model_hash(model),
+                "data": data_fp,
+                "threat": thr.to_dict(),
+                "preset": spec.describe(thr.norm),
+                "seed": seed,
+                "checks": {"enabled": bool(checks), "probe": probe},
+                "adapt": {"enabled": bool(adapt), "eot_samples": eot_samples},
+                "keep_examples": keep_examples,
+            }
+        )
+        state = RunState(out_dir, fingerprint, restart=bool(restart))
+
+    records: list[dict[str, Any]] = []
+    ex_parts: list[tuple[dict[str, Any], dict[str, torch.Tensor]]] = []
+    probe_x: list[torch.Tensor] = []
+    probe_y: list[torch.Tensor] = []
+    n_probe = 0
+    resumed = 0
+    computed = 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=batches.total, desc="evaluate", unit="batch", file=sys.stderr)
+    offset = 0
+    try:
+        for k, (xb, yb) in enumerate(batches):
+            b = int(xb.shape[0])
+            if checks and n_probe < probe:
+                take = min(probe - n_probe, b)
+                probe_x.append(xb[:take])
+                probe_y.append(yb[:take])
+                n_probe += take
+            bhash = tensor_hash(xb, yb)
+            loaded = state.load_batch(k) if state is not None else None
+            if loaded is not None:
+                record, tensors = loaded
+                if record.get("hash") != bhash or record.get("offset") != offset:
+                    raise ValueError(
+                        f"batch {k} of the data differs from the one recorded in {state.dir}: "
+                        "the data changed since the interrupted run; use restart=True"
+                    )
+                resumed += 1
+            else:
+                record, tensors = _run_batch(
+                    view,
+                    xb,
+                    yb,
+                    k,
+                    offset,
+                    spec,
+                    thr,
+                    seed,
+                    stages,
+                    adaptations,
+                    dev,
+                    keep_examples,
+                )
+                record["hash"] = bhash
+                if state is not None:
+                    state.save_batch(k, record, tensors)
+                computed += 1
+            records.append(record)
+            if tensors:
+                ex_parts.append((record, tensors))
+            offset += b
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(n=offset, robust=f"{_robust_count(records) / offset:.1%}")
+            if _fail_after_batches is not None and computed >= _fail_after_batches:
+                raise RuntimeError(f"injected failure after {computed} batch(es)")
+    finally:
+        if bar is not None:
+            bar.close()
+    if not records:
+        raise ValueError("data is empty: nothing to evaluate")
+
+    cat = _concat(records)
+    n = int(cat["y"].numel())
+    correct = cat["clean_pred"] == cat["y"]
+    robust = correct & (cat["broken_by"] < 0)
+    n_correct, n_robust = int(correct.sum()), int(robust.sum())
+    per_attack = []
+    for j, s in enumerate(stages):
+        broken_upto = (cat["broken_by"] >= 0) & (cat["broken_by"] <= j)
+        st = [r["stages"][s.name] for r in records]
+        desc = s.describe(spec.budget_scale)
+        per_attack.append(
+            StageResult(
+                name=s.name,
+                attack=str(desc["attack"]),
+                params=desc["params"],
+                black_box=bool(s.black_box),
+                robust_accuracy=int((correct & ~broken_upto).sum()) / n,
+                n_attacked=sum(v["attacked"] for v in st),
+                n_broken=int((cat["broken_by"] == j).sum()),
+                gradients=sum(v["gradients"] for v in st),
+                queries=sum(v["queries"] for v in st),
+                time_s=sum(v["time_s"] for v in st),
+            )
+        )
+
+    check_list: list[Check] = []
+    curve = None
+    t_checks = time.perf_counter()
+    if checks:
+        black = [j for j, s in enumerate(stages) if s.black_box]
+        n_black = int(sum(int((cat["broken_by"] == j).sum()) for j in black))
+        cached = state.load_json("checks.json") if state is not None else None
+        if cached is not None:
+            check_list = [Check(**c) for c in cached]
+        else:
+            xp = torch.cat(probe_x).to(dev)
+            yp = torch.cat(probe_y).to(device=dev, dtype=torch.long)
+            check_list = masking_checks(
+                view,
+                xp,
+                yp,
+                thr,
+                seed=seed,
+                max_points=probe,
+                broken_by_black_box=n_black if black else None,
+                n_evaluated=n,
+                eot_samples=int(adaptations["eot_samples"]),
+            )
+            check_list = _account_for_adaptations(check_list, adaptations)
+            if state is not None:
+                from ..report.jsonio import jsonable
+
+                state.save_json("checks.json", jsonable([c.to_dict() for c in check_list]))
+        curve = _curve_from_checks(check_list, thr, n_probe)
+    checks_time = time.perf_counter() - t_checks
+
+    examples = _examples(ex_parts, keep_examples, thr, batches.class_names)
+    return Evaluation(
+        clean_accuracy=n_correct / n,
+        robust_accuracy=n_robust / n,
+        robust_accuracy_ci=clopper_pearson(n_robust, n),
+        n=n,
+        n_correct=n_correct,
+        n_robust=n_robust,
+        per_attack=per_attack,
+        verdict=verdict(check_list) if checks else "PASS",
+        checks=check_list,
+        threat=thr.to_dict(),
+        preset=spec.describe(thr.norm),
+        adaptations=adaptations,
+        seed=seed,
+        wall_time_s=time.perf_counter() - t_start,
+        checks_time_s=checks_time,
+        y=cat["y"],
+        clean_pred=cat["clean_pred"],
+        broken_by=cat["broken_by"],
+        adv_pred=cat["adv_pred"],
+        norms=cat["norm"],
+        curve=curve,
+        examples=examples,
+        data_name=batches.name,
+        class_names=batches.class_names,
+        resumed_batches=resumed,
+    )
+
+
+def _robust_count(records) -> int:
+    return sum(
+        sum(
+            1
+            for p, t, bb in zip(r["clean_pred"], r["y"], r["broken_by"], strict=True)
+            if p == t and bb < 0
+        )
+        for r in records
+    )
+
+
+def _run_batch(view, xb, yb, k, offset, spec, thr, seed, stages, adaptations, dev, keep):
+    attacks = {
+        s.name: s.build(thr, derive_seed(seed, k, j), spec.budget_scale)
+        for j, s in enumerate(stages)
+    }
+    for a in attacks.values():
+        if adaptations["eot_samples"] > 1:
+            a.eot_samples = int(adaptations["eot_samples"])
+    res = robust_accuracy(
+        view,
+        (xb, yb),
+        attacks,
+        batch_size=max(1, int(xb.shape[0])),
+        device=dev,
+        keep_examples=keep,
+        keep_results=False,
+    )
+    names = list(attacks)
+    bb = res.broken_by
+    worst = torch.full((len(bb),), float("nan"))
+    for j, name in enumerate(names):
+        sel = bb == j
+        worst[sel] = res.norms[name][sel].float()
+    record: dict[str, Any] = {
+        "batch": k,
+        "offset": offset,
+        "y": res.y.tolist(),
+        "clean_pred": res.clean_pred.tolist(),
+        "clean_conf": res.clean_conf.tolist(),
+        "broken_by": bb.tolist(),
+        "adv_pred": res.adv_pred.tolist(),
+        "adv_conf": res.adv_conf.tolist(),
+        "norm": worst.tolist(),
+        "stages": {
+            name: {
+                "attacked": res.attacks[name].n_attacked,
+                "gradients": res.attacks[name].gradients_total,
+                "queries": res.attacks[name].queries_total,
+                "time_s": res.attacks[name].time_s,
+            }
+            for name in names
+        },
+    }
+    tensors: dict[str, torch.Tensor] = {}
+    ex = res.examples
+    if ex is not None and keep > 0:
+        for f in ("x", "x_adv", "y", "clean_pred", "clean_conf", "adv_pred", "adv_conf"):
+            tensors[f] = getattr(ex, f).detach().cpu()
+        tensors["success"] = ex.success.cpu().to(torch.uint8)
+        tensors["norms"] = ex.norms.detach().cpu().float()
+        tensors["index"] = ex.index.cpu().long() + offset
+        record["example_attacks"] = list(ex.attack)
+    return record, tensors
+
+
+def _concat(records) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, dtype in (
+        ("y", torch.long),
+        ("clean_pred", torch.long),
+        ("broken_by", torch.long),
+        ("adv_pred", torch.long),
+        ("norm", torch.float32),
+    ):
+        vals = [v for r in records for v in r[key]]
+        if dtype is torch.float32:
+            vals = [float("nan") if v is None else v for v in vals]
+        out[key] = torch.tensor(vals, dtype=dtype)
+    return out
+
+
+def _examples(parts, keep: int, thr: ThreatModel, class_names) -> Examples | None:
+    """The first ``keep`` broken points across batches, then survivors."""
+    if keep <= 0 or not parts:
+        return None
+    rows: dict[bool, list[tuple[dict, dict, int]]] = {True: [], False: []}
+    for record, t in parts:
+        for i in range(int(t["y"].shape[0])):
+            rows[bool(t["success"][i])].append((record, t, i))
+    chosen = (rows[True] + rows[False])[:keep]
+    if not chosen:
+        return None
+
+    def col(name):
+        return torch.stack([t[name][i] for _, t, i in chosen])
+
+    return Examples(
+        x=col("x"),
+        x_adv=col("x_adv"),
+        y=col("y"),
+        target=None,
+        clean_pred=col("clean_pred"),
+        clean_conf=col("clean_conf"),
+        adv_pred=col("adv_pred"),
+        adv_conf=col("adv_conf"),
+        success=col("success").bool(),
+        norms=col("norms"),
+        attack=[r["example_attacks"][i] for r, _, i in chosen],
+        index=col("index"),
+        norm=thr.norm,
+        eps=thr.eps,
+        bounds=tuple(thr.bounds),
+        class_names=class_names,
+    )
+
+
+def _account_for_adaptations(checks: list[Check], adaptations: dict[str, Any]) -> list[Check]:
+    """A random model attacked with EOT has had the randomness check's recommendation applied."""
+    if not adaptations.get("applied") or adaptations.get("eot_samples", 1) <= 1:
+        return checks
+    out = []
+    for c in checks:
+        if c.name == "randomness" and not c.passed:
+            c = Check(
+                c.name,
+                True,
+                c.evidence + f"; handled: every attack used EOT over "
+                f"{adaptations['eot_samples']} draws",
+                "",
+                dict(c.data, eot_applied=True),
+            )
+        out.append(c)
+    return out
+
+
+def _curve_from_checks(checks: list[Check], thr: ThreatModel, n_probe: int):
+    for c in checks:
+        if c.name == "accuracy_decreases_with_eps":
+            by = c.data.get("robust_accuracy_by_eps") or {}
+            pts = sorted((float(e), float(a)) for e, a in by.items())
+            return {
+                "attack": "PGD-20 (masking-check probe)",
+                "n": n_probe,
+                "norm": thr.norm,
+                "eps": [e for e, _ in pts],
+                "robust_accuracy": [a for _, a in pts],
+            }
+    return None

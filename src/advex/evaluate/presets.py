@@ -1,0 +1,203 @@
+"""Attack presets for :func:`advex.evaluate.evaluate`: ordered stages, each built per batch.
+
+A :class:`Preset` is an ordered list of :class:`Stage` s. Each stage knows how to build its
+attack for a threat model and a seed; ``budget_scale`` multiplies every iteration/query budget
+(``steps``, ``n_queries``), which tests and quick looks use to make a preset cheaper without
+changing its structure. The ensemble runs the stages in order, each only on the points still
+robust after the earlier ones.
+
+Pass budgets per point still robust when a stage starts (``g`` = forward+backward, ``f`` =
+forward; early exit stops a point as soon as it is broken):
+
+- ``quick``: APGD-CE 50 steps (50 g), APGD-T 3 targets × 50 steps (150 g).
+- ``standard`` (AutoAttack's standard version): APGD-CE 100 steps (100 g), APGD-T 9 targets ×
+  100 steps (900 g), FAB-T 9 targets × 100 steps (900 g + 1,800 f), Square 5,000 queries
+  (5,000 f). L1: no Square (it has no L1 version), the other three stages in L1.
+- ``thorough``: APGD-CE 100 steps × 5 restarts (500 g), APGD-DLR 100 × 5 (500 g), APGD-T 9 ×
+  100 × 2 restarts (1,800 g), FAB-T 9 × 100 × 2 (1,800 g + 3,600 f), Square 5,000 × 3 restarts
+  (15,000 f; not for L1).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ..core.threat import ThreatModel
+
+__all__ = ["Stage", "Preset", "PRESETS", "get_preset", "derive_seed"]
+
+_SCALED = ("steps", "n_queries")
+
+
+def derive_seed(seed: int, *parts: int) -> int:
+    """A 31-bit seed from ``seed`` and integer coordinates (batch index, stage index)."""
+    text = ":".join(str(int(p)) for p in (seed, *parts))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One attack of a preset.
+
+    Either ``attack`` (a class name in :mod:`advex.attacks`: ``"APGD"``, ``"FABT"``,
+    ``"Square"``, ...) with constructor ``kwargs``, or ``instance`` (a ready attack, copied
+    and re-seeded per batch). ``black_box`` marks attacks that use no gradients (their wins
+    over every white-box stage feed the masking verdict); ``norms`` lists the norms it supports.
+    """
+
+    name: str
+    attack: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    black_box: bool = False
+    norms: tuple[str, ...] = ("linf", "l2", "l1")
+    instance: Any = None
+
+    def build(self, threat: ThreatModel, seed: int, scale: float = 1.0) -> Any:
+        """The attack for ``threat``, seeded with ``seed``, budgets scaled by ``scale``."""
+        if self.instance is not None:
+            atk = copy.copy(self.instance)
+            if hasattr(atk, "seed"):
+                atk.seed = int(seed)
+            return atk
+        import advex.attacks as A
+
+        cls = getattr(A, self.attack, None)
+        if cls is None:  # not exported (yet): look in the submodules
+            from advex.attacks import apgd, fab, square
+
+            for mod in (apgd, fab, square):
+                cls = getattr(mod, self.attack, cls)
+        if cls is None:
+            raise ValueError(f"preset stage {self.name!r}: unknown attack {self.attack!r}")
+        kw = dict(self.kwargs)
+        for key in _SCALED:
+            if key in kw:
+                kw[key] = max(1, int(math.ceil(kw[key] * scale)))
+        return cls(threat=threat, seed=int(seed), **kw)
+
+    def describe(self, scale: float = 1.0) -> dict[str, Any]:
+        if self.instance is not None:
+            params = self.instance.params() if hasattr(self.instance, "params") else {}
+            return {"name": self.name, "attack": type(self.instance).__name__, "params": params}
+        kw = dict(self.kwargs)
+        for key in _SCALED:
+            if key in kw:
+                kw[key] = max(1, int(math.ceil(kw[key] * scale)))
+        return {"name": self.name, "attack": self.attack, "params": kw, "black_box": self.black_box}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """An ordered list of stages plus a budget scale (1.0 = the published budgets)."""
+
+    name: str
+    stages: tuple[Stage, ...]
+    budget_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            raise ValueError(f"preset {self.name!r} has no stages")
+        if not (self.budget_scale > 0 and math.isfinite(self.budget_scale)):
+            raise ValueError(f"budget_scale must be a finite number > 0, got {self.budget_scale}")
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"preset {self.name!r} has repeated stage names: {names}")
+
+    def scaled(self, budget_scale: float) -> Preset:
+        """The same stages with every steps/n_queries budget multiplied by ``budget_scale``."""
+        return replace(self, budget_scale=float(budget_scale))
+
+    def for_norm(self, norm: str) -> list[Stage]:
+        """The stages that support ``norm`` (Square has no L1 version)."""
+        out = [s for s in self.stages if norm in s.norms]
+        if not out:
+            raise ValueError(f"preset {self.name!r} has no attack for norm {norm!r}")
+        return out
+
+    def build(self, threat: ThreatModel, seed: int, batch: int) -> dict[str, Any]:
+        """The attacks for batch ``batch``, each seeded from (seed, batch, stage index)."""
+        return {
+            s.name: s.build(threat, derive_seed(seed, batch, j), self.budget_scale)
+            for j, s in enumerate(self.for_norm(threat.norm))
+        }
+
+    def describe(self, norm: str) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "budget_scale": self.budget_scale,
+            "stages": [s.describe(self.budget_scale) for s in self.for_norm(norm)],
+        }
+
+
+def _sq(n_queries: int, restarts: int = 1) -> Stage:
+    return Stage(
+        "square",
+        "Square",
+        {"n_queries": n_queries, "restarts": restarts},
+        black_box=True,
+        norms=("linf", "l2"),
+    )
+
+
+PRESETS: dict[str, Preset] = {
+    "quick": Preset(
+        "quick",
+        (
+            Stage("apgd-ce", "APGD", {"steps": 50, "loss": "ce"}),
+            Stage("apgd-t", "APGD", {"steps": 50, "targeted": True, "n_target_classes": 3}),
+        ),
+    ),
+    "standard": Preset(
+        "standard",
+        (
+            Stage("apgd-ce", "APGD", {"steps": 100, "loss": "ce"}),
+            Stage("apgd-t", "APGD", {"steps": 100, "targeted": True, "n_target_classes": 9}),
+            Stage("fab-t", "FABT", {"steps": 100, "n_target_classes": 9}),
+            _sq(5000),
+        ),
+    ),
+    "thorough": Preset(
+        "thorough",
+        (
+            Stage("apgd-ce", "APGD", {"steps": 100, "restarts": 5, "loss": "ce"}),
+            Stage("apgd-dlr", "APGD", {"steps": 100, "restarts": 5, "loss": "dlr"}),
+            Stage(
+                "apgd-t",
+                "APGD",
+                {"steps": 100, "restarts": 2, "targeted": True, "n_target_classes": 9},
+            ),
+            Stage("fab-t", "FABT", {"steps": 100, "restarts": 2, "n_target_classes": 9}),
+            _sq(5000, restarts=3),
+        ),
+    ),
+}
+
+
+def get_preset(preset: Any) -> Preset:
+    """A :class:`Preset` from a name (``"quick"``, ``"standard"``, ``"thorough"``), a Preset,
+    or a list / dict ``name -> attack`` of ready attacks (run in that order)."""
+    if isinstance(preset, Preset):
+        return preset
+    if isinstance(preset, str):
+        key = preset.lower()
+        if key not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        return PRESETS[key]
+    from .robust import named_attacks
+
+    if isinstance(preset, Mapping | Sequence) or callable(preset):
+        named = named_attacks(preset)
+        stages = []
+        for name, atk in named.items():
+            black = type(atk).__name__ in ("Square", "ScoreBlackBox", "LabelBlackBox")
+            stages.append(Stage(name, instance=atk, black_box=black))
+        return Preset("custom", tuple(stages))
+    raise TypeError(
+        "preset must be 'quick', 'standard', 'thorough', a Preset, or a list/dict of attacks; "
+        f"got {type(preset).__name__}"
+    )

@@ -1,0 +1,118 @@
+"""On-disk state of a resumable evaluation: a fingerprint plus one file pair per finished batch.
+
+Layout of ``<out_dir>/state/``: ``fingerprint.json`` (what the run is: model weights hash, data,
+threat model, preset, seed, batch size, advex version), ``batch_00000.json`` (per-point
+results of batch 0, JSON) and ``batch_00000.safetensors`` (the few (x, x_adv) examples kept for
+the report), ``checks.json`` (the masking checks, once computed). Every file is written to a
+temporary name and renamed, so a batch is either completely on disk or absent: a run killed
+at any moment resumes from the last finished batch. No pickle is ever read or written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["RunState", "model_hash", "tensor_hash", "FingerprintMismatch"]
+
+
+class FingerprintMismatch(ValueError):
+    """The output directory holds the state of a different run."""
+
+
+def tensor_hash(*tensors: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(str((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:32]
+
+
+def model_hash(model: Any) -> str:
+    """SHA-256 of the names, shapes and bytes of the model's parameters and buffers."""
+    if not isinstance(model, nn.Module):
+        return f"callable:{type(model).__qualname__}"
+    h = hashlib.sha256(type(model).__qualname__.encode())
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        if isinstance(t, torch.Tensor):
+            h.update(tensor_hash(t).encode())
+    return h.hexdigest()[:32]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class RunState:
+    """Read and write the state of one run under ``out_dir/state``."""
+
+    def __init__(self, out_dir: str | os.PathLike, fingerprint: dict[str, Any], restart: bool):
+        self.dir = Path(out_dir) / "state"
+        self.fingerprint = fingerprint
+        fp_path = self.dir / "fingerprint.json"
+        if fp_path.exists() and not restart:
+            old = json.loads(fp_path.read_text(encoding="utf-8"))
+            if old != fingerprint:
+                keys = set(old) | set(fingerprint)
+                diff = sorted(k for k in keys if old.get(k) != fingerprint.get(k))
+                raise FingerprintMismatch(
+                    f"{out_dir} holds the state of a different run (differs in: "
+                    f"{', '.join(diff)}); use another output directory, or restart=True "
+                    "(CLI: --restart) to discard it"
+                )
+        else:
+            if self.dir.exists():
+                for p in self.dir.iterdir():
+                    if p.is_file():
+                        p.unlink()
+            _atomic_write(fp_path, json.dumps(fingerprint, indent=2, sort_keys=True).encode())
+
+    def _paths(self, k: int) -> tuple[Path, Path]:
+        return self.dir / f"batch_{k:05d}.json", self.dir / f"batch_{k:05d}.safetensors"
+
+    def load_batch(self, k: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+        js, st = self._paths(k)
+        if not js.exists():
+            return None
+        record = json.loads(js.read_text(encoding="utf-8"))
+        tensors: dict[str, torch.Tensor] = {}
+        if record.get("has_examples") and st.exists():
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(st))
+        return record, tensors
+
+    def save_batch(self, k: int, record: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        js, st = self._paths(k)
+        record = dict(record, has_examples=bool(tensors))
+        if tensors:
+            from safetensors.torch import save
+
+            _atomic_write(st, save({n: t.contiguous() for n, t in tensors.items()}))
+        # the JSON last: its presence marks the batch as finished
+        _atomic_write(js, json.dumps(record, allow_nan=True).encode())
+
+    def load_json(self, name: str) -> Any:
+        p = self.dir / name
+        return json.loads(p.read_text(encoding="utf-8")) if p.exists() else None
+
+    def save_json(self, name: str, obj: Any) -> None:
+        _atomic_write(self.dir / name, json.dumps(obj, allow_nan=True).encode())
