@@ -373,6 +373,10 @@ def _label(name: str, machine: dict) -> str:
     return LABELS.get(name, name)
 
 
+def _rate(images_per_s: float) -> str:
+    return f"{images_per_s:.1f}" if images_per_s < 10 else f"{images_per_s:.0f}"
+
+
 def _cost(info: dict, cost: str) -> str:
     g = info["gradients_per_image"] if cost == "gradients" else info["forwards_per_image"]
     text = f"{g:.1f}" if g < 100 else f"{g:.0f}"
@@ -408,8 +412,8 @@ def format_table(records: list[dict], machine: dict, markdown: bool = False) -> 
                     f"{row['advex_s']:.3f}",
                     (">" if late else "") + f"{row['reference_s']:.3f}",
                     ("<" if late else "") + f"{row['ratio']:.2f}",
-                    f"{adv['images_per_s']:.0f}",
-                    ("<" if late else "") + f"{ref['images_per_s']:.0f}",
+                    _rate(adv["images_per_s"]),
+                    ("<" if late else "") + _rate(ref["images_per_s"]),
                     strength_text(rec["kind"], adv["strength"]),
                     "timed out" if late else strength_text(rec["kind"], ref["strength"]),
                     f"{_cost(adv, rec['cost'])} / " + ("?" if late else _cost(ref, rec["cost"])),
