@@ -310,13 +310,53 @@ def _load_weights(model, path: str) -> None:
         ) from err
 
 
+def _exported_model_class():
+    from torch import nn
+
+    class ExportedModel(nn.Module):
+        """A ``torch.export`` program as a module: ``train()``/``eval()`` only set the flag
+        (exported graphs are frozen in the mode they were exported in, and refuse ``.eval()``)."""
+
+        def __init__(self, program: nn.Module) -> None:
+            super().__init__()
+            self.program = program
+            self.training = False
+
+        def train(self, mode: bool = True):
+            self.training = bool(mode)
+            return self
+
+        def forward(self, x):
+            return self.program(x)
+
+    return ExportedModel
+
+
+def _load_exported(path: Path):
+    import torch
+
+    try:
+        program = torch.export.load(str(path))
+    except Exception as err:
+        raise click.ClickException(f"cannot read the torch.export program {path}: {err}") from err
+    return _exported_model_class()(program.module())
+
+
 def load_model(spec: str, weights: str | None = None, normalize: str | None = None):
-    """A zoo name or model directory, or ``package.module:factory`` (+ ``--weights``)."""
+    """A zoo name or model directory, ``package.module:factory`` (+ ``--weights``), or a
+    ``torch.export`` program saved as ``.pt2``."""
     from torch import nn
 
     from advex import zoo
 
-    if ":" in spec and not Path(spec).exists():
+    if spec.lower().endswith(".pt2"):
+        p = Path(spec).expanduser()
+        if not p.is_file():
+            raise click.UsageError(f"--model {spec!r}: no such .pt2 file")
+        if weights:
+            raise click.UsageError("--weights goes with --model package.module:factory, not .pt2")
+        model = _load_exported(p)
+    elif ":" in spec and not Path(spec).exists():
         module_name, _, factory_name = spec.partition(":")
         if not module_name or not factory_name:
             raise click.UsageError(f"--model {spec!r}: expected package.module:factory")
@@ -587,8 +627,9 @@ def _common_options(f):
             "model_spec",
             default="mnist-smallcnn",
             show_default=True,
-            help="Zoo name (see `advex list`), a saved model directory, or "
-            "package.module:factory (a function returning an nn.Module).",
+            help="Zoo name (see `advex list`), a saved model directory, "
+            "package.module:factory (a function returning an nn.Module; with --weights), or a "
+            "torch.export program (.pt2).",
         ),
         click.option(
             "--weights",
@@ -806,14 +847,21 @@ def attack(
     _echo_files(out_dir, files)
 
 
-@main.command(short_help="Worst-case robust accuracy over attacks, and vs eps.")
+@main.command(short_help="Trustworthy robustness evaluation (attack ensemble + verdict).")
+@click.option(
+    "--preset",
+    default="standard",
+    show_default=True,
+    type=click.Choice(["quick", "standard", "thorough"], case_sensitive=False),
+    help="Attack ensemble when no --attack is given: standard = AutoAttack's standard "
+    "protocol (APGD-CE, APGD-T, FAB-T, Square 5000 queries).",
+)
 @click.option(
     "--attack",
     "attack_names",
     multiple=True,
-    default=("fgsm", "pgd"),
-    show_default=True,
-    help="Attack to run (repeatable), in running order.",
+    help="Custom mode: run these attacks (repeatable, in order) instead of a preset; --eps may "
+    "then be a list (robustness curve).",
 )
 @click.option(
     "--eps",
@@ -821,15 +869,221 @@ def attack(
     default="0.3",
     show_default=True,
     metavar="E[,E...]",
-    help="Budget, or a comma-separated list for a robustness curve.",
+    help="Budget (with --attack: a comma-separated list for a robustness curve).",
 )
 @click.option(
     "--independent",
     is_flag=True,
-    help="Also run every attack on every point (each attack's own robust accuracy).",
+    help="With --attack: also run every attack on every point (each attack's own accuracy).",
+)
+@click.option(
+    "--restart",
+    is_flag=True,
+    help="Preset mode: discard the state of a different run found in --out (default: resume "
+    "a run with the same fingerprint, refuse a different one).",
+)
+@click.option(
+    "--probe",
+    default=200,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Preset mode: points used by the gradient-masking checks.",
+)
+@click.option("--no-checks", is_flag=True, help="Preset mode: skip the gradient-masking checks.")
+@click.option(
+    "--eot-samples",
+    default=16,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Preset mode: EOT draws for models that declare random transforms.",
+)
+@click.option(
+    "--budget-scale",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Preset mode: multiply every steps/queries budget of the preset (e.g. 0.1 for a "
+    "cheap look).",
 )
 @_common_options
 def evaluate(
+    preset,
+    attack_names,
+    eps_text,
+    independent,
+    restart,
+    probe,
+    no_checks,
+    eot_samples,
+    budget_scale,
+    model_spec,
+    weights,
+    normalize,
+    data_spec,
+    split,
+    n,
+    norm,
+    targeted,
+    target,
+    params,
+    batch_size,
+    out,
+    seed,
+    progress,
+) -> None:
+    """Robust accuracy under an attack ensemble (per-point worst case), with a verdict.
+
+    Preset mode (default): runs the --preset ensemble, each attack only on the points still
+    robust, then the gradient-masking checks, and writes results.json, report.html (a
+    self-contained file) and triptych.png into --out. The run state is saved batch by batch in
+    --out/state: rerun the same command after an interruption and it resumes where it stopped.
+    Models declaring non-differentiable / random input transforms are attacked with BPDA / EOT.
+
+    Custom mode (--attack ...): the given attacks in order, optionally at several ε.
+
+    \b
+    Example:
+      advex evaluate --model mnist-smallcnn --eps 0.3 --preset standard --n 500 --out run/
+      advex evaluate --model mypkg.nets:make --weights w.safetensors --eps 0.5 --norm l2
+      advex evaluate --attack fgsm --attack pgd --eps 0.1,0.2,0.3 --n 200
+    """
+    if attack_names:
+        _evaluate_custom(
+            attack_names,
+            eps_text,
+            independent,
+            model_spec,
+            weights,
+            normalize,
+            data_spec,
+            split,
+            n,
+            norm,
+            targeted,
+            target,
+            params,
+            batch_size,
+            out,
+            seed,
+            progress,
+        )
+        return
+    for flag, used in (("--independent", independent), ("--param", bool(params))):
+        if used:
+            raise click.UsageError(f"{flag} goes with --attack (custom mode), not with --preset")
+    if targeted or target is not None:
+        raise click.UsageError(
+            "the presets evaluate untargeted robustness; for targeted attacks use --attack"
+        )
+    eps_list = _parse_eps_list(eps_text)
+    if len(eps_list) != 1:
+        raise click.BadParameter(
+            "give one budget in preset mode (a list of ε goes with --attack)", param_hint="--eps"
+        )
+    _evaluate_preset(
+        preset,
+        eps_list[0],
+        norm.lower(),
+        model_spec,
+        weights,
+        normalize,
+        data_spec,
+        split,
+        n,
+        batch_size,
+        out,
+        seed,
+        progress,
+        restart,
+        probe,
+        no_checks,
+        eot_samples,
+        budget_scale,
+    )
+
+
+def _evaluate_preset(
+    preset,
+    eps,
+    norm,
+    model_spec,
+    weights,
+    normalize,
+    data_spec,
+    split,
+    n,
+    batch_size,
+    out,
+    seed,
+    progress,
+    restart,
+    probe,
+    no_checks,
+    eot_samples,
+    budget_scale,
+) -> None:
+    from advex.evaluate import evaluate as run_evaluation
+    from advex.evaluate.presets import get_preset
+    from advex.evaluate.state import FingerprintMismatch
+    from advex.report import save_triptych
+
+    ds = load_data(data_spec, split, n)
+    model = load_model(model_spec, weights, normalize)
+    spec = get_preset(preset)
+    if budget_scale != 1.0:
+        spec = spec.scaled(budget_scale)
+    out_dir = Path(out)
+    state_dir = out_dir / "state"
+    done = len(list(state_dir.glob("batch_*.json"))) if state_dir.is_dir() else 0
+    if done and not restart:
+        click.echo(f"found {done} finished batch(es) in {state_dir}: resuming", err=True)
+    click.echo(
+        f"evaluating {len(ds)} points of {ds.name}: preset {spec.name}, {norm} eps = {eps:g}",
+        err=True,
+    )
+    try:
+        ev = run_evaluation(
+            model,
+            ds,
+            eps=eps,
+            norm=norm,
+            preset=spec,
+            bounds=ds.bounds,
+            seed=seed,
+            batch_size=batch_size,
+            out_dir=out_dir,
+            restart=restart,
+            checks=not no_checks,
+            probe=probe,
+            eot_samples=eot_samples,
+            progress=progress,
+        )
+    except FingerprintMismatch as err:
+        raise click.UsageError(str(err)) from err
+    except KeyboardInterrupt:
+        click.echo(
+            f"\ninterrupted: finished batches are saved in {state_dir}; rerun the same command "
+            "to resume",
+            err=True,
+        )
+        sys.exit(130)
+    except (ValueError, TypeError) as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(ev.summary())
+    meta = {"model": model_spec, "data": {"spec": data_spec, "split": split, "n": ev.n}}
+    files = [out_dir / "results.json", out_dir / "report.html"]
+    ev.to_json(out_dir / "results.json", command=_command_line(), **meta)
+    ev.save_html(
+        out_dir / "report.html",
+        title=f"advex evaluation: {model_spec} on {ds.name}",
+        meta={"model": model_spec, "data": f"{data_spec} ({split})", "command": _command_line()},
+    )
+    if ev.examples is not None:
+        files.append(save_triptych(ev.examples, out_dir / "triptych.png"))
+    _echo_files(out_dir, files)
+
+
+def _evaluate_custom(
     attack_names,
     eps_text,
     independent,
@@ -848,17 +1102,7 @@ def evaluate(
     seed,
     progress,
 ) -> None:
-    """Robust accuracy under several attacks (per-point worst case), optionally vs ε.
-
-    Attacks run in the given order, each only on the points still robust. With several --eps
-    values the robustness curve is computed too (curve.png). Writes results.json,
-    triptych.png (worst-case examples at the largest ε) and curve.png.
-
-    \b
-    Example:
-      advex evaluate --attack fgsm --attack pgd --eps 0.1,0.2,0.3 --n 200
-      advex evaluate --attack pgd --param steps=100 --param restarts=2 --eps 0.3
-    """
+    """Custom mode of ``advex evaluate``: the given attacks in order, optionally vs ε."""
     from advex.evaluate import robust_accuracy, robustness_curve
     from advex.report import format_curve, format_table, save_curve, save_triptych, to_json
 

@@ -4,9 +4,11 @@
 >>> to_json(result, "out/results.json", seed=0)
 >>> save_triptych(result.examples, "out/triptych.png")
 >>> save_curve(curve, "out/curve.png")
+>>> save_html(evaluation, "out/report.html")   # self-contained report of advex.evaluate.evaluate
 """
 
 from .figures import auto_amplify, save_curve, save_triptych
+from .html import render_html, save_html
 from .jsonio import SCHEMA, jsonable, metadata, read_json, to_json
 from .table import format_curve, format_table
 
@@ -18,7 +20,9 @@ __all__ = [
     "jsonable",
     "metadata",
     "read_json",
+    "render_html",
     "save_curve",
+    "save_html",
     "save_triptych",
     "to_json",
 ]
