@@ -251,3 +251,55 @@ def test_newly_exported_attacks_are_found(monkeypatch, runner, tmp_path, mnist_m
     # every toy perturbation has L∞ norm ~1 > 0.5: nothing counts at this budget
     assert ev["attacks"]["toy-min"]["n_success"] == 0
     assert ev["robust_accuracy"] == ev["clean_accuracy"]
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate: preset mode (ensemble, verdict, report, resume) and torch.export models
+# ---------------------------------------------------------------------------------------------
+
+_PRESET_ARGS = ["evaluate", "--preset", "quick", "--budget-scale", "0.2", "--eps", "0.1"]
+_PRESET_ARGS += ["--n", "20", "--batch-size", "10", "--probe", "10", "--no-progress"]
+
+
+def test_evaluate_preset_mode_writes_json_and_report_and_resumes(runner, tmp_path, mnist_model):
+    out = tmp_path / "run"
+    args = [*_PRESET_ARGS, "--out", str(out)]
+    text = _ok(runner.invoke(main, args))
+    assert "robust accuracy" in text and "apgd-t" in text
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["kind"] == "evaluation" and doc["preset"]["name"] == "quick"
+    assert [s["name"] for s in doc["per_attack"]] == ["apgd-ce", "apgd-t"]
+    assert doc["verdict"] in ("PASS", "SUSPECT") and len(doc["checks"]) == 7
+    assert doc["meta"]["model"] == "mnist-smallcnn" and doc["meta"]["data"]["n"] == 20
+    assert doc["clean_accuracy"] > doc["robust_accuracy"] > 0
+    assert (out / "report.html").read_text().startswith("<!DOCTYPE html>")
+    assert (out / "triptych.png").exists()
+    # the same command again: everything is on disk, same numbers
+    text = _ok(runner.invoke(main, args))
+    assert "found 2 finished batch(es)" in text
+    again = json.loads((out / "results.json").read_text())
+    assert again["per_point"] == doc["per_point"] and again["resumed_batches"] == 2
+    # a different run in the same directory is refused, unless --restart
+    _usage_error(runner.invoke(main, [*args, "--seed", "1"]), "different run", "--restart")
+    _ok(runner.invoke(main, [*args, "--seed", "1", "--restart"]))
+    assert json.loads((out / "results.json").read_text())["seed"] == 1
+    # preset-mode misuse
+    bad = ["evaluate", "--eps", "0.1,0.2", "--n", "4", "--out", str(tmp_path / "b")]
+    _usage_error(runner.invoke(main, bad), "one budget")
+    bad = ["evaluate", "--eps", "0.1", "--param", "steps=3", "--n", "4"]
+    _usage_error(runner.invoke(main, bad), "--param goes with --attack")
+
+
+def test_evaluate_torch_export_model(runner, tmp_path, mnist_model):
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.export.export(
+        mnist_model, (torch.rand(2, 1, 28, 28),), dynamic_shapes=({0: batch},)
+    )
+    torch.export.save(program, tmp_path / "cnn.pt2")
+    out = tmp_path / "pt2"
+    args = [*_PRESET_ARGS, "--eps", "0.3", "--no-checks", "--out", str(out)]
+    _ok(runner.invoke(main, [*args, "--model", str(tmp_path / "cnn.pt2")]))
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["clean_accuracy"] >= 0.9 and doc["robust_accuracy"] <= 0.05
+    missing = [*args, "--model", str(tmp_path / "nope.pt2")]
+    _usage_error(runner.invoke(main, missing), "no such .pt2 file")
