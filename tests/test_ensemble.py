@@ -113,7 +113,7 @@ def test_custom_attack_list_dataloader_and_determinism(mnist_model, mnist_test):
     b = evaluate(mnist_model, loader, preset=attacks, checks=False)
     assert torch.equal(a.broken_by, b.broken_by) and torch.equal(a.adv_pred, b.adv_pred)
     c = evaluate(mnist_model, (x, y), preset=attacks, batch_size=10, seed=5, checks=False)
-    assert c.seed == 5 and c.clean_accuracy == a.clean_accuracy
+    assert c.seed == 5 and c.clean_accuracy == a.clean_accuracy and c.verdict == "UNCHECKED"
     assert attacks[1].seed == 0  # the caller's attacks were copied, not re-seeded
     assert derive_seed(0, 1, 2) == derive_seed(0, 1, 2) != derive_seed(0, 2, 1)
 
@@ -130,6 +130,8 @@ def test_bad_arguments(mnist_model, mnist_test):
         evaluate(mnist_model, (x, y), eps=0.1, batch_size=0)
     with pytest.raises(ValueError, match="probe"):
         evaluate(mnist_model, (x, y), eps=0.1, probe=0)
+    with pytest.raises(ValueError, match="give every attack the evaluation's budget"):
+        evaluate(mnist_model, (x, y), eps=0.2, preset=[PGD(eps=0.1)])
     with pytest.raises(ValueError, match="not both"):
         evaluate(mnist_model, (x, y), ThreatModel("linf", eps=0.1), eps=0.1)
     with pytest.raises(ValueError, match="budget_scale"):

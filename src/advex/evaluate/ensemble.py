@@ -73,7 +73,8 @@ class Evaluation:
     ``robust_accuracy_ci`` is the 95% Clopper-Pearson (exact binomial) interval of the robust
     count over ``n`` points. ``per_attack`` lists the stages in running order, each with the
     robust accuracy after it. ``verdict`` is ``"PASS"`` when no masking check fired, else
-    ``"SUSPECT"``; ``checks`` holds each check with its evidence and recommendation.
+    ``"SUSPECT"`` (``"UNCHECKED"`` when the checks were disabled); ``checks`` holds each
+    check with its evidence and recommendation.
     ``adaptations`` says whether BPDA / EOT were applied. Per point (data order): ``y``,
     ``clean_pred``, ``broken_by`` (stage index, -1 if none), ``adv_pred`` and ``norms`` (the
     worst-case adversarial's distance in the threat norm, NaN when not broken).
@@ -229,6 +230,13 @@ def _resolve_threat(threat, eps, norm, bounds, preset: Preset) -> ThreatModel:
         t = inst[0].threat
     if t.eps is None or not (t.eps >= 0 and math.isfinite(t.eps)):
         raise ValueError(f"evaluate needs a finite budget eps >= 0, got {t.eps}")
+    for s in preset.stages:
+        other = getattr(s.instance, "threat", None)
+        if other is not None and (other.norm != t.norm or other.eps != t.eps):
+            raise ValueError(
+                f"attack {s.name!r} has threat {other.norm} eps={other.eps} but the evaluation "
+                f"is {t.norm} eps={t.eps}: give every attack the evaluation's budget"
+            )
     return t
 
 
@@ -492,7 +500,7 @@ def evaluate(
         n_correct=n_correct,
         n_robust=n_robust,
         per_attack=per_attack,
-        verdict=verdict(check_list) if checks else "PASS",
+        verdict=verdict(check_list) if checks else "UNCHECKED",
         checks=check_list,
         threat=thr.to_dict(),
         preset=spec.describe(thr.norm),

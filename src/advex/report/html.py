@@ -42,7 +42,7 @@ h1{font-size:26px;margin:0 0 4px}h2{font-size:19px;margin:28px 0 10px;border-bot
 .card .k{font-size:12px;color:#57606a;text-transform:uppercase;letter-spacing:.04em}
 .card .v{font-size:24px;font-weight:600}.card .s{font-size:12px;color:#57606a}
 .badge{display:inline-block;padding:3px 12px;border-radius:14px;color:#fff;font-weight:700}
-.pass{background:#1a7f37}.suspect{background:#cf222e}
+.pass{background:#1a7f37}.suspect{background:#cf222e}.unchecked{background:#57606a}
 table{border-collapse:collapse;background:#fff;width:100%;font-size:14px}
 th,td{border:1px solid #d0d7de;padding:6px 8px;text-align:left;vertical-align:top}
 th{background:#eaeef2}td.n{text-align:right;font-variant-numeric:tabular-nums}
@@ -160,7 +160,7 @@ def render_html(ev, *, title: str | None = None, meta: dict[str, Any] | None = N
     t = ev.threat
     sym = _SYM.get(t.get("norm"), t.get("norm"))
     lo, hi = ev.robust_accuracy_ci
-    badge = "pass" if ev.verdict == "PASS" else "suspect"
+    badge = {"PASS": "pass", "SUSPECT": "suspect"}.get(ev.verdict, "unchecked")
     title = title or "advex robustness evaluation"
     out = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
