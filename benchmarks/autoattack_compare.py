@@ -106,7 +106,15 @@ def run_advex(model: nn.Module, x, y, eps: float, seed: int) -> dict:
         "clean_accuracy": ev.clean_accuracy,
         "robust_accuracy": ev.robust_accuracy,
         "robust_accuracy_ci": list(ev.robust_accuracy_ci),
-        "per_attack": {s.name: s.robust_accuracy for s in ev.per_attack},
+        "per_attack": {
+            s.name: {
+                "robust_accuracy_after": s.robust_accuracy,
+                "gradients": s.gradients,
+                "queries": s.queries,
+                "time_s": s.time_s,
+            }
+            for s in ev.per_attack
+        },
         "wall_time_s": wall,
         "forward_rows": counter.forward_rows,
         "gradient_rows": counter.gradient_rows,
