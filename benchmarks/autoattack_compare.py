@@ -154,6 +154,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--robust-model", default=None, help="directory of a saved robust model")
     ap.add_argument("--autoattack-path", default=None, help="checkout of fra31/auto-attack")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--autoattack-first", action="store_true", help="run AutoAttack before advex (load check)"
+    )
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")
     args = ap.parse_args(argv)
@@ -186,11 +189,17 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             raise SystemExit(f"unknown model {name!r}: use zoo or robust")
         model = model.eval()
-        row = {"advex": run_advex(model, x, y, args.eps, args.seed)}
-        print(f"{name}: advex {json.dumps(row['advex'])}", flush=True)
-        if AutoAttack is not None:
-            row["autoattack"] = run_autoattack(AutoAttack, model, x, y, args.eps, args.seed)
-            print(f"{name}: autoattack {json.dumps(row['autoattack'])}", flush=True)
+        tools = ["advex"] + (["autoattack"] if AutoAttack is not None else [])
+        if args.autoattack_first:
+            tools.reverse()
+        row = {}
+        for tool in tools:
+            if tool == "advex":
+                row[tool] = run_advex(model, x, y, args.eps, args.seed)
+            else:
+                row[tool] = run_autoattack(AutoAttack, model, x, y, args.eps, args.seed)
+            row[tool]["load_average_after"] = os.getloadavg()[0]
+            print(f"{name}: {tool} {json.dumps(row[tool])}", flush=True)
         out["models"][name] = row
     out["load_average_end"] = os.getloadavg()
     if args.out:
