@@ -1,8 +1,9 @@
 """Carlini & Wagner L2 / L∞ on the zoo MNIST CNN.
 
 The paper's defaults (9 × 1000 Adam steps at lr 1e-2) take minutes on CPU; CI runs a reduced
-schedule (a few binary-search rounds of ≤ 60 steps at lr 0.1, starting at c = 1) on 20 digits.
-With the full defaults the attack reaches 100 % success at mean L2 ≈ 1.5 on 50 digits.
+schedule (2 binary-search rounds of ≤ 100 steps at lr 0.1, starting at c = 1) on 16 digits.
+On 64 digits, 250 steps at lr 0.05 and c = 1 reach 100 % success at median L2 1.31
+(docs/attacks-optimisation.md).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import torch
 
 from advex.attacks.cw import CW
 
-N = 20
-NLINF = 10
-FAST_L2 = dict(binary_search_steps=4, max_iterations=60, learning_rate=0.1, initial_const=1.0)
+N = 16
+NLINF = 8
+FAST_L2 = dict(binary_search_steps=2, max_iterations=100, learning_rate=0.1, initial_const=1.0)
 FAST_LINF = dict(max_iterations=40, learning_rate=0.05, initial_const=0.1, decrease_factor=0.7)
 
 
@@ -61,8 +62,8 @@ def test_l2_succeeds_everywhere_with_small_norm(l2_result, digits, mnist_model):
     # literature: C&W-L2 ≈ 1.3-2.0 on MNIST CNNs; measured ≈ 1.4 here
     assert r.norms.mean() < 2.0, r.norms.mean()
     assert r.norms.min() > 0.2  # a real perturbation, not a numerical accident
-    # abort-early and dropping finished rows: well below the 4 × 60 budget on average
-    assert r.gradients.float().mean() < 4 * 60
+    # abort-early and dropping finished rows: below the 2 × 100 budget on average
+    assert r.gradients.float().mean() < 2 * 100
 
 
 def test_l2_targeted_reaches_every_target(l2_targeted, l2_result, digits):
@@ -76,14 +77,21 @@ def test_l2_targeted_reaches_every_target(l2_targeted, l2_result, digits):
     assert r.norms.mean() < 3.5
 
 
-def test_binary_search_shrinks_norm(mnist_model, digits, l2_result):
-    """More rounds of the search over c can only help: the best x' is kept across rounds."""
+def test_binary_search_over_c(mnist_model, digits):
+    """Too large a c: later rounds lower it and shrink the norm (the best x' is kept across
+    rounds). Too small a c: the search multiplies it by 10 until the sample succeeds."""
     x, y = digits
-    one = CW(**{**FAST_L2, "binary_search_steps": 1})(mnist_model, x[:10], y[:10])
-    both = one.success & l2_result.success[:10]
-    assert both.sum() >= 8
-    assert (l2_result.norms[:10][both] <= one.norms[both] + 1e-4).all()
-    assert l2_result.norms[:10][both].mean() < 0.95 * one.norms[both].mean()
+    x, y = x[:10], y[:10]
+    cfg = dict(max_iterations=100, learning_rate=0.1)
+    big1 = CW(binary_search_steps=1, initial_const=10.0, **cfg)(mnist_model, x, y)
+    big3 = CW(binary_search_steps=3, initial_const=10.0, **cfg)(mnist_model, x, y)
+    assert big1.success.all() and big3.success.all()
+    assert (big3.norms <= big1.norms + 1e-4).all()
+    # measured: mean L2 2.94 after one round at c = 10, 1.53 after three (10, 5, 2.5)
+    assert big3.norms.mean() < 0.7 * big1.norms.mean(), (big1.norms.mean(), big3.norms.mean())
+    small1 = CW(binary_search_steps=1, initial_const=0.1, **cfg)(mnist_model, x, y)
+    small3 = CW(binary_search_steps=3, initial_const=0.1, **cfg)(mnist_model, x, y)
+    assert small1.success.sum() <= 2 and small3.success.all()  # c = 0.1 → 1 → 10
 
 
 def test_at_eps_gives_fixed_budget_result(l2_result, digits):
@@ -191,6 +199,7 @@ def test_mask_and_general_bounds(tiny_model):
         (dict(initial_const=-1.0), "initial_const"),
         (dict(learning_rate=0.0), "learning_rate"),
         (dict(confidence=-1.0), "confidence"),
+        (dict(norm="linf", warm_start=True), "warm_start"),
         (dict(largest_const=5.0), "largest_const"),
         (dict(norm="linf", binary_search_steps=3), "binary_search_steps"),
         (dict(norm="linf", decrease_factor=1.5), "decrease_factor"),
@@ -210,3 +219,34 @@ def test_threat_with_eps_is_rejected():
         CW(threat=ThreatModel("l2", eps=1.0))
     with pytest.raises(ValueError, match="linf"):
         CW("l2", threat=ThreatModel("linf"))
+
+
+def test_hinge_stops_at_the_decision_boundary(l2_result, mnist_model):
+    """f = max(κ − margin, 0): with κ = 0 nothing pushes past the boundary, so the returned
+    points sit just across it (an unclamped f would keep growing the margin and the norm)."""
+    with torch.no_grad():
+        z = mnist_model(l2_result.x_adv)
+    y = l2_result.y
+    z_y = z.gather(1, y[:, None]).squeeze(1)
+    other = z.scatter(1, y[:, None], float("-inf")).amax(1)
+    gap = other - z_y
+    assert (gap > 0).all()
+    assert gap.median() < 0.5, gap
+
+
+def test_warm_start_and_abort_early_save_passes(mnist_model, digits):
+    """warm_start resumes each round from the best adversarial; abort-early stops a sample once
+    its loss plateaus. Both spend fewer passes for (nearly) the same norms."""
+    x, y = digits
+    x, y = x[:8], y[:8]
+    cfg = FAST_L2
+    cold = CW(**cfg)(mnist_model, x, y)
+    warm = CW(**cfg, warm_start=True)(mnist_model, x, y)
+    full = CW(**cfg, abort_early=False)(mnist_model, x, y)
+    assert CW().warm_start is False  # the paper's schedule is the default
+    assert cold.success.all() and warm.success.all() and full.success.all()
+    assert (full.gradients == 2 * 100).all()  # no abort: every step of both rounds
+    assert cold.gradients.sum() < full.gradients.sum()
+    assert warm.gradients.sum() < cold.gradients.sum()
+    assert warm.norms.mean() < 1.1 * cold.norms.mean()
+    assert cold.norms.mean() < 1.1 * full.norms.mean()
