@@ -138,3 +138,21 @@ def test_train_from_spec_distill(tmp_path):
         train_from_spec("digits-mlp", "digits", "distill", 0.0, 1, out, attack_steps=5)
     with pytest.raises(ValueError, match="unknown method"):
         train_from_spec("digits-mlp", "digits", "free-at", 0.3, 1, out)
+
+
+def test_evaluation_flags_distilled_model_as_suspect(distilled, mnist_test):
+    """The masking checks that `advex evaluate` runs call the distilled model SUSPECT, for the
+    right reason (softmax saturation: CE gradients vanish, margin gradients do not), and
+    recommend the scale-invariant losses that still break it."""
+    from advex import ThreatModel
+    from advex.evaluate.checks import masking_checks, verdict
+
+    x, y = _points(distilled.model, mnist_test, n=60)
+    checks = masking_checks(
+        distilled.model, x, y, ThreatModel("linf", eps=EPS), steps=5, restarts=2
+    )
+    assert verdict(checks) == "SUSPECT"
+    failed = {c.name: c for c in checks if not c.passed}
+    assert "gradients" in failed
+    assert "saturates" in failed["gradients"].evidence
+    assert "margin" in failed["gradients"].recommendation
