@@ -6,6 +6,7 @@ import base64
 import re
 
 import pytest
+import torch
 from torch import nn
 
 from advex.defenses.transforms import BitDepthReduction
@@ -65,3 +66,34 @@ def test_suspect_report_shows_the_evidence(suspect, tmp_path):
     assert gradients.evidence.split(":")[0] in text
     assert "BPDA" in text  # the recommended adaptive attack
     assert "adapt=False" in text  # the adaptations section says none was applied, and why
+
+
+def test_norm_histogram_counts_points_at_exactly_eps():
+    """Regression: float32 norms equal to ε must land in the last bin, not outside it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from advex.report import html as H
+
+    class Ev:
+        per_attack = [type("S", (), {"name": "apgd-ce"})()]
+        threat = {"eps": 0.3, "norm": "linf"}
+        broken_by = torch.zeros(50, dtype=torch.long)
+        norms = torch.full((50,), 0.3, dtype=torch.float32)
+
+    counted = []
+    real_hist = plt.Axes.hist
+
+    def spy(self, data, *a, **k):
+        out = real_hist(self, data, *a, **k)
+        counted.append(float(out[0].sum()))
+        return out
+
+    plt.Axes.hist = spy
+    try:
+        assert H._norm_hist(Ev()) is not None
+    finally:
+        plt.Axes.hist = real_hist
+    assert counted == [50.0]

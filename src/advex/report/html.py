@@ -121,7 +121,9 @@ def _norm_hist(ev) -> str | None:
     for j, s in enumerate(ev.per_attack):
         sel = broken & (ev.broken_by == j)
         if bool(sel.any()):
-            data.append(ev.norms[sel].clamp(max=eps).numpy())
+            # float64 before clamping: a float32 norm of exactly ε (0.30000001) would
+            # otherwise fall past the last bin edge (0.3) and vanish from the plot
+            data.append(ev.norms[sel].double().clamp(max=eps).numpy())
             labels.append(f"{s.name} ({int(sel.sum())})")
     ax.hist(data, bins=bins, stacked=True, label=labels)
     ax.axvline(eps, color=_RED, ls="--", lw=1)
