@@ -24,6 +24,17 @@ def _failed(checks):
     return {c.name: c for c in checks if not c.passed}
 
 
+def test_train_mode_model_is_warned_once_and_restored(mnist_model, probe):
+    wrapped = ScaledLogits(mnist_model, 1.0).train()
+    try:
+        with pytest.warns(UserWarning, match="train mode") as record:
+            masking_checks(wrapped, *probe, THREAT, steps=2, restarts=2)
+        assert sum("train mode" in str(w.message) for w in record) == 1
+        assert wrapped.training and wrapped.model.training
+    finally:
+        mnist_model.eval()  # the shared fixture
+
+
 def test_standard_model_passes(mnist_model, probe):
     checks = masking_checks(mnist_model, *probe, THREAT, steps=5, restarts=2)
     assert verdict(checks) == "PASS", [c.evidence for c in checks if not c.passed]
@@ -40,7 +51,7 @@ def test_standard_model_passes(mnist_model, probe):
 
 def test_softmax_output_is_flagged(mnist_model, probe):
     failed = _failed(
-        masking_checks(SoftmaxOutput(mnist_model), *probe, THREAT, steps=5, restarts=2)
+        masking_checks(SoftmaxOutput(mnist_model).eval(), *probe, THREAT, steps=5, restarts=2)
     )
     assert "probability_output" in failed
     assert "margin" in failed["probability_output"].recommendation
@@ -48,7 +59,7 @@ def test_softmax_output_is_flagged(mnist_model, probe):
 
 def test_scaled_logits_flag_vanishing_gradients(mnist_model, probe):
     failed = _failed(
-        masking_checks(ScaledLogits(mnist_model, 1e4), *probe, THREAT, steps=5, restarts=2)
+        masking_checks(ScaledLogits(mnist_model, 1e4).eval(), *probe, THREAT, steps=5, restarts=2)
     )
     assert "gradients" in failed
     assert "saturates" in failed["gradients"].evidence
@@ -57,7 +68,7 @@ def test_scaled_logits_flag_vanishing_gradients(mnist_model, probe):
 
 def test_quantized_input_flags_shattered_gradients(mnist_model, probe):
     failed = _failed(
-        masking_checks(QuantizedInput(mnist_model), *probe, THREAT, steps=5, restarts=2)
+        masking_checks(QuantizedInput(mnist_model).eval(), *probe, THREAT, steps=5, restarts=2)
     )
     assert "gradients" in failed
     assert "non-differentiable" in failed["gradients"].evidence
@@ -67,7 +78,9 @@ def test_quantized_input_flags_shattered_gradients(mnist_model, probe):
 def test_randomized_model_is_flagged(mnist_model, probe):
     torch.manual_seed(0)
     failed = _failed(
-        masking_checks(RandomizedInput(mnist_model, 0.3), *probe, THREAT, steps=5, restarts=2)
+        masking_checks(
+            RandomizedInput(mnist_model, 0.3).eval(), *probe, THREAT, steps=5, restarts=2
+        )
     )
     assert "randomness" in failed
     assert "EOT" in failed["randomness"].recommendation

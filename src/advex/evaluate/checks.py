@@ -267,22 +267,24 @@ def masking_checks(
         raise ValueError("masking checks need a threat model with a finite eps")
     x, y = x[:max_points].detach(), y[:max_points]
     checks: list[Check] = []
-    with attack_mode(model, warn=False):
-        logits, g_ce, g_m = _input_grads(model, x, y)
-        checks.append(check_probability_output(logits))
-        correct = logits.argmax(1) == y
-        checks.append(check_gradients(logits, g_ce, g_m, correct))
-        checks.append(check_randomness(model, x))
 
     def pgd(e, s=seed):
         atk = PGD(threat=threat.with_eps(e), steps=steps, seed=s)
         atk.eot_samples = int(eot_samples)
         return atk(model, x, y)
 
-    with warnings.catch_warnings():
-        # the probability-output check above already reports this, once
-        warnings.simplefilter("ignore", ProbabilityOutputWarning)
-        checks += _attack_checks(model, x, y, threat, pgd, seed, restarts, eot_samples)
+    # one eval-mode section for every probe (a train-mode model is warned about once, not
+    # once per probe attack; the nested attacks find it in eval mode already)
+    with attack_mode(model):
+        logits, g_ce, g_m = _input_grads(model, x, y)
+        checks.append(check_probability_output(logits))
+        correct = logits.argmax(1) == y
+        checks.append(check_gradients(logits, g_ce, g_m, correct))
+        checks.append(check_randomness(model, x))
+        with warnings.catch_warnings():
+            # the probability-output check above already reports this, once
+            warnings.simplefilter("ignore", ProbabilityOutputWarning)
+            checks += _attack_checks(model, x, y, threat, pgd, seed, restarts, eot_samples)
     if broken_by_black_box is not None:
         checks.append(check_black_box(n_evaluated or len(x), broken_by_black_box))
     return checks
