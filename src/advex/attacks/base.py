@@ -9,6 +9,7 @@ from which ``success`` is computed. Subclasses implement :meth:`Attack._attack` 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
@@ -120,7 +121,7 @@ def check_target(target: Any, y: torch.Tensor, num_classes: int) -> torch.Tensor
     return target
 
 
-class Attack:
+class Attack(ABC):
     """Base class of every advex attack.
 
     Subclasses set :attr:`name`, keep their hyperparameters as attributes, and implement
@@ -221,6 +222,7 @@ class Attack:
             return None
         return torch.Generator(device=x.device).manual_seed(int(self.seed))
 
+    @abstractmethod
     def _attack(
         self,
         caller: ModelCaller,
@@ -229,7 +231,7 @@ class Attack:
         done: torch.Tensor,
         clean_logits: torch.Tensor,
     ) -> torch.Tensor:
-        raise NotImplementedError  # pragma: no cover - interface
+        """Return the adversarial batch for ``x`` (points with ``done`` set stay unchanged)."""
 
 
 class _null:

@@ -9,6 +9,7 @@ leading batch dimension and ``eps`` is a scalar or a tensor with one value per s
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 
 import torch
 
@@ -29,33 +30,33 @@ def _per_sample(eps: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
     return e.reshape((-1,) + (1,) * (like.dim() - 1))
 
 
-class Norm:
+class Norm(ABC):
     """Interface of a perturbation norm (all methods are per sample)."""
 
     name: str = ""
     p: float = 0.0
 
+    @abstractmethod
     def measure(self, delta: torch.Tensor) -> torch.Tensor:
         """Per-sample norm of ``delta``, shape (B,)."""
-        raise NotImplementedError  # pragma: no cover - interface
 
+    @abstractmethod
     def steepest(self, grad: torch.Tensor) -> torch.Tensor:
         """Unit-norm direction maximising ``<grad, d>`` (the normalised ascent step)."""
-        raise NotImplementedError  # pragma: no cover - interface
 
+    @abstractmethod
     def project(self, delta: torch.Tensor, eps: torch.Tensor | float) -> torch.Tensor:
         """Euclidean projection of ``delta`` onto the ball of radius ``eps``."""
-        raise NotImplementedError  # pragma: no cover - interface
 
+    @abstractmethod
     def random(
         self, like: torch.Tensor, eps: torch.Tensor | float, generator: torch.Generator | None
     ) -> torch.Tensor:
         """A point drawn uniformly from the ball of radius ``eps`` (shape of ``like``)."""
-        raise NotImplementedError  # pragma: no cover - interface
 
+    @abstractmethod
     def dual(self, grad: torch.Tensor) -> torch.Tensor:
         """Dual norm of ``grad`` per sample (used by DeepFool/FAB-style linearisations)."""
-        raise NotImplementedError  # pragma: no cover - interface
 
     def __repr__(self) -> str:
         return self.name
