@@ -28,10 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .training import (
-    OPTIMIZERS,
-    SCHEDULES,
     _as_xy,
     _derive_seed,
+    _optimizer_settings,
     _positive_int,
     _write_json,
     clean_accuracy,
@@ -107,16 +106,7 @@ class DefensiveDistillation:
         if teacher_epochs is not None:
             _positive_int(teacher_epochs, "teacher_epochs")
         _positive_int(batch_size, "batch_size")
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {OPTIMIZERS}")
-        if schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {schedule!r}; expected one of {SCHEDULES}")
-        if lr is None:
-            lr = 1e-3 if optimizer == "adam" else 0.1
-        if not float(lr) > 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
-        if not float(weight_decay) >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        lr = _optimizer_settings(optimizer, schedule, lr, weight_decay)
         if build is None:
             if arch is None:
                 raise ValueError("pass arch= (a zoo architecture name) or build= (a callable)")

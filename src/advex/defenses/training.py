@@ -306,10 +306,7 @@ class AdversarialTrainer:
             method = "pgd"
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {OPTIMIZERS}")
-        if schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {schedule!r}; expected one of {SCHEDULES}")
+        lr = _optimizer_settings(optimizer, schedule, lr, weight_decay)
         if generation_mode not in ("eval", "train"):
             raise ValueError(f"generation_mode must be 'eval' or 'train', got {generation_mode!r}")
         eps = float(eps)
@@ -324,12 +321,6 @@ class AdversarialTrainer:
         _positive_int(eval_steps, "eval_steps")
         _positive_int(final_eval_steps, "final_eval_steps")
         _positive_int(guard_n, "guard_n")
-        if lr is None:
-            lr = 1e-3 if optimizer == "adam" else 0.1
-        if not float(lr) > 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
-        if not float(weight_decay) >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
         if not 0 <= float(eps_warmup_epochs) <= int(epochs):
             raise ValueError(
                 f"eps_warmup_epochs must be in [0, epochs={epochs}], got {eps_warmup_epochs}"
@@ -879,6 +870,22 @@ def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: in
     finally:
         model.train(was)
     return correct / len(y)
+
+
+def _optimizer_settings(optimizer: str, schedule: str, lr, weight_decay) -> float:
+    """Validate the optimizer, schedule, learning rate and weight decay shared by every trainer;
+    return the learning rate (the optimizer's default when ``lr`` is None)."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {OPTIMIZERS}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; expected one of {SCHEDULES}")
+    if lr is None:
+        lr = 1e-3 if optimizer == "adam" else 0.1
+    if not float(lr) > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if not float(weight_decay) >= 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    return lr
 
 
 def _positive_int(v, name: str) -> None:

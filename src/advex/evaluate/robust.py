@@ -403,13 +403,11 @@ def robust_accuracy(
                         if keep_results:
                             results[name].append(res.cpu())
                             attacked_index[name].append(gidx[pool.cpu()])
-                        sub_t = None if res.target is None else res.target
-                        keep_each[name].add(
-                            res.success,
+                        example = dict(
                             x=xb[pool],
                             x_adv=res.x_adv,
                             y=res.y,
-                            target=sub_t,
+                            target=res.target,
                             clean_pred=res.clean_pred,
                             clean_conf=res.clean_conf,
                             adv_pred=res.adv_pred,
@@ -418,27 +416,14 @@ def robust_accuracy(
                             attack=[name] * int(pool.numel()),
                             index=gidx[pool.cpu()],
                         )
+                        keep_each[name].add(res.success, **example)
                         # worst-case examples: the adversarial that first broke each point;
                         # points that survive every attack come with the last attack's attempt
                         first = s & (broken_by[pool] == k)
                         cand = first
                         if k == len(names) - 1:
                             cand = first | (broken_by[pool] < 0)
-                        keep_worst.add(
-                            first,
-                            select=cand,
-                            x=xb[pool],
-                            x_adv=res.x_adv,
-                            y=res.y,
-                            target=sub_t,
-                            clean_pred=res.clean_pred,
-                            clean_conf=res.clean_conf,
-                            adv_pred=res.adv_pred,
-                            adv_conf=res.adv_conf,
-                            norms=res.norms,
-                            attack=[name] * int(pool.numel()),
-                            index=gidx[pool.cpu()],
-                        )
+                        keep_worst.add(first, select=cand, **example)
                     per_attack["success"][name].append(succ.cpu())
                     per_attack["norms"][name].append(norms.cpu())
                     per_attack["attacked"][name].append(attacked.cpu())
