@@ -61,6 +61,21 @@ def evaluate(model, x, y, eps: float) -> dict:
     }
 
 
+def evaluate_standard(model, x, y, eps: float, out_dir: str) -> dict:
+    """advex's standard evaluation (AutoAttack's protocol), resumable in ``out_dir``."""
+    from advex.evaluate import evaluate as advex_evaluate
+
+    t0 = time.perf_counter()
+    ev = advex_evaluate(model, (x, y), eps=eps, preset="standard", out_dir=out_dir)
+    d = ev.to_dict(per_point=False)
+    keep = ("n", "clean_accuracy", "robust_accuracy", "robust_accuracy_ci", "per_attack")
+    return {
+        **{k: d[k] for k in keep if k in d},
+        "verdict": ev.verdict,
+        "eval_seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="mnist-smallcnn")
@@ -70,6 +85,10 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--attack-steps", type=int, default=5)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--arch", default=None, help="zoo architecture (overrides --model)")
+    p.add_argument("--beta", type=float, default=None, help="TRADES / MART β")
+    p.add_argument("--schedule", default="onecycle")
+    p.add_argument("--eval", choices=("standard", "pgd-apgd"), default="standard")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--eps-warmup-epochs", type=float, default=1.0)
     p.add_argument("--max-train", type=int, default=None)
@@ -88,8 +107,10 @@ def main(argv=None) -> int:
     train, test = D.load(a.data, "train"), D.load(a.data, "test")
     if a.max_train:
         train = train.subset(a.max_train)
-    model, arch, arch_kwargs = _resolve_model(a.model, a.seed)
+    model, arch, arch_kwargs = _resolve_model(a.arch or a.model, a.seed)
     kw = {} if a.method == "fgsm-rs" else {"attack_steps": a.attack_steps}
+    if a.beta is not None:
+        kw["beta"] = a.beta
     t0 = time.perf_counter()
     result = AdversarialTrainer(
         model,
@@ -97,6 +118,7 @@ def main(argv=None) -> int:
         a.eps,
         epochs=a.epochs,
         lr=a.lr,
+        schedule=a.schedule,
         batch_size=a.batch_size,
         eps_warmup_epochs=a.eps_warmup_epochs,
         eval_n=500,
@@ -118,8 +140,14 @@ def main(argv=None) -> int:
         "torch_threads": torch.get_num_threads(),
         "n_train": len(train),
         "best_epoch": result.best_epoch,
-        "evaluation": evaluate(result.model, x[: a.n_eval], y[: a.n_eval], a.eps),
     }
+    xe, ye = x[: a.n_eval], y[: a.n_eval]
+    if a.eval == "standard":
+        report["evaluation"] = evaluate_standard(
+            result.model, xe, ye, a.eps, str(Path(a.out, "evaluation"))
+        )
+    else:
+        report["evaluation"] = evaluate(result.model, xe, ye, a.eps)
     Path(a.out, "benchmark.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return 0

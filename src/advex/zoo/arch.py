@@ -8,7 +8,7 @@ from torch import nn
 
 from advex.core.model import Normalize
 
-__all__ = ["ARCHITECTURES", "build", "register_arch", "smallcnn", "mlp"]
+__all__ = ["ARCHITECTURES", "build", "register_arch", "smallcnn", "trades_cnn", "mlp"]
 
 MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)
@@ -39,6 +39,40 @@ def smallcnn(
     )
 
 
+def trades_cnn(
+    num_classes: int = 10,
+    in_channels: int = 1,
+    mean: Sequence[float] = MNIST_MEAN,
+    std: Sequence[float] = MNIST_STD,
+) -> nn.Sequential:
+    """The MNIST "SmallCNN" of TRADES (Zhang et al. 2019) and AutoAttack's MNIST models:
+    Normalize → Conv(32)-Conv(32)-MaxPool → Conv(64)-Conv(64)-MaxPool → FC(200)-FC(200) →
+    FC(classes), 3×3 valid convolutions, ReLU. About 2.4× the multiply-adds of
+    :func:`smallcnn`; the capacity robust training at MNIST ε = 0.3 needs.
+
+    Input ``(N, in_channels, 28, 28)`` in ``[0, 1]``.
+    """
+    return nn.Sequential(
+        Normalize(list(mean), list(std)),
+        nn.Conv2d(in_channels, 32, kernel_size=3),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, kernel_size=3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, kernel_size=3),
+        nn.ReLU(),
+        nn.Conv2d(64, 64, kernel_size=3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * 4 * 4, 200),
+        nn.ReLU(),
+        nn.Linear(200, 200),
+        nn.ReLU(),
+        nn.Linear(200, num_classes),
+    )
+
+
 def mlp(in_features: int = 64, hidden: int = 64, num_classes: int = 10) -> nn.Sequential:
     """Flatten → Linear(in_features, hidden)-ReLU → Linear(hidden, classes). Input 1×8×8."""
     return nn.Sequential(
@@ -49,7 +83,11 @@ def mlp(in_features: int = 64, hidden: int = 64, num_classes: int = 10) -> nn.Se
     )
 
 
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"smallcnn": smallcnn, "mlp": mlp}
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "smallcnn": smallcnn,
+    "trades-cnn": trades_cnn,
+    "mlp": mlp,
+}
 
 
 def register_arch(name: str, factory: Callable[..., nn.Module]) -> None:
