@@ -852,9 +852,11 @@ def attack(
     "--preset",
     default="standard",
     show_default=True,
-    type=click.Choice(["quick", "standard", "thorough"], case_sensitive=False),
+    type=click.Choice(["quick", "standard", "autoattack", "thorough"], case_sensitive=False),
     help="Attack ensemble when no --attack is given: standard = AutoAttack's standard "
-    "protocol (APGD-CE, APGD-T, FAB-T, Square 5000 queries).",
+    "attacks (APGD-CE, APGD-T, FAB-T, Square) with FAB-T/Square escalated to AutoAttack's "
+    "budgets only where a cheap screen breaks a point; autoattack = AutoAttack's budgets "
+    "throughout.",
 )
 @click.option(
     "--attack",

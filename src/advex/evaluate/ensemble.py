@@ -345,8 +345,10 @@ def evaluate(
         data: ``(x, y)`` tensors, an ``advex.data`` dataset, a torch Dataset or a DataLoader.
         threat: a :class:`~advex.core.threat.ThreatModel`, or give ``eps`` (and ``norm``:
             ``"linf"`` | ``"l2"`` | ``"l1"``; ``bounds``, default the data's or (0, 1)).
-        preset: ``"quick"``, ``"standard"`` (AutoAttack standard: APGD-CE, APGD-T 9 targets,
-            FAB-T 9 targets, Square 5,000 queries), ``"thorough"``, a
+        preset: ``"quick"``, ``"standard"`` (AutoAttack's standard attacks: APGD-CE, APGD-T 9
+            targets, then FAB-T and Square screened at 3 targets / 1,000 queries and escalated
+            to AutoAttack's 9 targets / 5,000 queries where the screen breaks a point),
+            ``"autoattack"`` (AutoAttack's standard budgets throughout), ``"thorough"``, a
             :class:`~advex.evaluate.presets.Preset` (``PRESETS["standard"].scaled(0.1)`` for a
             cheaper run), or a list / dict of attacks run in that order.
         seed: every batch's attack seeds derive from ``(seed, batch index, stage)``.

@@ -10,9 +10,17 @@ Pass budgets per point still robust when a stage starts (``g`` = forward+backwar
 forward; early exit stops a point as soon as it is broken):
 
 - ``quick``: APGD-CE 50 steps (50 g), APGD-T 3 targets × 50 steps (150 g).
-- ``standard`` (AutoAttack's standard version): APGD-CE 100 steps (100 g), APGD-T 9 targets ×
-  100 steps (900 g), FAB-T 9 targets × 100 steps (900 g + 1,800 f), Square 5,000 queries
-  (5,000 f). L1: no Square (it has no L1 version), the other three stages in L1.
+- ``standard``: AutoAttack's standard version with the budgets of its last two stages spent
+  only where they find something. APGD-CE 100 steps (100 g), APGD-T 9 targets × 100 steps
+  (900 g), FAB-T on 3 targets × 100 steps (300 g + 600 f) escalated to AutoAttack's 9 targets,
+  Square 1,000 queries (1,000 f) escalated to AutoAttack's 5,000: the full budget runs on a
+  batch's remaining points only when the cheap run breaks a point the stages before it left
+  robust (:class:`~.escalate.Escalating`), i.e. when the gradient stages are missing points.
+  Against the real AutoAttack: ``benchmarks/autoattack_compare.py``. L1: no Square (it has no
+  L1 version), the other three stages in L1.
+- ``autoattack``: AutoAttack's standard version budget for budget: APGD-CE 100 steps, APGD-T 9
+  targets × 100 steps, FAB-T 9 targets × 100 steps (900 g + 1,800 f), Square 5,000 queries
+  (5,000 f).
 - ``thorough``: APGD-CE 100 steps × 5 restarts (500 g), APGD-DLR 100 × 5 (500 g), APGD-T 9 ×
   100 × 2 restarts (1,800 g), FAB-T 9 × 100 × 2 (1,800 g + 3,600 f), Square 5,000 × 3 restarts
   (15,000 f; not for L1).
@@ -48,6 +56,9 @@ class Stage:
     ``"Square"``, ...) with constructor ``kwargs``, or ``instance`` (a ready attack, copied
     and re-seeded per batch). ``black_box`` marks attacks that use no gradients (their wins
     over every white-box stage feed the masking verdict); ``norms`` lists the norms it supports.
+    ``escalate`` (kwargs overriding ``kwargs``) makes the stage a screen: the attack runs as
+    given, and only if it breaks a point the earlier stages left robust does the attack with
+    the escalated kwargs run on the points still robust (:class:`~.escalate.Escalating`).
     """
 
     name: str
@@ -56,6 +67,7 @@ class Stage:
     black_box: bool = False
     norms: tuple[str, ...] = ("linf", "l2", "l1")
     instance: Any = None
+    escalate: dict[str, Any] | None = None
 
     def build(self, threat: ThreatModel, seed: int, scale: float = 1.0) -> Any:
         """The attack for ``threat``, seeded with ``seed``, budgets scaled by ``scale``."""
@@ -74,21 +86,36 @@ class Stage:
                 cls = getattr(mod, self.attack, cls)
         if cls is None:
             raise ValueError(f"preset stage {self.name!r}: unknown attack {self.attack!r}")
-        kw = dict(self.kwargs)
-        for key in _SCALED:
-            if key in kw:
-                kw[key] = max(1, int(math.ceil(kw[key] * scale)))
-        return cls(threat=threat, seed=int(seed), **kw)
+        atk = cls(threat=threat, seed=int(seed), **_scaled(self.kwargs, scale))
+        if self.escalate is None:
+            return atk
+        from .escalate import Escalating
+
+        full_kw = _scaled({**self.kwargs, **self.escalate}, scale)
+        full = cls(threat=threat, seed=derive_seed(seed, 1), **full_kw)
+        return Escalating(atk, full, name=self.name)
 
     def describe(self, scale: float = 1.0) -> dict[str, Any]:
         if self.instance is not None:
             params = self.instance.params() if hasattr(self.instance, "params") else {}
             return {"name": self.name, "attack": type(self.instance).__name__, "params": params}
-        kw = dict(self.kwargs)
-        for key in _SCALED:
-            if key in kw:
-                kw[key] = max(1, int(math.ceil(kw[key] * scale)))
-        return {"name": self.name, "attack": self.attack, "params": kw, "black_box": self.black_box}
+        out = {
+            "name": self.name,
+            "attack": self.attack,
+            "params": _scaled(self.kwargs, scale),
+            "black_box": self.black_box,
+        }
+        if self.escalate is not None:
+            out["escalate_to"] = _scaled({**self.kwargs, **self.escalate}, scale)
+        return out
+
+
+def _scaled(kwargs: Mapping[str, Any], scale: float) -> dict[str, Any]:
+    kw = dict(kwargs)
+    for key in _SCALED:
+        if key in kw:
+            kw[key] = max(1, int(math.ceil(kw[key] * scale)))
+    return kw
 
 
 @dataclass(frozen=True)
@@ -134,13 +161,14 @@ class Preset:
         }
 
 
-def _sq(n_queries: int, restarts: int = 1) -> Stage:
+def _sq(n_queries: int, restarts: int = 1, escalate: dict[str, Any] | None = None) -> Stage:
     return Stage(
         "square",
         "Square",
         {"n_queries": n_queries, "restarts": restarts},
         black_box=True,
         norms=("linf", "l2"),
+        escalate=escalate,
     )
 
 
@@ -154,6 +182,20 @@ PRESETS: dict[str, Preset] = {
     ),
     "standard": Preset(
         "standard",
+        (
+            Stage("apgd-ce", "APGD", {"steps": 100, "loss": "ce"}),
+            Stage("apgd-t", "APGD", {"steps": 100, "targeted": True, "n_target_classes": 9}),
+            Stage(
+                "fab-t",
+                "FABT",
+                {"steps": 100, "n_target_classes": 3},
+                escalate={"n_target_classes": 9},
+            ),
+            _sq(1000, escalate={"n_queries": 5000}),
+        ),
+    ),
+    "autoattack": Preset(
+        "autoattack",
         (
             Stage("apgd-ce", "APGD", {"steps": 100, "loss": "ce"}),
             Stage("apgd-t", "APGD", {"steps": 100, "targeted": True, "n_target_classes": 9}),
@@ -179,7 +221,8 @@ PRESETS: dict[str, Preset] = {
 
 
 def get_preset(preset: Any) -> Preset:
-    """A :class:`Preset` from a name (``"quick"``, ``"standard"``, ``"thorough"``), a Preset,
+    """A :class:`Preset` from a name (``"quick"``, ``"standard"``, ``"autoattack"``,
+    ``"thorough"``), a Preset,
     or a list / dict ``name -> attack`` of ready attacks (run in that order)."""
     if isinstance(preset, Preset):
         return preset
