@@ -33,11 +33,7 @@ def test_standard_preset_on_zoo_cnn(mnist_model, mnist_test):
     assert ev.stage_names == ["apgd-ce", "apgd-t", "fab-t", "square"]
     stages = {s["name"]: s["params"] for s in ev.preset["stages"]}
     assert stages["apgd-ce"]["steps"] == 100 and stages["apgd-t"]["n_target_classes"] == 9
-    assert stages["fab-t"]["n_target_classes"] == 3 and stages["square"]["n_queries"] == 1000
-    full = {s["name"]: s.get("escalate_to") for s in ev.preset["stages"]}
-    assert full["fab-t"]["n_target_classes"] == 9 and full["square"]["n_queries"] == 5000
-    aa = {s["name"]: s["params"] for s in PRESETS["autoattack"].describe("linf")["stages"]}
-    assert aa["fab-t"]["n_target_classes"] == 9 and aa["square"]["n_queries"] == 5000
+    assert stages["fab-t"]["n_target_classes"] == 9 and stages["square"]["n_queries"] == 10000
     alone = APGD(eps=0.3, steps=100, loss="ce")(mnist_model, x, y)
     assert ev.robust_accuracy <= alone.robust_accuracy
     assert ev.clean_accuracy >= 0.94 and ev.robust_accuracy <= 0.02
@@ -152,3 +148,20 @@ def test_clopper_pearson():
     lo, hi = clopper_pearson(25, 50)
     assert math.isclose(lo, 0.3561, abs_tol=1e-3) and math.isclose(hi, 0.6439, abs_tol=1e-3)
     assert clopper_pearson(50, 50)[1] == 1.0
+
+
+def test_channels_last_copy_leaves_the_callers_model_alone(mnist_model, mnist_test):
+    x, y = _first(mnist_test, 30)
+    before = {k: v.clone() for k, v in mnist_model.state_dict().items()}
+    runs = {
+        cl: evaluate(
+            mnist_model, (x, y), eps=0.1, preset=CHEAP, checks=False, channels_last=cl
+        )
+        for cl in (False, True)
+    }
+    for k, v in mnist_model.state_dict().items():
+        assert v.is_contiguous() and torch.equal(v, before[k]), k
+    # a layout is a speed setting: same verdict on every point up to float rounding
+    a, b = runs[False], runs[True]
+    assert a.clean_accuracy == b.clean_accuracy
+    assert abs(a.robust_accuracy - b.robust_accuracy) <= 1 / 30

@@ -854,8 +854,8 @@ def attack(
     show_default=True,
     type=click.Choice(["quick", "standard", "autoattack", "thorough"], case_sensitive=False),
     help="Attack ensemble when no --attack is given: standard = AutoAttack's standard "
-    "attacks (APGD-CE, APGD-T, FAB-T, Square) with FAB-T/Square escalated to AutoAttack's "
-    "budgets only where a cheap screen breaks a point; autoattack = AutoAttack's budgets "
+    "attacks (APGD-CE, APGD-T, FAB-T, Square 5000 queries), FAB-T and Square stopped after "
+    "3 targets / 1000 queries unless they broke a point; autoattack = AutoAttack's budgets "
     "throughout.",
 )
 @click.option(

@@ -141,6 +141,17 @@ class Square(FixedBudgetAttack):
         loss: ``"auto"`` (the paper's choice: margin loss untargeted, cross-entropy targeted),
             ``"margin"``, ``"ce"``, ``"dlr"`` or a callable ``(logits, goal)`` to maximise.
         rescale_schedule: stretch the p-schedule to ``n_queries`` (True, as the reference code).
+        screen: None (off) or a number of queries ``< n_queries`` spent on every point; after
+            it (first restart) the search goes on with every point only if the screen broke at
+            least a ``screen_keep`` share of them (at least one), else only with the
+            ``screen_keep`` share closest to success, and no restart follows. In an ensemble,
+            where Square sees only points the gradient attacks left robust, many breaks are
+            evidence of gradient masking (spend the full budget everywhere); otherwise the
+            points left just short of the boundary are the ones random search can still push
+            over. The schedule stays that of ``n_queries``, so a screen that lets every point
+            go on gives exactly the unscreened result.
+        screen_keep: that share (0.0: stop unless the screen broke a point; ``standard``: 0.1,
+            with ``screen=1000`` of ``n_queries=10000``).
         bounds, mask, threat: see :class:`~advex.core.threat.ThreatModel`.
         seed: seed of all the random choices (same seed → same ``x_adv``).
 
@@ -170,6 +181,8 @@ class Square(FixedBudgetAttack):
         restarts: int = 1,
         loss="auto",
         rescale_schedule: bool = True,
+        screen: int | None = None,
+        screen_keep: float = 0.0,
         bounds: tuple[float, float] = (0.0, 1.0),
         mask: torch.Tensor | None = None,
         threat: ThreatModel | None = None,
@@ -198,6 +211,16 @@ class Square(FixedBudgetAttack):
             self._loss = get_loss(loss)
             self.loss = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
         self.rescale_schedule = bool(rescale_schedule)
+        if screen is not None:
+            if isinstance(screen, bool) or int(screen) != screen or not 1 <= screen < n_queries:
+                raise ValueError(
+                    f"screen must be an integer in [1, n_queries={self.n_queries}), got {screen}"
+                )
+            screen = int(screen)
+        self.screen = screen
+        if not 0.0 <= float(screen_keep) <= 1.0:
+            raise ValueError(f"screen_keep must be in [0, 1], got {screen_keep}")
+        self.screen_keep = float(screen_keep)
 
     # -- objective -----------------------------------------------------------------------------
     def _objective(self, logits: torch.Tensor, goal: Goal) -> torch.Tensor:
@@ -280,7 +303,11 @@ class Square(FixedBudgetAttack):
         init = self._init_linf if linf else self._init_l2
         propose = self._propose_linf if linf else self._propose_l2
         shape = x.shape[1:]
-        for _ in range(self.restarts):
+        screened_out = False
+        screen_end = -1 if self.screen is None else self.screen - 1
+        for restart in range(self.restarts):
+            if screened_out:
+                break
             idx = (~found).nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
@@ -302,6 +329,22 @@ class Square(FixedBudgetAttack):
                     cur, obj = cur[keep], obj[keep]
                 if it == self.n_queries - 1:  # budget spent (the initial point was query 1)
                     break
+                if it == screen_end and restart == 0:
+                    # `screen` queries spent: if they broke at least a `screen_keep` share of
+                    # the points (at least one), search on with all; else only with the
+                    # `screen_keep` share closest to success. No further restarts either way.
+                    screened_out = True
+                    broken = int((found & ~done).sum())
+                    if broken < max(1.0, self.screen_keep * int((~done).sum())):
+                        n_keep = math.ceil(self.screen_keep * idx.numel())
+                        if n_keep == 0:
+                            break
+                        keep = torch.zeros_like(obj, dtype=torch.bool)
+                        keep[obj.topk(n_keep).indices] = True
+                        drop = ~keep
+                        best_x[idx[drop]], best_obj[idx[drop]] = cur[drop], obj[drop]
+                        idx, xa, x4, ga = idx[keep], xa[keep], x4[keep], ga[keep]
+                        cur, obj = cur[keep], obj[keep]
                 p = p_schedule(self.p_init, it, self.n_queries, self.rescale_schedule)
                 cand4 = propose(x4, _as_images(cur), p, gen)
                 cand = threat.project(cand4.reshape(-1, *shape), xa)
