@@ -35,6 +35,18 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
+class Tally:
+    """Row counts shared by every copy of a :class:`PassCounter` (advex's evaluate attacks a
+    channels-last copy of the model; its passes must still be counted here)."""
+
+    def __init__(self) -> None:
+        self.forward_rows = 0
+        self.gradient_rows = 0
+
+    def __deepcopy__(self, memo) -> Tally:
+        return self
+
+
 class PassCounter(nn.Module):
     """Counts the rows that go through the model: all of them (``forward_rows``) and those with
     autograd tracking the input (``gradient_rows``: forward+backward passes)."""
@@ -42,18 +54,25 @@ class PassCounter(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.forward_rows = 0
-        self.gradient_rows = 0
+        self.tally = Tally()
+
+    @property
+    def forward_rows(self) -> int:
+        return self.tally.forward_rows
+
+    @property
+    def gradient_rows(self) -> int:
+        return self.tally.gradient_rows
 
     def reset(self) -> None:
-        self.forward_rows = 0
-        self.gradient_rows = 0
+        self.tally.forward_rows = 0
+        self.tally.gradient_rows = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = int(x.shape[0])
-        self.forward_rows += n
+        self.tally.forward_rows += n
         if torch.is_grad_enabled() and x.requires_grad:
-            self.gradient_rows += n
+            self.tally.gradient_rows += n
         return self.model(x)
 
 
@@ -93,16 +112,28 @@ def robust_model(path: str | None) -> nn.Module:
     return zoo.load(str(target), progress=False)
 
 
-def run_advex(model: nn.Module, x, y, eps: float, seed: int) -> dict:
+def run_advex(
+    model: nn.Module, x, y, eps: float, seed: int, preset: str = "standard", channels_last=None
+) -> dict:
     from advex.evaluate import evaluate
 
     counter = PassCounter(model).eval()
     t0 = time.perf_counter()
     ev = evaluate(
-        counter, (x, y), eps=eps, preset="standard", seed=seed, batch_size=len(y), checks=False
+        counter,
+        (x, y),
+        eps=eps,
+        preset=preset,
+        seed=seed,
+        batch_size=len(y),
+        checks=False,
+        channels_last=channels_last,
     )
     wall = time.perf_counter() - t0
+    robust = (ev.clean_pred == ev.y) & (ev.broken_by < 0)
     return {
+        "preset": preset,
+        "robust_points": robust.nonzero().squeeze(1).tolist(),
         "clean_accuracy": ev.clean_accuracy,
         "robust_accuracy": ev.robust_accuracy,
         "robust_accuracy_ci": list(ev.robust_accuracy_ci),
@@ -133,11 +164,12 @@ def run_autoattack(AutoAttack, model: nn.Module, x, y, eps: float, seed: int) ->
     x_adv = adversary.run_standard_evaluation(x.clone(), y.clone(), bs=len(y))
     wall = time.perf_counter() - t0
     with torch.no_grad():
-        clean = (model(x).argmax(1) == y).float().mean().item()
-        robust = (model(x_adv).argmax(1) == y).float().mean().item()
+        clean_ok = model(x).argmax(1) == y
+        robust_ok = clean_ok & (model(x_adv).argmax(1) == y)
     return {
-        "clean_accuracy": clean,
-        "robust_accuracy": robust,
+        "robust_points": robust_ok.nonzero().squeeze(1).tolist(),
+        "clean_accuracy": clean_ok.float().mean().item(),
+        "robust_accuracy": robust_ok.float().mean().item(),
         "max_linf": float((x_adv - x).abs().amax()),
         "wall_time_s": wall,
         "forward_rows": counter.forward_rows,
@@ -147,13 +179,31 @@ def run_autoattack(AutoAttack, model: nn.Module, x, y, eps: float, seed: int) ->
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=100, help="first N mnist5k test digits")
+    ap.add_argument("--n", type=int, default=100, help="first N test digits")
+    ap.add_argument(
+        "--data",
+        default="mnist5k",
+        help="test digits: mnist5k, or mnist:PATH (the real MNIST test set; use it for models "
+        "trained on full MNIST)",
+    )
+    ap.add_argument(
+        "--presets",
+        default="standard",
+        help="comma list of advex presets to run (standard, autoattack, quick, thorough)",
+    )
     ap.add_argument("--eps", type=float, default=0.3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--models", default="zoo,robust", help="comma list: zoo, robust")
     ap.add_argument("--robust-model", default=None, help="directory of a saved robust model")
     ap.add_argument("--autoattack-path", default=None, help="checkout of fra31/auto-attack")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--advex-layout",
+        choices=("auto", "default"),
+        default="auto",
+        help="auto: advex attacks a channels-last copy of a CPU conv model (its default); "
+        "default: the model's own layout, as AutoAttack (isolates the algorithmic saving)",
+    )
     ap.add_argument(
         "--autoattack-first", action="store_true", help="run AutoAttack before advex (load check)"
     )
@@ -170,9 +220,11 @@ def main(argv: list[str] | None = None) -> dict:
             "AutoAttack is not installed: clone https://github.com/fra31/auto-attack and "
             "`pip install --no-deps -e` it, or pass --autoattack-path; running advex alone."
         )
-    x, y = data.mnist5k("test").tensors()
+    x, y = data.load(args.data, "test").tensors()
     x, y = x[: args.n], y[: args.n]
+    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     out = {
+        "data": args.data,
         "n": len(y),
         "eps": args.eps,
         "norm": "linf",
@@ -189,17 +241,29 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             raise SystemExit(f"unknown model {name!r}: use zoo or robust")
         model = model.eval()
-        tools = ["advex"] + (["autoattack"] if AutoAttack is not None else [])
+        tools = [f"advex-{p}" for p in presets]
+        tools += ["autoattack"] if AutoAttack is not None else []
         if args.autoattack_first:
             tools.reverse()
         row = {}
         for tool in tools:
-            if tool == "advex":
-                row[tool] = run_advex(model, x, y, args.eps, args.seed)
+            if tool.startswith("advex-"):
+                cl = None if args.advex_layout == "auto" else False
+                preset = tool[len("advex-") :]
+                row[tool] = run_advex(model, x, y, args.eps, args.seed, preset, cl)
+                row[tool]["layout"] = args.advex_layout
             else:
                 row[tool] = run_autoattack(AutoAttack, model, x, y, args.eps, args.seed)
             row[tool]["load_average_after"] = os.getloadavg()[0]
             print(f"{name}: {tool} {json.dumps(row[tool])}", flush=True)
+        if "autoattack" in row:
+            aa = set(row["autoattack"]["robust_points"])
+            for tool, r in row.items():
+                if tool != "autoattack":
+                    mine = set(r["robust_points"])
+                    r["robust_here_broken_by_autoattack"] = sorted(mine - aa)
+                    r["broken_here_robust_to_autoattack"] = sorted(aa - mine)
+                    r["time_vs_autoattack"] = r["wall_time_s"] / row["autoattack"]["wall_time_s"]
         out["models"][name] = row
     out["load_average_end"] = os.getloadavg()
     if args.out:
@@ -211,18 +275,23 @@ def main(argv: list[str] | None = None) -> dict:
 
 def markdown(out: dict) -> str:
     lines = [
-        f"n = {out['n']} mnist5k test digits, L∞ ε = {out['eps']}, {out['threads']} thread(s), "
+        f"n = {out['n']} {out['data']} test digits, L∞ ε = {out['eps']}, {out['threads']} thread(s), "
         f"load average {out['load_average_start'][0]:.1f} → {out['load_average_end'][0]:.1f}",
         "",
-        "| model | tool | clean | robust | wall time (s) | forward rows | gradient rows |",
-        "|---|---|---|---|---|---|---|",
+        "| model | tool | clean | robust | wall time (s) | vs AutoAttack | forward rows | "
+        "gradient rows | robust here, broken by AutoAttack |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in out["models"].items():
         for tool, r in row.items():
+            ratio = r.get("time_vs_autoattack")
+            missed = r.get("robust_here_broken_by_autoattack")
             lines.append(
                 f"| {name} | {tool} | {100 * r['clean_accuracy']:.1f}% | "
                 f"{100 * r['robust_accuracy']:.1f}% | {r['wall_time_s']:.1f} | "
-                f"{r['forward_rows']:,} | {r['gradient_rows']:,} |"
+                f"{'-' if ratio is None else f'{ratio:.2f}×'} | "
+                f"{r['forward_rows']:,} | {r['gradient_rows']:,} | "
+                f"{'-' if missed is None else len(missed)} |"
             )
     return "\n".join(lines)
 

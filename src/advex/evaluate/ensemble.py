@@ -10,6 +10,7 @@ and ends with the same numbers.
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import time
@@ -336,6 +337,7 @@ def evaluate(
     keep_examples: int = 8,
     device: Any = None,
     progress: bool = False,
+    channels_last: bool | None = None,
     _fail_after_batches: int | None = None,
 ) -> Evaluation:
     """Robust accuracy under an ensemble of attacks, with a gradient-masking verdict.
@@ -346,8 +348,8 @@ def evaluate(
         threat: a :class:`~advex.core.threat.ThreatModel`, or give ``eps`` (and ``norm``:
             ``"linf"`` | ``"l2"`` | ``"l1"``; ``bounds``, default the data's or (0, 1)).
         preset: ``"quick"``, ``"standard"`` (AutoAttack's standard attacks: APGD-CE, APGD-T 9
-            targets, then FAB-T and Square screened at 3 targets / 1,000 queries and escalated
-            to AutoAttack's 9 targets / 5,000 queries where the screen breaks a point),
+            targets, FAB-T 9 targets and Square 5,000 queries, the last two stopped after 3
+            targets / 1,000 queries unless they broke a point),
             ``"autoattack"`` (AutoAttack's standard budgets throughout), ``"thorough"``, a
             :class:`~advex.evaluate.presets.Preset` (``PRESETS["standard"].scaled(0.1)`` for a
             cheaper run), or a list / dict of attacks run in that order.
@@ -360,6 +362,10 @@ def evaluate(
             EOT (``eot_samples`` draws), see :func:`advex.defenses.transforms.adapt_for_attack`.
         keep_examples: (x, x_adv) pairs kept for the report's triptychs.
         progress: progress bar with ETA over batches (stderr).
+        channels_last: attack a private copy of the model converted to the channels-last
+            memory format (``None``: automatically for models with ``Conv2d`` layers on the CPU,
+            where it makes forward passes up to 2× faster; ``False``: never). The caller's
+            model is never converted; the copy costs its memory once.
 
     Returns:
         :class:`Evaluation`.
@@ -381,6 +387,7 @@ def evaluate(
     batches = as_batches(data, batch_size)
     dev = model_device(model, device)
     view, adaptations = _adapt(model, adapt, eot_samples)
+    view, layout = _fast_layout(view, channels_last, dev)
 
     state = None
     if out_dir is not None:
@@ -400,6 +407,7 @@ def evaluate(
                 "checks": {"enabled": bool(checks), "probe": probe},
                 "adapt": {"enabled": bool(adapt), "eot_samples": eot_samples},
                 "keep_examples": keep_examples,
+                "layout": layout,
             }
         )
         state = RunState(out_dir, fingerprint, restart=bool(restart))
@@ -553,6 +561,23 @@ def evaluate(
         class_names=batches.class_names,
         resumed_batches=resumed,
     )
+
+
+def _fast_layout(view: Any, channels_last: bool | None, dev: torch.device) -> tuple[Any, str]:
+    """A channels-last copy of ``view`` when asked (or, with None, for a CPU conv model), and
+    the layout used (part of a resumable run's fingerprint: float rounding differs)."""
+    if channels_last is False or not isinstance(view, nn.Module):
+        return view, "default"
+    if channels_last is None:
+        if torch.device(dev).type != "cpu":
+            return view, "default"
+        if not any(isinstance(m, nn.Conv2d) for m in view.modules()):
+            return view, "default"
+    try:
+        twin = copy.deepcopy(view)
+    except Exception:  # an uncopyable model: attack it as it is
+        return view, "default"
+    return twin.to(memory_format=torch.channels_last), "channels_last"
 
 
 def _robust_count(records) -> int:
