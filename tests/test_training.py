@@ -338,3 +338,25 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     kw["attack_steps"] = 2
     with pytest.raises(ValueError, match="attack_steps: checkpoint 1 vs now 2"):
         AdversarialTrainer(_tiny_model(), "pgd", epochs=2, resume=True, **kw).fit((x, y))
+
+
+def test_channels_last_training_matches_and_hands_back_default_format(mnist_model, tmp_path):
+    """Channels-last is a speed setting only: the weights after a short run agree with the
+    default-format run up to float rounding, and the model comes back in the default format
+    (contiguous parameters, saved and reloaded through the zoo format)."""
+    from advex import data, zoo
+
+    sub = data.mnist5k("train").subset(128)
+    runs = {}
+    for cl in (False, True):
+        model = copy.deepcopy(mnist_model)
+        kw = dict(epochs=1, batch_size=64, attack_steps=2, eval_n=16, eval_steps=2)
+        out = tmp_path / f"cl{int(cl)}"
+        AdversarialTrainer(
+            model, "pgd", eps=EPS, channels_last=cl, progress=False, out_dir=out, **kw
+        ).fit(sub, sub.subset(16))
+        assert all(p.is_contiguous() for p in model.parameters())
+        runs[cl] = model
+        assert zoo.load(out).state_dict().keys() == model.state_dict().keys()
+    for (k, a), b in zip(runs[False].state_dict().items(), runs[True].state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-3), k
