@@ -275,7 +275,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 def markdown(out: dict) -> str:
     lines = [
-        f"n = {out['n']} {out['data']} test digits, L∞ ε = {out['eps']}, {out['threads']} thread(s), "
+        f"n = {out['n']} {out['data']} test digits, L∞ ε = {out['eps']}, "
+        f"{out['threads']} thread(s), "
         f"load average {out['load_average_start'][0]:.1f} → {out['load_average_end'][0]:.1f}",
         "",
         "| model | tool | clean | robust | wall time (s) | vs AutoAttack | forward rows | "

@@ -154,9 +154,7 @@ def test_channels_last_copy_leaves_the_callers_model_alone(mnist_model, mnist_te
     x, y = _first(mnist_test, 30)
     before = {k: v.clone() for k, v in mnist_model.state_dict().items()}
     runs = {
-        cl: evaluate(
-            mnist_model, (x, y), eps=0.1, preset=CHEAP, checks=False, channels_last=cl
-        )
+        cl: evaluate(mnist_model, (x, y), eps=0.1, preset=CHEAP, checks=False, channels_last=cl)
         for cl in (False, True)
     }
     for k, v in mnist_model.state_dict().items():

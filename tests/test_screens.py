@@ -98,7 +98,9 @@ def test_standard_preset_screens_and_autoattack_preset_does_not():
     assert std["square"]["screen_keep"] == 0.1
     assert "screen_targets" not in aa["fab-t"] and "screen" not in aa["square"]
     # scaling a preset scales the screen with the budget
-    small = {s["name"]: s["params"] for s in PRESETS["standard"].scaled(0.1).describe("linf")["stages"]}
+    small = {
+        s["name"]: s["params"] for s in PRESETS["standard"].scaled(0.1).describe("linf")["stages"]
+    }
     assert small["square"]["n_queries"] == 1000 and small["square"]["screen"] == 100
 
 
