@@ -182,7 +182,7 @@ def test_help_and_version(runner):
     assert advex.__version__ in _ok(runner.invoke(main, ["--version"]))
     text = _ok(runner.invoke(main, ["list"]))
     assert "random_start=False" in text  # BIM's real default, not PGD's signature default
-    assert "mnist-smallcnn" in text and "mnist5k" in text
+    assert "mnist-smallcnn" in text and "mnist5k" in text and "trades-cnn" in text
 
 
 # ---------------------------------------------------------------------------------------------

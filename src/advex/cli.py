@@ -1286,6 +1286,10 @@ def list_cmd() -> None:
         ps = ", ".join(f"{k}={v!r}" for k, v in _shown_defaults(cls).items())
         click.echo(f"  {name:<10} {ps}")
     click.echo("\nzoo models (--model NAME): " + ", ".join(zoo.available()))
+    click.echo(
+        "architectures (advex train --model NAME, fresh weights): "
+        + ", ".join(sorted(zoo.ARCHITECTURES))
+    )
     click.echo("datasets (--data SPEC): " + ", ".join(D.SPEC_FORMS))
 
 
