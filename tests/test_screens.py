@@ -102,6 +102,9 @@ def test_standard_preset_screens_and_autoattack_preset_does_not():
         s["name"]: s["params"] for s in PRESETS["standard"].scaled(0.1).describe("linf")["stages"]
     }
     assert small["square"]["n_queries"] == 1000 and small["square"]["screen"] == 100
+    # scaled down until the screen is the whole budget: no screen left
+    tiny = PRESETS["standard"].scaled(1e-4).describe("linf")["stages"][-1]["params"]
+    assert tiny["n_queries"] == 1 and "screen" not in tiny and "screen_keep" not in tiny
 
 
 def test_square_screen_in_an_evaluation_of_a_masked_model(masked, mnist_test):

@@ -103,6 +103,10 @@ def _scaled(kwargs: Mapping[str, Any], scale: float) -> dict[str, Any]:
     for key in _SCALED:
         if key in kw:
             kw[key] = max(1, int(math.ceil(kw[key] * scale)))
+    if "screen" in kw and kw["screen"] >= kw.get("n_queries", math.inf):
+        # a budget scaled down to the screen's size: nothing left to screen
+        kw.pop("screen")
+        kw.pop("screen_keep", None)
     return kw
 
 
