@@ -854,9 +854,9 @@ def attack(
     show_default=True,
     type=click.Choice(["quick", "standard", "autoattack", "thorough"], case_sensitive=False),
     help="Attack ensemble when no --attack is given: standard = AutoAttack's standard "
-    "attacks (APGD-CE, APGD-T, FAB-T, Square 5000 queries), FAB-T and Square stopped after "
-    "3 targets / 1000 queries unless they broke a point; autoattack = AutoAttack's budgets "
-    "throughout.",
+    "attacks (APGD-CE, APGD-T, FAB-T, Square), FAB-T stopped after 3 of 9 targets unless they "
+    "broke a point, Square 1000 queries for all points and 10000 for the 10% closest to "
+    "success; autoattack = AutoAttack's budgets throughout.",
 )
 @click.option(
     "--attack",

@@ -348,8 +348,8 @@ def evaluate(
         threat: a :class:`~advex.core.threat.ThreatModel`, or give ``eps`` (and ``norm``:
             ``"linf"`` | ``"l2"`` | ``"l1"``; ``bounds``, default the data's or (0, 1)).
         preset: ``"quick"``, ``"standard"`` (AutoAttack's standard attacks: APGD-CE, APGD-T 9
-            targets, FAB-T 9 targets and Square 5,000 queries, the last two stopped after 3
-            targets / 1,000 queries unless they broke a point),
+            targets, FAB-T 9 targets stopped after 3 unless they broke a point, Square 1,000
+            queries for every point and 10,000 for the 10% closest to success),
             ``"autoattack"`` (AutoAttack's standard budgets throughout), ``"thorough"``, a
             :class:`~advex.evaluate.presets.Preset` (``PRESETS["standard"].scaled(0.1)`` for a
             cheaper run), or a list / dict of attacks run in that order.
