@@ -86,6 +86,23 @@ def test_nothing_fooled_costs_exactly_steps_passes(mnist_model, digits):
     assert (r.gradients == 24).all() and (r.queries == 2 * 13 + 2).all()
 
 
+def test_restart_keep_restarts_only_the_closest_points(mnist_model, digits):
+    x, y = digits
+    x, y = x[:20], y[:20]
+    first = APGD(eps=0.001, steps=12)(mnist_model, x, y)
+    r = APGD(eps=0.001, steps=12, restarts=2, restart_keep=0.25)(mnist_model, x, y)
+    assert not r.success.any()
+    again = r.gradients == 24
+    # ceil(25 % of 20) = 5 points got the second start, the others one
+    assert int(again.sum()) == 5 and bool((r.gradients[~again] == 12).all())
+    # the 5 with the highest cross-entropy after the first start (closest to success)
+    with torch.no_grad():
+        ce = torch.nn.functional.cross_entropy(mnist_model(first.x_adv), y, reduction="none")
+    assert set(ce.topk(5).indices.tolist()) == set(again.nonzero().squeeze(1).tolist())
+    with pytest.raises(ValueError, match="restart_keep"):
+        APGD(eps=0.1, restart_keep=0)
+
+
 def test_apgd_deterministic_and_run_eps(mnist_model, digits):
     x, y = digits
     x, y = x[:40], y[:40]
