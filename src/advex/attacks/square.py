@@ -325,8 +325,7 @@ class Square(FixedBudgetAttack):
                     keep = ~succ
                     if not bool(keep.any()):
                         break
-                    idx, xa, x4, ga = idx[keep], xa[keep], x4[keep], ga[keep]
-                    cur, obj = cur[keep], obj[keep]
+                    idx, xa, x4, ga, cur, obj = (t[keep] for t in (idx, xa, x4, ga, cur, obj))
                 if it == self.n_queries - 1:  # budget spent (the initial point was query 1)
                     break
                 if it == screen_end and restart == 0:
@@ -343,8 +342,7 @@ class Square(FixedBudgetAttack):
                         keep[obj.topk(n_keep).indices] = True
                         drop = ~keep
                         best_x[idx[drop]], best_obj[idx[drop]] = cur[drop], obj[drop]
-                        idx, xa, x4, ga = idx[keep], xa[keep], x4[keep], ga[keep]
-                        cur, obj = cur[keep], obj[keep]
+                        idx, xa, x4, ga, cur, obj = (t[keep] for t in (idx, xa, x4, ga, cur, obj))
                 p = p_schedule(self.p_init, it, self.n_queries, self.rescale_schedule)
                 cand4 = propose(x4, _as_images(cur), p, gen)
                 cand = threat.project(cand4.reshape(-1, *shape), xa)

@@ -565,11 +565,6 @@ class AdversarialTrainer:
             xval, yval = _as_xy(val_data, "val_data")
             self.threat.check_inputs(xval, name="val_data x")
             xval, yval = xval.to(device), yval.to(device)
-        fmt = torch.contiguous_format
-        if self._use_channels_last(xtr):
-            fmt = torch.channels_last
-            xtr = xtr.contiguous(memory_format=fmt)
-            self.model.to(memory_format=fmt)
         n = len(ytr)
         spe = (n + self.batch_size - 1) // self.batch_size
         total = self.epochs * spe
@@ -597,6 +592,12 @@ class AdversarialTrainer:
             src_x, src_y = (xval, yval) if xval is not None else (xtr, ytr)
             guard_x, guard_y = src_x[: self.guard_n], src_y[: self.guard_n]
 
+        # after the checkpoint is read: a refused resume leaves the model's layout alone
+        fmt = torch.contiguous_format
+        if self._use_channels_last(xtr):
+            fmt = torch.channels_last
+            xtr = xtr.contiguous(memory_format=fmt)
+            self.model.to(memory_format=fmt)
         bar = tqdm(
             total=(self.epochs - start_epoch) * spe,
             desc=f"advex train ({self.method})",
