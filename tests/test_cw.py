@@ -205,6 +205,9 @@ def test_mask_and_general_bounds(tiny_model):
         (dict(norm="linf", decrease_factor=1.5), "decrease_factor"),
         (dict(norm="linf", const_factor=1.0), "const_factor"),
         (dict(norm="linf", initial_const=30.0), "largest_const"),
+        (dict(start_margin=0.0), "start_margin"),
+        (dict(start_margin=1.0), "start_margin"),
+        (dict(norm="linf", start_margin=-0.1), "start_margin"),
     ],
 )
 def test_bad_hyperparameters(kwargs, match):
@@ -250,3 +253,25 @@ def test_warm_start_and_abort_early_save_passes(mnist_model, digits):
     assert warm.gradients.sum() < cold.gradients.sum()
     assert warm.norms.mean() < 1.1 * cold.norms.mean()
     assert cold.norms.mean() < 1.1 * full.norms.mean()
+
+
+def test_start_margin_unsaturates_the_tanh(mnist_model, digits):
+    """Pixels on a bound start start_margin·(hi − lo)/2 inside it (0.0025 on [0, 1] at 5e-3)
+    instead of the paper's 5·10⁻⁷, where tanh' ≈ 10⁻⁵ and Adam needs tens of steps to move them
+    at all: with the same short budget the unsaturated start solves more digits, or the same
+    ones with smaller norms (16 digits, 40 steps: 16 vs 10 solved)."""
+    from advex.attacks.cw import _tanh_to_x, _x_to_tanh
+
+    x, y = digits
+    start = _tanh_to_x(_x_to_tanh(x, 0.0, 1.0, 5e-3), 0.0, 1.0)
+    assert ((start - x).abs() <= 0.0025 + 1e-6).all()
+    assert (start - x).abs().amax() > 0.002  # the digit's black background did move
+    cfg = dict(binary_search_steps=1, max_iterations=40, learning_rate=0.1, initial_const=1.0)
+    ours = CW(**cfg, start_margin=5e-3)(mnist_model, x, y)
+    paper = CW(**cfg)(mnist_model, x, y)
+    assert CW().start_margin == 1e-6  # the paper's start is the default
+    # the reported norm is measured from x, the start's offset included
+    assert torch.allclose(ours.norms, _l2(ours, x), atol=1e-5)
+    assert ours.success.sum() > paper.success.sum() or (
+        ours.success.all() and paper.success.all() and ours.norms.median() < paper.norms.median()
+    ), (ours.success.sum(), paper.success.sum(), ours.norms.median(), paper.norms.median())
