@@ -137,3 +137,33 @@ def test_counter_and_judge(bench, tiny_model):
     p2 = type("P", (), {"norm": "l2", "eps": None})()
     s = bench.judge("minnorm", p2, tiny_model, x, y, far)
     assert 0.0 <= s["success_rate"] <= 1.0
+
+
+def test_cw_settings_script_reports_each_setting(mnist_model):
+    """benchmarks/cw_settings.py (the tables of docs/attacks-optimisation.md) runs in a tiny
+    configuration and reports a row per setting, with its passes and success."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    try:
+        import foolbox  # noqa: F401
+
+        fool = "1,5,0.1,1"
+    except ImportError:
+        fool = "none"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "cw_settings.py"), "--n", "4"]
+        + ["--advex", "1,5,0.1,1,5e-3", "--advex", "1,5,0.1,1,1e-6", "--foolbox", fool],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith(("advex ", "foolbox "))]
+    assert [r.split()[1] for r in rows[:2]] == ["1,5,0.1,1,5e-3", "1,5,0.1,1,1e-6"]
+    assert len(rows) == (3 if fool != "none" else 2)
+    for r in rows:
+        passes = float(r.split()[2])
+        assert 0 < passes <= 5  # one round of at most 5 steps
+        assert r.split()[4].endswith("%")
