@@ -275,3 +275,22 @@ def test_start_margin_unsaturates_the_tanh(mnist_model, digits):
     assert ours.success.sum() > paper.success.sum() or (
         ours.success.all() and paper.success.all() and ours.norms.median() < paper.norms.median()
     ), (ours.success.sum(), paper.success.sum(), ours.norms.median(), paper.norms.median())
+
+
+def test_points_never_adversarial_are_reported(mnist_model, digits):
+    """A search over c that stops too early leaves points unsolved, which a minimum-norm attack
+    reports as robust: the attack says how many, and the largest c they got."""
+    import warnings
+
+    from advex.attacks import EAD
+
+    x, y = digits[0][:4], digits[1][:4]
+    short = dict(binary_search_steps=2, max_iterations=5, initial_const=1e-3)
+    with pytest.warns(UserWarning, match=r"CW-L2: 4 of 4 .*largest c .* 0\.01\b"):
+        r = CW(**short)(mnist_model, x, y)
+    assert not r.success.any()
+    with pytest.warns(UserWarning, match=r"EAD: 4 of 4 .*never became adversarial"):
+        EAD(**short)(mnist_model, x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every point solved: nothing to say
+        assert CW(**FAST_L2)(mnist_model, x, y).success.all()

@@ -9,6 +9,7 @@ costing passes.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -55,6 +56,23 @@ def _search_update(
     lower.copy_(torch.where(succeeded, lower, torch.maximum(lower, const)))
     bounded = upper < 1e9
     const.copy_(torch.where(bounded, (lower + upper) / 2, const * 10))
+
+
+def _warn_never_adversarial(attack: str, upper: torch.Tensor, last_const: torch.Tensor) -> None:
+    """After the search over ``c``: say how many points were never adversarial at any ``c``
+    tried, and the largest ``c`` they got. A minimum-norm attack that leaves points unsolved
+    reports them as robust; often the search simply stopped before ``c`` was large enough
+    (a robust model needs a much larger ``c`` than an undefended one)."""
+    never = upper >= 1e9
+    if bool(never.any()):
+        k, n = int(never.sum()), int(never.numel())
+        warnings.warn(
+            f"{attack}: {k} of {n} attacked points never became adversarial; the largest c they "
+            f"were tried at is {float(last_const[never].max()):.3g} (c grows 10x per failed "
+            "round). Add binary_search_steps or raise initial_const before reading them as "
+            "robust.",
+            stacklevel=5,  # the caller of attack(model, x, y)
+        )
 
 
 def _check_positive(name: str, value, *, integer: bool = False, allow_zero: bool = False):
@@ -371,7 +389,9 @@ class CW(Attack):
                         break
                     act, w = act[keep], w[keep]
                     adam.keep(keep)
+            tried = const.clone()
             _search_update(const, lower, upper, succeeded)
+        _warn_never_adversarial("CW-L2", upper, tried)
         return best_x
 
     # -- L∞ ------------------------------------------------------------------------------------

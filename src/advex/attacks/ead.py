@@ -10,7 +10,16 @@ from ..core.goals import Goal
 from ..core.losses import margin
 from ..core.threat import ThreatModel
 from .base import Attack, ModelCaller
-from .cw import _BIG, _check_positive, _flat, _min_norm_threat, _search_update, _shape, _success
+from .cw import (
+    _BIG,
+    _check_positive,
+    _flat,
+    _min_norm_threat,
+    _search_update,
+    _shape,
+    _success,
+    _warn_never_adversarial,
+)
 
 __all__ = ["EAD"]
 
@@ -158,5 +167,7 @@ class EAD(Attack):
                         if not bool(keep.any()):
                             break
                         act, xk, yk = act[keep], xk[keep], yk[keep]
+            tried = const.clone()
             _search_update(const, lower, upper, succeeded)
+        _warn_never_adversarial("EAD", upper, tried)
         return best_x
