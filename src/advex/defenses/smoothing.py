@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from scipy import stats
 from torch import nn
 
 from ..core.model import attack_mode
+from ..data import ArrayDataset
 
 __all__ = [
     "ABSTAIN",
@@ -345,35 +345,23 @@ def train_gaussian_augmentation(
 
     sigma = float(sigma)
     n = len(y)
-    steps_per_epoch = (n + batch_size - 1) // batch_size
-    total = epochs * steps_per_epoch
-    opt = torch.optim.Adam(model.parameters(), lr=float(lr))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / total))
-    )
-    gen = torch.Generator().manual_seed(int(seed))
-    loss_fn = nn.CrossEntropyLoss()
+
+    def gaussian(xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        return xb + sigma * torch.randn(xb.shape, generator=gen, dtype=xb.dtype)
+
     t0 = time.perf_counter()
-    model.train()
-    for epoch in range(epochs):
-        perm = torch.randperm(n, generator=gen)
-        running = 0.0
-        for b in range(steps_per_epoch):
-            idx = perm[b * batch_size : (b + 1) * batch_size]
-            xb = x[idx]
-            xb = xb + sigma * torch.randn(xb.shape, generator=gen, dtype=xb.dtype)
-            loss = loss_fn(model(xb.to(_device(model))), y[idx].to(_device(model)))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            running += float(loss.detach())
-        if progress:
-            print(
-                f"gaussian augmentation σ={sigma}: epoch {epoch + 1}/{epochs} "
-                f"loss {running / steps_per_epoch:.4f}",
-                file=sys.stderr,
-            )
+    zoo.train(
+        model,
+        ArrayDataset(x, y, name="gaussian-augmentation"),
+        epochs=epochs,
+        lr=float(lr),
+        batch_size=batch_size,
+        seed=seed,
+        schedule="cosine",
+        augment=gaussian,
+        progress=progress,
+        desc=f"gaussian augmentation σ={sigma:g}",
+    )
     model.eval()
     wall = time.perf_counter() - t0
     if out_dir is not None:

@@ -322,19 +322,22 @@ def train(
     seed: int = 0,
     weight_decay: float = 0.0,
     schedule: str = "cosine",
-    augment: str | None = None,
+    augment: str | Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     progress: bool = True,
     desc: str = "training",
 ) -> nn.Module:
     """Train ``model`` with Adam and cross-entropy; deterministic for a given ``seed``.
 
     Shuffling (and augmentation) use their own :class:`torch.Generator`; the global RNG is
-    not touched. ``augment="shift"``: random translations of up to 2 pixels per image.
+    not touched. ``augment="shift"``: random translations of up to 2 pixels per image; a
+    callable ``augment(xb, gen)`` returns the batch to train on, drawing its randomness from
+    ``gen`` (Gaussian data augmentation for randomized smoothing uses this). Batches go to the
+    model's device.
     """
     from tqdm.auto import tqdm
 
-    if augment not in (None, "shift"):
-        raise ValueError(f"augment must be None or 'shift', got {augment!r}")
+    if augment is not None and augment != "shift" and not callable(augment):
+        raise ValueError(f"augment must be None, 'shift' or a callable, got {augment!r}")
     if schedule not in ("cosine", "constant"):
         raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
     x, y = data.tensors()
@@ -350,6 +353,7 @@ def train(
         sched = None
     loss_fn = nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(int(seed))
+    dev = next(iter(model.parameters()), torch.empty(0)).device
     model.train()
     bar = tqdm(total=total, desc=desc, file=sys.stderr, disable=not progress, leave=False)
     try:
@@ -361,7 +365,9 @@ def train(
                 xb = x[idx]
                 if augment == "shift":
                     xb = _random_shift(xb, gen)
-                loss = loss_fn(model(xb), y[idx])
+                elif augment is not None:
+                    xb = augment(xb, gen)
+                loss = loss_fn(model(xb.to(dev)), y[idx].to(dev))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
