@@ -106,8 +106,9 @@ def _construct(cls, label: str, kwargs: dict):
         raise Skip(f"{label}: cannot construct with {sorted(kwargs)}: {e}") from None
 
 
-def advex(module: str, cls: str, **kwargs) -> Runner:
-    """``advex.attacks.<module>.<cls>(**kwargs)``; the runner returns the AttackResult."""
+def advex(module: str, cls: str, *, target_of: Callable | None = None, **kwargs) -> Runner:
+    """``advex.attacks.<module>.<cls>(**kwargs)``; the runner returns the AttackResult.
+    ``target_of(y)``: attack targeted, at these classes."""
     label = f"advex.attacks.{module}.{cls}"
     try:
         mod = importlib.import_module(f"advex.attacks.{module}")
@@ -118,6 +119,8 @@ def advex(module: str, cls: str, **kwargs) -> Runner:
     if not hasattr(mod, cls):
         raise Skip(f"{label} is not available")
     attack = _construct(getattr(mod, cls), label, kwargs)
+    if target_of is not None:
+        return lambda model, x, y: attack(model, x, y, target=target_of(y))
     return lambda model, x, y: attack(model, x, y)
 
 
@@ -174,7 +177,14 @@ def torchattacks(cls: str, **kwargs) -> Runner:
     return run
 
 
-def art(cls: str, *, num_classes: int, use_labels: bool = True, **kwargs) -> Runner:
+def art(
+    cls: str,
+    *,
+    num_classes: int,
+    use_labels: bool = True,
+    target_of: Callable | None = None,
+    **kwargs,
+) -> Runner:
     """ART: ``PyTorchClassifier`` around the model (clip values (0, 1), batch = whole batch),
     then ``art.attacks.evasion.<cls>(classifier, **kwargs).generate(x_numpy, y_numpy)``."""
     _peer_module("art", "adversarial-robustness-toolbox")
@@ -202,6 +212,8 @@ def art(cls: str, *, num_classes: int, use_labels: bool = True, **kwargs) -> Run
         attack = _construct(
             attack_cls, f"art.{cls}", {first: classifier, **kwargs, **extra, **batch}
         )
+        if target_of is not None:  # ART's targeted attacks take the targets as labels
+            y = target_of(y)
         labels = y.cpu().numpy() if use_labels else None
         x_adv = attack.generate(x.cpu().numpy(), labels)
         return torch.from_numpy(np.asarray(x_adv)).to(x.device, x.dtype)
@@ -489,6 +501,37 @@ def deepfool(p):
             steps=p.steps,
             candidates=p.num_classes,
             overshoot=p.overshoot,
+        ),
+    }
+
+
+@case(
+    "jsma",
+    kind="minnorm",
+    title="JSMA, targeted at y+1, θ=1, γ=0.1 (Papernot et al. 2016; L0 = pixels changed)",
+    norm="l0",
+    theta=1.0,
+    gamma=0.1,
+    target_shift=1,
+    quick={"gamma": 0.02},
+    notes=[
+        "strength counts reaching the target class; torchattacks' JSMA runs one image at a "
+        "time and targets y+1 itself; ART's SaliencyMapMethod gets the targets as labels"
+    ],
+)
+def jsma(p):
+    def target_of(y):
+        return (y + p.target_shift) % p.num_classes
+
+    return {
+        "advex": lambda: advex("jsma", "JSMA", theta=p.theta, gamma=p.gamma, target_of=target_of),
+        "torchattacks": lambda: torchattacks("JSMA", theta=p.theta, gamma=p.gamma),
+        "art": lambda: art(
+            "SaliencyMapMethod",
+            num_classes=p.num_classes,
+            theta=p.theta,
+            gamma=p.gamma,
+            target_of=target_of,
         ),
     }
 

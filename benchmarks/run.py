@@ -129,6 +129,8 @@ def distance(delta: torch.Tensor, norm: str) -> torch.Tensor:
         return d.norm(dim=1)
     if norm == "l1":
         return d.abs().sum(1)
+    if norm == "l0":
+        return (d.abs() > 1e-6).sum(1).double()
     raise ValueError(f"unknown norm {norm!r}")
 
 
@@ -155,7 +157,9 @@ def judge(kind: str, p, model, x, y, x_adv) -> dict:
             max_distance=float(dist.max()),
         )
     else:
-        success = (pred != y) & in_bounds
+        shift = getattr(p, "target_shift", None)  # a targeted case: success = the target
+        goal = pred == (y + shift) % p.num_classes if shift else pred != y
+        success = goal & in_bounds
         out.update(
             success_rate=float(success.double().mean()),
             median_norm=float(dist[success].median()) if bool(success.any()) else None,
