@@ -537,6 +537,53 @@ def jsma(p):
 
 
 @case(
+    "universal",
+    kind="budget",
+    title="Universal perturbation L∞, ε=0.3, DeepFool inside, ≤5 sweeps, δ=0.2 (UAP 2017)",
+    norm="linf",
+    eps=0.3,
+    epochs=5,
+    delta=0.2,
+    inner_steps=10,
+    quick={"epochs": 1, "inner_steps": 2},
+    notes=[
+        "one perturbation for the whole batch, learned on it and applied to it; each timed run "
+        "learns it anew; ART's UniversalPerturbation runs DeepFool one point at a time"
+    ],
+)
+def universal(p):
+    def ours():
+        from advex.attacks import UniversalPerturbation
+
+        def run(model, x, y):  # a fresh attack per call: a fitted one would skip the learning
+            attack = UniversalPerturbation(
+                eps=p.eps,
+                norm="linf",
+                delta=p.delta,
+                max_epochs=p.epochs,
+                inner_steps=p.inner_steps,
+            )
+            return attack(model, x, y)
+
+        return run
+
+    return {
+        "advex": ours,
+        "art": lambda: art(
+            "UniversalPerturbation",
+            num_classes=p.num_classes,
+            use_labels=False,
+            attacker="deepfool",
+            attacker_params={"max_iter": p.inner_steps, "epsilon": 0.02, "verbose": False},
+            delta=p.delta,
+            max_iter=p.epochs,
+            eps=p.eps,
+            norm=np.inf,
+        ),
+    }
+
+
+@case(
     "square",
     kind="budget",
     cost="queries",
