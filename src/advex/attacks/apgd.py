@@ -14,7 +14,7 @@ import torch
 from ..core.goals import Goal
 from ..core.losses import get_loss
 from ..core.threat import ThreatModel
-from .base import ModelCaller
+from .base import ModelCaller, closest_share
 from .gradient import FixedBudgetAttack, _check_steps, _loss_name, fixed_threat
 
 __all__ = ["APGD", "checkpoints", "project_l1_box"]
@@ -178,8 +178,7 @@ class APGD(FixedBudgetAttack):
             if idx.numel() == 0:
                 break
             if r > 0 and self.restart_keep < 1.0:
-                n_keep = math.ceil(self.restart_keep * idx.numel())
-                idx = idx[best_loss[idx].topk(n_keep).indices.sort().values]
+                idx = idx[closest_share(best_loss[idx], self.restart_keep)]
             sgoal = goal[idx]
             lgoal = sgoal if j is None else Goal(sgoal.y, ranked[idx, j])
             self._run(caller, x, idx, lgoal, sgoal, gen, best_x, best_loss, found)

@@ -242,6 +242,16 @@ class _null:
         return False
 
 
+def closest_share(score: torch.Tensor, share: float) -> torch.Tensor:
+    """Boolean mask of the ``ceil(share · n)`` entries of highest ``score`` (the points closest
+    to success); the restart and screening rules of APGD and Square keep these."""
+    keep = torch.zeros_like(score, dtype=torch.bool)
+    n_keep = math.ceil(share * score.numel())
+    if n_keep:
+        keep[score.topk(n_keep).indices] = True
+    return keep
+
+
 def make_threat(
     eps: float | None,
     norm: str,

@@ -21,6 +21,7 @@ from .base import Attack, ModelCaller, make_threat
 __all__ = ["CW"]
 
 _BIG = 1e10  # "no upper bound found yet" (Carlini's 1e10)
+_GROWTH = 10.0  # c's factor after a failed round while no success has been seen
 
 
 # -- helpers shared with EAD -----------------------------------------------------------------
@@ -55,12 +56,34 @@ def _search_update(
     upper.copy_(torch.where(succeeded, torch.minimum(upper, const), upper))
     lower.copy_(torch.where(succeeded, lower, torch.maximum(lower, const)))
     bounded = upper < 1e9
-    const.copy_(torch.where(bounded, (lower + upper) / 2, const * 10))
+    const.copy_(torch.where(bounded, (lower + upper) / 2, const * _GROWTH))
 
 
-def _warn_never_adversarial(attack: str, upper: torch.Tensor, last_const: torch.Tensor) -> None:
-    """After the search over ``c``: say how many points were never adversarial at any ``c``
-    tried, and the largest ``c`` they got. A minimum-norm attack that leaves points unsolved
+class _Plateau:
+    """Abort-early per sample, on window minima: every ``every`` steps a sample stops when the
+    lowest loss of the last window is not below ``tol`` × that of the window before. (The
+    papers compare single values, which Adam's and FISTA's oscillations make noisy.)"""
+
+    def __init__(self, like: torch.Tensor, every: int, tol: float) -> None:
+        self.prev = torch.full_like(like, math.inf)
+        self.low = torch.full_like(like, math.inf)
+        self.every, self.tol = every, tol
+
+    def stop(self, act: torch.Tensor, loss: torch.Tensor, step: int) -> torch.Tensor | None:
+        """Record the losses of rows ``act``; at a window's end, the rows that stop (or None)."""
+        self.low[act] = torch.minimum(self.low[act], loss)
+        if step % self.every != self.every - 1:
+            return None
+        stop = self.low[act] > self.prev[act] * self.tol
+        self.prev[act] = self.low[act]
+        self.low[act] = math.inf
+        return stop if bool(stop.any()) else None
+
+
+def _warn_never_adversarial(attack: str, upper: torch.Tensor, const: torch.Tensor) -> None:
+    """After the search over ``c`` (``const`` as :func:`_search_update` left it): say how many
+    points were never adversarial at any ``c`` tried, and the largest ``c`` they got (the last
+    round's: ``c`` only grew for them). A minimum-norm attack that leaves points unsolved
     reports them as robust; often the search simply stopped before ``c`` was large enough
     (a robust model needs a much larger ``c`` than an undefended one)."""
     never = upper >= 1e9
@@ -68,7 +91,7 @@ def _warn_never_adversarial(attack: str, upper: torch.Tensor, last_const: torch.
         k, n = int(never.sum()), int(never.numel())
         warnings.warn(
             f"{attack}: {k} of {n} attacked points never became adversarial; the largest c they "
-            f"were tried at is {float(last_const[never].max()):.3g} (c grows 10x per failed "
+            f"were tried at is {float(const[never].max()) / _GROWTH:.3g} (c grows 10x per failed "
             "round). Add binary_search_steps or raise initial_const before reading them as "
             "robust.",
             stacklevel=5,  # the caller of attack(model, x, y)
@@ -346,8 +369,7 @@ class CW(Attack):
             # warm start (optional): resume from the best adversarial found so far
             w = best_w.clone() if self.warm_start else w0.clone()
             adam = _Adam(w, self.learning_rate)
-            prev = torch.full_like(const, math.inf)
-            low = torch.full_like(const, math.inf)
+            plateau = _Plateau(const, check_every, 0.9999) if self.abort_early else None
             succeeded = torch.zeros(n, dtype=torch.bool, device=xs.device)
             for it in range(self.max_iterations):
                 xa, ga, ca = xs[act], gs[act], const[act]
@@ -367,31 +389,21 @@ class CW(Attack):
                     best_l2[bi] = l2sq[better]
                     best_x[bi] = xp[better]
                     best_w[bi] = w[better]
-                keep = None
-                if self.abort_early:
-                    # the lowest loss of the window, not the last one: Adam oscillates across
-                    # the hinge of f, so the last value is noisy
-                    low[act] = torch.minimum(low[act], loss)
-                    if it % check_every == check_every - 1:
-                        stop = low[act] > prev[act] * 0.9999
-                        prev[act] = low[act]
-                        low[act] = math.inf
-                        if bool(stop.any()):
-                            keep = ~stop
+                stop = None if plateau is None else plateau.stop(act, loss, it)
                 if it == self.max_iterations - 1:
                     break
                 # f = max(κ − margin, 0): no pull towards the goal once the margin reaches κ
                 pull = (marg < kappa).to(g.dtype) * ca
                 gx = 2 * delta - _shape(pull, g) * g
                 w = adam.step(w, self._grad_w(w, gx))
-                if keep is not None:
+                if stop is not None:
+                    keep = ~stop
                     if not bool(keep.any()):
                         break
                     act, w = act[keep], w[keep]
                     adam.keep(keep)
-            tried = const.clone()
             _search_update(const, lower, upper, succeeded)
-        _warn_never_adversarial("CW-L2", upper, tried)
+        _warn_never_adversarial("CW-L2", upper, const)
         return best_x
 
     # -- L∞ ------------------------------------------------------------------------------------

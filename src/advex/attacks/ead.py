@@ -15,6 +15,7 @@ from .cw import (
     _check_positive,
     _flat,
     _min_norm_threat,
+    _Plateau,
     _search_update,
     _shape,
     _success,
@@ -130,8 +131,7 @@ class EAD(Attack):
         for _ in range(self.binary_search_steps):
             act = torch.arange(n, device=xs.device)
             xk, yk = xs.clone(), xs.clone()
-            prev = torch.full_like(const, math.inf)
-            low = torch.full_like(const, math.inf)
+            plateau = _Plateau(const, check_every, 0.999999) if self.abort_early else None
             succeeded = torch.zeros(n, dtype=torch.bool, device=xs.device)
             for k in range(steps):
                 xa, ga, ca = xs[act], gs[act], const[act]
@@ -163,20 +163,12 @@ class EAD(Attack):
                     bi = act[better]
                     best_dist[bi] = dist[better]
                     best_x[bi] = x_eval[better]
-                if self.abort_early:
-                    # the lowest loss of the window, not the last one: FISTA's momentum makes
-                    # single values oscillate (as Adam's do in C&W)
-                    low[act] = torch.minimum(low[act], loss)
-                if self.abort_early and k % check_every == check_every - 1:
-                    stop = low[act] > prev[act] * 0.999999
-                    prev[act] = low[act]
-                    low[act] = math.inf
-                    if bool(stop.any()):
-                        keep = ~stop
-                        if not bool(keep.any()):
-                            break
-                        act, xk, yk = act[keep], xk[keep], yk[keep]
-            tried = const.clone()
+                stop = None if plateau is None else plateau.stop(act, loss, k)
+                if stop is not None:
+                    keep = ~stop
+                    if not bool(keep.any()):
+                        break
+                    act, xk, yk = act[keep], xk[keep], yk[keep]
             _search_update(const, lower, upper, succeeded)
-        _warn_never_adversarial("EAD", upper, tried)
+        _warn_never_adversarial("EAD", upper, const)
         return best_x

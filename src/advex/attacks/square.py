@@ -14,7 +14,7 @@ import torch
 from ..core.goals import Goal
 from ..core.losses import cross_entropy, get_loss, margin
 from ..core.threat import ThreatModel
-from .base import ModelCaller
+from .base import ModelCaller, closest_share
 from .gradient import FixedBudgetAttack, fixed_threat
 
 __all__ = ["Square", "p_schedule"]
@@ -335,11 +335,9 @@ class Square(FixedBudgetAttack):
                     screened_out = True
                     broken = int((found & ~done).sum())
                     if broken < max(1.0, self.screen_keep * int((~done).sum())):
-                        n_keep = math.ceil(self.screen_keep * idx.numel())
-                        if n_keep == 0:
+                        keep = closest_share(obj, self.screen_keep)
+                        if not bool(keep.any()):
                             break
-                        keep = torch.zeros_like(obj, dtype=torch.bool)
-                        keep[obj.topk(n_keep).indices] = True
                         drop = ~keep
                         best_x[idx[drop]], best_obj[idx[drop]] = cur[drop], obj[drop]
                         idx, xa, x4, ga, cur, obj = (t[keep] for t in (idx, xa, x4, ga, cur, obj))

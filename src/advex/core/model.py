@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,6 +23,7 @@ __all__ = [
     "ProbabilityOutputWarning",
     "attack_mode",
     "check_logits",
+    "model_device",
 ]
 
 
@@ -59,6 +61,18 @@ class Normalize(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mean={self.mean.tolist()}, std={self.std.tolist()}"
+
+
+def model_device(model: Any, device: Any = None) -> torch.device:
+    """The device to run on: ``device`` if given, else where the model's weights live."""
+    if device is not None:
+        return torch.device(device)
+    if isinstance(model, nn.Module):
+        for t in model.parameters():
+            return t.device
+        for t in model.buffers():
+            return t.device
+    return torch.device("cpu")
 
 
 @contextlib.contextmanager

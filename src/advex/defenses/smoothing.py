@@ -361,8 +361,7 @@ def train_gaussian_augmentation(
         augment=gaussian,
         progress=progress,
         desc=f"gaussian augmentation σ={sigma:g}",
-    )
-    model.eval()
+    )  # hands the model back in eval mode
     wall = time.perf_counter() - t0
     if out_dir is not None:
         card = {
@@ -388,11 +387,6 @@ def train_gaussian_augmentation(
             card["accuracy_noisy"] = _accuracy(model, xt, yt, sigma, seed)
         zoo.save(model, out_dir, card, arch, dict(arch_kwargs or {}))
     return model
-
-
-def _device(model: nn.Module) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 @torch.no_grad()

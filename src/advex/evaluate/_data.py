@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
+
+from ..core.model import model_device
 
 __all__ = ["Batches", "as_batches", "model_device", "resolve_target"]
 
@@ -155,18 +156,6 @@ def _safe_len(obj) -> int | None:
         return len(obj)
     except TypeError:
         return None
-
-
-def model_device(model: nn.Module, device: Any = None) -> torch.device:
-    """The device to run on: ``device`` if given, else where the model's weights live."""
-    if device is not None:
-        return torch.device(device)
-    if isinstance(model, nn.Module):
-        for t in model.parameters():
-            return t.device
-        for t in model.buffers():
-            return t.device
-    return torch.device("cpu")
 
 
 TargetSpec = int | torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None

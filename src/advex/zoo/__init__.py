@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from advex.core.model import model_device
 from advex.data import ArrayDataset
 
 from .arch import ARCHITECTURES, build, register_arch
@@ -353,7 +354,7 @@ def train(
         sched = None
     loss_fn = nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(int(seed))
-    dev = next(iter(model.parameters()), torch.empty(0)).device
+    dev = model_device(model)
     model.train()
     bar = tqdm(total=total, desc=desc, file=sys.stderr, disable=not progress, leave=False)
     try:
