@@ -1,7 +1,9 @@
 """Carlini & Wagner L2 / L∞ on the zoo MNIST CNN.
 
 The paper's defaults (9 × 1000 Adam steps at lr 1e-2) take minutes on CPU; CI runs a reduced
-schedule (2 binary-search rounds of ≤ 100 steps at lr 0.1, starting at c = 1) on 16 digits.
+schedule (2 binary-search rounds of ≤ 200 steps at lr 0.1, starting at c = 1) on 16 digits.
+At ≤ 100 steps per round the loss of some zoo weights (they depend on the CPU that trained them)
+has not plateaued yet, so abort-early would have nothing to save.
 On 64 digits, 2 rounds of ≤ 100 steps at lr 0.1 from c = 1 with start_margin=5e-3 reach 100 %
 success at median L2 1.32 in 176 passes (docs/attacks-optimisation.md).
 """
@@ -17,7 +19,8 @@ from advex.attacks.cw import CW
 
 N = 16
 NLINF = 8
-FAST_L2 = dict(binary_search_steps=2, max_iterations=100, learning_rate=0.1, initial_const=1.0)
+ITERS = 200
+FAST_L2 = dict(binary_search_steps=2, max_iterations=ITERS, learning_rate=0.1, initial_const=1.0)
 FAST_LINF = dict(max_iterations=40, learning_rate=0.05, initial_const=0.1, decrease_factor=0.7)
 
 
@@ -62,8 +65,8 @@ def test_l2_succeeds_everywhere_with_small_norm(l2_result, digits, mnist_model):
     # literature: C&W-L2 ≈ 1.3-2.0 on MNIST CNNs; measured ≈ 1.4 here
     assert r.norms.mean() < 2.0, r.norms.mean()
     assert r.norms.min() > 0.2  # a real perturbation, not a numerical accident
-    # abort-early and dropping finished rows: below the 2 × 100 budget on average
-    assert r.gradients.float().mean() < 2 * 100
+    # abort-early and dropping finished rows: below the 2 × ITERS budget on average
+    assert r.gradients.float().mean() < 2 * ITERS
 
 
 def test_l2_targeted_reaches_every_target(l2_targeted, l2_result, digits):
@@ -249,7 +252,7 @@ def test_warm_start_and_abort_early_save_passes(mnist_model, digits):
     full = CW(**cfg, abort_early=False)(mnist_model, x, y)
     assert CW().warm_start is False  # the paper's schedule is the default
     assert cold.success.all() and warm.success.all() and full.success.all()
-    assert (full.gradients == 2 * 100).all()  # no abort: every step of both rounds
+    assert (full.gradients == 2 * ITERS).all()  # no abort: every step of both rounds
     assert cold.gradients.sum() < full.gradients.sum()
     assert warm.gradients.sum() < cold.gradients.sum()
     assert warm.norms.mean() < 1.1 * cold.norms.mean()
