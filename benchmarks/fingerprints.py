@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +24,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parents[1]
+# the same repo-local zoo cache as the tests (tests/conftest.py), so both see the same weights
+os.environ.setdefault("ADVEX_CACHE", str(ROOT / ".advex-cache"))
 DATA = ROOT / "tests" / "data"
 JSON_PATH = DATA / "attack_fingerprints.json"
 TENSORS_PATH = DATA / "attack_fingerprints.safetensors"
