@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import advex.attacks as A
-from advex.core.model import ProbabilityOutputWarning
+from advex.models.guards import ProbabilityOutputWarning
 
 NORM_EPS = {"linf": 0.1, "l2": 0.5, "l1": 2.0}
 

@@ -9,19 +9,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from advex.core import (
-    AttackResult,
-    Goal,
-    Normalize,
-    ThreatModel,
-    attack_mode,
-    check_logits,
-    dlr,
-    get_norm,
-    margin,
-)
+from advex.core import AttackResult, Goal, dlr, margin
 from advex.core.losses import cross_entropy
-from advex.core.model import ProbabilityOutputWarning
+from advex.models import Normalize, attack_mode, check_logits
+from advex.models.guards import ProbabilityOutputWarning
+from advex.threats import ThreatModel, get_norm
 
 NORMS = ["linf", "l2", "l1"]
 
@@ -232,7 +224,7 @@ def test_result_at_eps_and_cat():
 
 
 def test_bpda_forward_is_exact_and_backward_is_the_approximation():
-    from advex.core import BPDA
+    from advex.models import BPDA
 
     quantize = BPDA(lambda x: torch.round(x * 3) / 3)
     x = torch.rand(5, 4, requires_grad=True)
@@ -246,7 +238,7 @@ def test_bpda_forward_is_exact_and_backward_is_the_approximation():
 
 
 def test_eot_averages_random_draws():
-    from advex.core import EOT
+    from advex.models import EOT
 
     class Noisy(torch.nn.Module):
         def forward(self, x):

@@ -220,7 +220,7 @@ def test_bad_hyperparameters(kwargs, match):
 
 
 def test_threat_with_eps_is_rejected():
-    from advex.core.threat import ThreatModel
+    from advex.threats import ThreatModel
 
     with pytest.raises(ValueError, match="minimum-norm"):
         CW(threat=ThreatModel("l2", eps=1.0))

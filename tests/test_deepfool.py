@@ -12,7 +12,7 @@ from advex.attacks._jacobian import jacobian, logit_vjps
 from advex.attacks.base import ModelCaller
 from advex.attacks.deepfool import DeepFool
 from advex.attacks.gradient import FGSM
-from advex.core.threat import ThreatModel
+from advex.threats import ThreatModel
 
 
 def pgd_min_eps(model, x, y, hi=0.5, bisections=6, steps=15, seed=0):

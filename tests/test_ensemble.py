@@ -12,10 +12,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from advex.attacks.apgd import APGD
 from advex.attacks.gradient import FGSM, PGD
-from advex.core.threat import ThreatModel
 from advex.defenses.transforms import BitDepthReduction, GaussianNoise
 from advex.evaluate.ensemble import clopper_pearson, evaluate
 from advex.evaluate.presets import PRESETS, Preset, Stage, derive_seed, get_preset
+from advex.threats import ThreatModel
 
 CHEAP = PRESETS["quick"].scaled(0.4)  # APGD-CE 20 steps, APGD-T 3 targets × 20 steps
 

@@ -285,7 +285,7 @@ class _LineSearchFGSM(Attack):
     minimum_norm = True
 
     def __init__(self, grid):
-        from advex.core.threat import ThreatModel
+        from advex.threats import ThreatModel
 
         super().__init__(ThreatModel("linf"))
         self.grid = list(grid)

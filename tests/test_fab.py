@@ -12,7 +12,7 @@ from scipy.optimize import linprog, minimize
 
 from advex.attacks.deepfool import DeepFool
 from advex.attacks.fab import FAB, FABT, project_hyperplane_box
-from advex.core.threat import ThreatModel
+from advex.threats import ThreatModel
 
 
 def pgd_min_eps(model, x, y, hi=0.5, bisections=6, steps=15, seed=0):

@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("fingerprints", ROOT / "benchmarks" / "fingerprints.py")
+    spec = importlib.util.spec_from_file_location(
+        "fingerprints", ROOT / "benchmarks" / "fingerprints.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     sys.modules["fingerprints"] = mod
     spec.loader.exec_module(mod)

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from advex.attacks.blackbox import BlackBoxError, LabelBlackBox, ScoreBlackBox
 from advex.attacks.gradient import FGSM, PGD
 from advex.attacks.square import Square, p_schedule
-from advex.core.threat import ThreatModel
+from advex.models.blackbox import BlackBoxError, LabelBlackBox, ScoreBlackBox
+from advex.threats import ThreatModel
 
 
 def _pred(model, x):
@@ -244,7 +244,7 @@ def test_square_through_score_black_box(mnist_model, mnist_correct):
 
 
 # a hard-label one-hot output looks like probabilities to check_logits (see docs)
-@pytest.mark.filterwarnings("ignore::advex.core.model.ProbabilityOutputWarning")
+@pytest.mark.filterwarnings("ignore::advex.models.ProbabilityOutputWarning")
 def test_gradient_attack_through_black_box_raises(mnist_model, mnist_correct):
     x, y = mnist_correct[0][:4], mnist_correct[1][:4]
     box = ScoreBlackBox(mnist_model)

@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from advex.attacks.gradient import PGD
-from advex.core.model import BPDA, EOT
 from advex.defenses.transforms import (
     AdaptedModel,
     BitDepthReduction,
@@ -25,6 +24,7 @@ from advex.defenses.transforms import (
     non_differentiable,
     quantization_table,
 )
+from advex.models.wrappers import BPDA, EOT
 
 # ------------------------------------------------------------------------------------------
 # the transforms themselves

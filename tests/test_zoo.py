@@ -11,7 +11,7 @@ import torch
 
 from advex import data as D
 from advex import zoo
-from advex.core.model import Normalize
+from advex.models.wrappers import Normalize
 
 
 @pytest.fixture(scope="module")

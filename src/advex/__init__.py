@@ -8,11 +8,24 @@ from __future__ import annotations
 
 import importlib
 
-from .core import BPDA, EOT, AttackResult, Normalize, ThreatModel
+from .core import AttackResult
+from .models import BPDA, EOT, Normalize
+from .threats import ThreatModel
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {"attacks", "core", "data", "defenses", "evaluate", "report", "zoo", "cli"}
+_SUBMODULES = {
+    "attacks",
+    "core",
+    "data",
+    "defenses",
+    "evaluate",
+    "models",
+    "report",
+    "threats",
+    "zoo",
+    "cli",
+}
 
 __all__ = [
     "AttackResult",

@@ -392,7 +392,7 @@ def load_model(spec: str, weights: str | None = None, normalize: str | None = No
                 "model directory, or package.module:factory with --weights"
             ) from err
     if normalize:
-        from advex.core.model import Normalize
+        from advex.models.wrappers import Normalize
 
         mean, std = _parse_normalize(normalize)
         try:

@@ -7,7 +7,6 @@ LBFGS, DeepFool, FAB, JSMA.
 
 from .apgd import APGD
 from .base import Attack
-from .blackbox import BlackBoxError, LabelBlackBox, ScoreBlackBox
 from .cw import CW
 from .deepfool import DeepFool
 from .ead import EAD
@@ -22,7 +21,6 @@ __all__ = [
     "APGD",
     "Attack",
     "BIM",
-    "BlackBoxError",
     "CW",
     "DeepFool",
     "EAD",
@@ -32,10 +30,8 @@ __all__ = [
     "FixedBudgetAttack",
     "JSMA",
     "LBFGS",
-    "LabelBlackBox",
     "MIFGSM",
     "PGD",
-    "ScoreBlackBox",
     "Square",
     "UniversalPerturbation",
 ]

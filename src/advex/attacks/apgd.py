@@ -13,7 +13,7 @@ import torch
 
 from ..core.goals import Goal
 from ..core.losses import get_loss
-from ..core.threat import ThreatModel
+from ..threats import ThreatModel
 from .base import ModelCaller, closest_share
 from .gradient import FixedBudgetAttack, _check_steps, _loss_name, fixed_threat
 

@@ -18,9 +18,10 @@ from torch import nn
 
 from ..core.goals import Goal
 from ..core.losses import get_loss
-from ..core.model import EOT, attack_mode, check_logits
 from ..core.result import AttackResult
-from ..core.threat import ThreatModel
+from ..models.guards import attack_mode, check_logits
+from ..models.wrappers import EOT
+from ..threats import ThreatModel
 
 __all__ = ["Attack", "ModelCaller", "check_labels", "check_target"]
 

@@ -15,7 +15,7 @@ import torch
 
 from ..core.goals import Goal
 from ..core.losses import margin
-from ..core.threat import ThreatModel
+from ..threats import ThreatModel
 from .base import Attack, ModelCaller, make_threat
 
 __all__ = ["CW"]
@@ -217,7 +217,7 @@ class CW(Attack):
         largest_const, const_factor, decrease_factor, reduce_const: L∞ only: the cap on ``c``
             (20), its growth factor (2), τ's shrink factor (0.9), and whether to halve ``c``
             after each success (False).
-        bounds, mask, threat: see :class:`~advex.core.threat.ThreatModel` (no ``eps``: use
+        bounds, mask, threat: see :class:`~advex.threats.ThreatModel` (no ``eps``: use
             ``result.at_eps(eps, x)`` for a fixed-budget result).
 
     Cost: L2: at most ``binary_search_steps × max_iterations`` forward+backward passes per

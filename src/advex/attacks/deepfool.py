@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..core.goals import Goal
-from ..core.threat import ThreatModel
+from ..threats import ThreatModel
 from ._jacobian import difference_jacobian
 from .base import Attack, ModelCaller, make_threat
 
@@ -43,7 +43,7 @@ class DeepFool(Attack):
         max_iter: iterations (50, the paper's setting).
         overshoot: ``η`` of the paper (0.02).
         candidates: number of top classes whose boundaries are linearised (10).
-        bounds, mask, threat: see :class:`~advex.core.threat.ThreatModel` (no ``eps``: DeepFool
+        bounds, mask, threat: see :class:`~advex.threats.ThreatModel` (no ``eps``: DeepFool
             is a minimum-norm attack; use ``result.at_eps(eps, x)`` for a fixed budget).
 
     Cost: per iteration and sample still robust, one forward and ``candidates − 1``

@@ -8,7 +8,7 @@ import torch
 
 from ..core.goals import Goal
 from ..core.losses import margin
-from ..core.threat import ThreatModel
+from ..threats import ThreatModel
 from .base import Attack, ModelCaller
 from .cw import (
     _BIG,
@@ -54,7 +54,7 @@ class EAD(Attack):
         initial_const: first ``c`` (1e-3).
         fista: FISTA momentum (True) or plain ISTA.
         abort_early: stop a sample's round once its loss plateaus (True).
-        bounds, mask, threat: see :class:`~advex.core.threat.ThreatModel` (no ``eps``).
+        bounds, mask, threat: see :class:`~advex.threats.ThreatModel` (no ``eps``).
 
     Cost: per iteration and sample, one forward+backward at the FISTA point ``y`` plus one
     forward at the new iterate ``x`` (with ``fista=False`` ``y = x``: the forward+backward

@@ -13,7 +13,7 @@ import torch
 
 from ..core.goals import Goal
 from ..core.losses import margin
-from ..core.threat import ThreatModel
+from ..threats import ThreatModel
 from ._jacobian import difference_jacobian
 from .base import Attack, ModelCaller, make_threat
 

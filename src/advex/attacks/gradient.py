@@ -1,7 +1,7 @@
 """Fixed-budget gradient attacks: FGSM, PGD / BIM, MI-FGSM, and the shared iterative loop.
 
 The loop is norm-generic: a norm contributes only its steepest-ascent direction and its
-projection (:mod:`advex.core.norms`), so PGD in L∞, L2 and L1 is one piece of code.
+projection (:mod:`advex.threats.norms`), so PGD in L∞, L2 and L1 is one piece of code.
 
 Every fixed-budget attack derives from :class:`FixedBudgetAttack`, which adds
 :meth:`FixedBudgetAttack.run_eps`: several budgets in one call, where points fooled at a small ε
@@ -22,7 +22,7 @@ from torch import nn
 from ..core.goals import Goal
 from ..core.losses import get_loss
 from ..core.result import AttackResult
-from ..core.threat import ThreatModel
+from ..threats import ThreatModel
 from .base import Attack, ModelCaller, check_labels, make_threat
 
 __all__ = ["FixedBudgetAttack", "FGSM", "PGD", "BIM", "MIFGSM", "IterativeGradientAttack"]
@@ -150,7 +150,7 @@ class FGSM(FixedBudgetAttack):
         eps: perturbation budget (required).
         norm: ``"linf"`` (default), ``"l2"`` or ``"l1"``.
         loss: ``"ce"`` (default), ``"margin"``, ``"dlr"`` or a callable ``(logits, goal)``.
-        bounds, mask, threat: see :class:`~advex.core.threat.ThreatModel`.
+        bounds, mask, threat: see :class:`~advex.threats.ThreatModel`.
 
     Cost: 1 forward + 1 backward per point not already misclassified.
 
@@ -386,7 +386,7 @@ class MIFGSM(IterativeGradientAttack):
 
     Accumulates the L1-normalised gradient with decay μ and steps along the accumulated
     direction: ``g ← μ·g + ∇L / ‖∇L‖₁``; ``x ← Π(x + α · sign(g))`` for L∞, ``α · g/‖g‖₂`` for
-    L2 (for L1, the sparse sign step of :class:`~advex.core.norms.L1`). No random start, as in
+    L2 (for L1, the sparse sign step of :class:`~advex.threats.norms.L1`). No random start, as in
     the paper. Fooled points stop early; otherwise the iterate of highest loss is returned.
 
     Args:

@@ -8,7 +8,7 @@ import torch
 
 from ..core.goals import Goal
 from ..core.result import AttackResult
-from ..core.threat import ThreatModel
+from ..threats import ThreatModel
 from ._jacobian import logit_vjps
 from .base import Attack, ModelCaller, make_threat
 
@@ -50,7 +50,7 @@ class JSMA(Attack):
     Args:
         theta: change applied to each selected feature (+1.0: set pixels to the maximum).
         gamma: maximal fraction of features changed (0.1).
-        bounds, mask, threat: see :class:`~advex.core.threat.ThreatModel` (``mask`` restricts the
+        bounds, mask, threat: see :class:`~advex.threats.ThreatModel` (``mask`` restricts the
             features JSMA may pick).
         seed: drives the random targets of the untargeted use.
         chunk: samples whose ``d × d`` pair scores are formed at once (memory: ``chunk · d²``

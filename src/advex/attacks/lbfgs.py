@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from scipy.optimize import fmin_l_bfgs_b
 
 from ..core.goals import Goal
-from ..core.threat import ThreatModel
+from ..threats import ThreatModel
 from .base import Attack, ModelCaller
 from .cw import _check_positive, _flat, _min_norm_threat
 
@@ -41,7 +41,7 @@ class LBFGS(Attack):
         search_steps: rounds of the search over ``c`` (10).
         max_iterations: L-BFGS iterations per round (100; at most ``2 × max_iterations``
             function evaluations).
-        bounds, mask, threat: see :class:`~advex.core.threat.ThreatModel` (no ``eps``).
+        bounds, mask, threat: see :class:`~advex.threats.ThreatModel` (no ``eps``).
 
     Cost: at most ``search_steps × 2 × max_iterations`` forward+backward passes per sample.
     Targeted only (``target=`` is required), as in the paper.

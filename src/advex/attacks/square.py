@@ -2,7 +2,7 @@
 
 Only forward passes are used (``result.gradients`` stays 0); every model evaluation is counted
 per sample in ``result.queries``. Works on any model, including score-only black boxes wrapped
-with :class:`~advex.attacks.blackbox.ScoreBlackBox`.
+with :class:`~advex.models.blackbox.ScoreBlackBox`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 
 from ..core.goals import Goal
 from ..core.losses import cross_entropy, get_loss, margin
-from ..core.threat import ThreatModel
+from ..threats import ThreatModel
 from .base import ModelCaller, closest_share
 from .gradient import FixedBudgetAttack, fixed_threat
 
@@ -152,7 +152,7 @@ class Square(FixedBudgetAttack):
             go on gives exactly the unscreened result.
         screen_keep: that share (0.0: stop unless the screen broke a point; ``standard``: 0.1,
             with ``screen=1000`` of ``n_queries=10000``).
-        bounds, mask, threat: see :class:`~advex.core.threat.ThreatModel`.
+        bounds, mask, threat: see :class:`~advex.threats.ThreatModel`.
         seed: seed of all the random choices (same seed → same ``x_adv``).
 
     Inputs of any shape work: images ``(C, H, W)`` with H ≠ W use square windows clipped to the

@@ -8,8 +8,8 @@ import math
 import torch
 from torch import nn
 
-from ..core.model import attack_mode, check_logits
-from ..core.threat import ThreatModel
+from ..models.guards import attack_mode, check_logits
+from ..threats import ThreatModel
 from .base import Attack, ModelCaller, check_labels, make_threat
 from .gradient import _check_steps
 

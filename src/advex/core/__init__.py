@@ -1,32 +1,9 @@
-"""Core primitives: threat models, norms, goals, losses, results, model guards.
-
-Nothing here imports the rest of advex.
+"""Core primitives every attack shares: goals (untargeted / targeted), losses (CE, margin, DLR)
+and the :class:`AttackResult`. Imports only :mod:`advex.threats`.
 """
 
 from .goals import Goal
 from .losses import cross_entropy, dlr, get_loss, margin
-from .model import BPDA, EOT, Normalize, ProbabilityOutputWarning, attack_mode, check_logits
-from .norms import L1, L2, LInf, Norm, get_norm
 from .result import AttackResult
-from .threat import ThreatModel
 
-__all__ = [
-    "AttackResult",
-    "BPDA",
-    "EOT",
-    "Goal",
-    "L1",
-    "L2",
-    "LInf",
-    "Norm",
-    "Normalize",
-    "ProbabilityOutputWarning",
-    "ThreatModel",
-    "attack_mode",
-    "check_logits",
-    "cross_entropy",
-    "dlr",
-    "get_loss",
-    "get_norm",
-    "margin",
-]
+__all__ = ["AttackResult", "Goal", "cross_entropy", "dlr", "get_loss", "margin"]

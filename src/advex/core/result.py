@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .threat import ThreatModel
+from ..threats import ThreatModel
 
 __all__ = ["AttackResult"]
 

@@ -27,8 +27,8 @@ import torch
 from scipy import stats
 from torch import nn
 
-from ..core.model import attack_mode
 from ..data import ArrayDataset
+from ..models.guards import attack_mode
 
 __all__ = [
     "ABSTAIN",

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.threat import ThreatModel
+from ..threats import ThreatModel
 
 __all__ = [
     "AdversarialTrainer",

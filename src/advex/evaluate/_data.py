@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..core.model import model_device
+from ..models.guards import model_device
 
 __all__ = ["Batches", "as_batches", "model_device", "resolve_target"]
 

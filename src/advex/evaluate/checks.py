@@ -21,8 +21,8 @@ from torch import nn
 from ..attacks import FGSM, PGD
 from ..core.goals import Goal
 from ..core.losses import margin
-from ..core.model import ProbabilityOutputWarning, attack_mode
-from ..core.threat import ThreatModel
+from ..models.guards import ProbabilityOutputWarning, attack_mode
+from ..threats import ThreatModel
 
 __all__ = ["Check", "masking_checks", "verdict"]
 

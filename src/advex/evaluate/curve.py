@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..attacks.base import Attack
-from ..core.model import attack_mode
+from ..models.guards import attack_mode
 from ._data import as_batches, check_target_spec, model_device, resolve_target
 from .budget import BudgetedAttack
 

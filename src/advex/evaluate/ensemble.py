@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.threat import ThreatModel
+from ..threats import ThreatModel
 from ._data import as_batches, model_device
 from .checks import Check, masking_checks, verdict
 from .examples import Examples
@@ -284,7 +284,7 @@ def _adapt(model, adapt: bool, eot_samples: int):
     }
     if not isinstance(model, nn.Module):
         return model, info
-    from ..defenses.transforms import adapt_for_attack, is_stochastic, non_differentiable
+    from ..models.adapt import adapt_for_attack, is_stochastic, non_differentiable
 
     nondiff, random = non_differentiable(model), is_stochastic(model)
     info["stochastic"] = bool(random)
@@ -345,7 +345,7 @@ def evaluate(
     Args:
         model: classifier returning logits (never modified; eval mode meanwhile).
         data: ``(x, y)`` tensors, an ``advex.data`` dataset, a torch Dataset or a DataLoader.
-        threat: a :class:`~advex.core.threat.ThreatModel`, or give ``eps`` (and ``norm``:
+        threat: a :class:`~advex.threats.ThreatModel`, or give ``eps`` (and ``norm``:
             ``"linf"`` | ``"l2"`` | ``"l1"``; ``bounds``, default the data's or (0, 1)).
         preset: ``"quick"``, ``"standard"`` (AutoAttack's standard attacks: APGD-CE, APGD-T 9
             targets, FAB-T 9 targets stopped after 3 unless they broke a point, Square 1,000

@@ -38,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..core.threat import ThreatModel
+from ..threats import ThreatModel
 
 __all__ = ["Stage", "Preset", "PRESETS", "get_preset", "derive_seed"]
 

@@ -28,8 +28,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from advex.core.model import model_device
 from advex.data import ArrayDataset
+from advex.models.guards import model_device
 
 from .arch import ARCHITECTURES, build, register_arch
 

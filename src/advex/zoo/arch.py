@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
-from advex.core.model import Normalize
+from advex.models.wrappers import Normalize
 
 __all__ = ["ARCHITECTURES", "build", "register_arch", "smallcnn", "trades_cnn", "mlp"]
 

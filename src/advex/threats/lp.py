@@ -63,7 +63,7 @@ class ThreatModel:
     # -- helpers -----------------------------------------------------------------------------
     @property
     def lp(self) -> Norm:
-        """The :class:`~advex.core.norms.Norm` object for this threat model."""
+        """The :class:`~advex.threats.norms.Norm` object for this threat model."""
         return get_norm(self.norm)
 
     def with_eps(self, eps: float | None) -> ThreatModel:
