@@ -233,3 +233,23 @@ def test_finalize_leaves_float32_alone():
     x = torch.rand(3, 5)
     z = x + 0.2
     assert t.finalize(z, x) is z
+
+
+def test_per_feature_bounds_through_attack_constructors():
+    lo = torch.tensor([0.0, -2.0, 10.0, 0.0])
+    hi = torch.tensor([1.0, 2.0, 20.0, 0.5])
+    gen = torch.Generator().manual_seed(3)
+    x = lo + (hi - lo) * torch.rand(6, 4, generator=gen)
+    y = torch.randint(0, 3, (6,), generator=gen)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3).eval()
+    for attack in (
+        A.PGD(eps=0.5, steps=5, bounds=(lo, hi)),
+        A.CW(bounds=(lo, hi), max_iterations=5, binary_search_steps=2),
+        A.DeepFool(bounds=(lo, hi), max_iter=5),
+    ):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = attack(model, x, y)
+        assert bool((r.x_adv >= lo).all()) and bool((r.x_adv <= hi).all())
+        assert r.params["bounds"] == [lo.tolist(), hi.tolist()]
