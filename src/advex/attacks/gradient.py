@@ -75,7 +75,8 @@ class FixedBudgetAttack(Attack):
         ``queries`` count the passes spent *at that ε* (0 for reused points), so the total cost
         is the sum over the returned results.
 
-        The ε given to the constructor is replaced by each budget in turn.
+        Each budget runs ``self.with_budget(ε)``: step sizes follow ε by the one rule of
+        :meth:`~advex.attacks.base.Attack.with_budget`.
 
         >>> curve = PGD(eps=0.3).run_eps(model, x, y, eps=[0.1, 0.2, 0.3])
         >>> {e: r.robust_accuracy for e, r in curve.items()}
