@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from advex.attacks.apgd import APGD, checkpoints, project_l1_box
+from advex.attacks.apgd import APGD, checkpoints
 from advex.attacks.gradient import PGD
+from advex.threats import project_l1_box
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from scipy.optimize import linprog, minimize
 
 from advex.attacks.deepfool import DeepFool
-from advex.attacks.fab import FAB, FABT, project_hyperplane_box
-from advex.threats import ThreatModel
+from advex.attacks.fab import FAB, FABT
+from advex.threats import ThreatModel, project_hyperplane_box
 
 
 def pgd_min_eps(model, x, y, hi=0.5, bisections=6, steps=15, seed=0):

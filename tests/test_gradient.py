@@ -134,7 +134,9 @@ def test_run_eps_reuses_adversarials_and_saves_passes(mnist_model, digits):
         assert r.robust_accuracy <= separate[e].robust_accuracy + 0.05
     # step size follows ε when it was left to its default
     assert attack.at_eps(0.2).step_size == pytest.approx(2.5 * 0.2 / 10)
-    assert PGD(eps=0.1, step_size=0.01).at_eps(0.3).step_size == 0.01
+    # ... and an explicit one is scaled with ε (the one rule of Attack.with_budget; before it,
+    # at_eps kept 0.01 here while robustness_curve scaled it)
+    assert PGD(eps=0.1, step_size=0.01).at_eps(0.3).step_size == pytest.approx(0.03)
 
 
 def test_run_eps_targeted_and_fgsm(mnist_model, digits):

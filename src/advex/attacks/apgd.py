@@ -13,7 +13,7 @@ import torch
 
 from ..core.goals import Goal
 from ..core.losses import get_loss
-from ..threats import ThreatModel
+from ..threats import L1, ThreatModel, project_l1_box
 from .base import ModelCaller, closest_share
 from .gradient import FixedBudgetAttack, _check_steps, _loss_name, fixed_threat
 
@@ -28,46 +28,6 @@ def checkpoints(steps: int) -> list[int]:
         p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
     w = {math.ceil(round(q * steps, 6)) for q in p[1:]}
     return sorted(v for v in w if 0 < v < steps)
-
-
-def project_l1_box(
-    z: torch.Tensor, x: torch.Tensor, eps: float, bounds: tuple[float, float]
-) -> torch.Tensor:
-    """Exact Euclidean projection of ``z`` onto ``{x + δ : ‖δ‖₁ ≤ ε} ∩ [low, high]^d``.
-
-    The solution is ``δ_i = sign(v_i) · min(max(|v_i| − λ, 0), c_i)`` (soft-thresholding, then
-    clipping to the room ``c_i`` the box leaves in direction ``sign(v_i)``), with ``v = z − x``
-    and the smallest ``λ ≥ 0`` giving ``‖δ‖₁ ≤ ε``. ``‖δ(λ)‖₁`` is piecewise linear in λ with
-    breakpoints ``|v_i| − c_i`` and ``|v_i|``; sorting them finds λ exactly, per sample.
-    """
-    lo, hi = bounds
-    b = x.shape[0]
-    v = (z - x).reshape(b, -1)
-    x0 = x.reshape(b, -1)
-    a = v.abs()
-    cap = torch.where(v > 0, hi - x0, x0 - lo).clamp_min(0)
-    total0 = torch.minimum(a, cap).sum(1)
-    need = total0 > eps
-    lam = torch.zeros(b, dtype=v.dtype, device=v.device)
-    if bool(need.any()):
-        an, cn = a[need], cap[need]
-        points = torch.cat([(an - cn).clamp_min(0), an], 1)
-        weights = torch.cat([torch.ones_like(an), -torch.ones_like(an)], 1)
-        points, order = points.sort(1)
-        weights = weights.gather(1, order)
-        active = weights.cumsum(1)[:, :-1]  # coordinates in the linear part, per interval
-        drop = (active * points.diff(dim=1)).cumsum(1)
-        value = total0[need, None] - torch.cat([torch.zeros_like(drop[:, :1]), drop], 1)
-        j = (value <= eps).to(torch.int8).argmax(1).clamp_min(1)  # first point at or below ε
-        p_prev = points.gather(1, (j - 1)[:, None]).squeeze(1)
-        v_prev = value.gather(1, (j - 1)[:, None]).squeeze(1)
-        slope = active.gather(1, (j - 1)[:, None]).squeeze(1).clamp_min(1)
-        lam[need] = p_prev + (v_prev - eps) / slope
-    delta = v.sign() * torch.minimum((a - lam[:, None]).clamp_min(0), cap)
-    # guard against rounding: scaling towards 0 keeps δ inside the box
-    n = delta.abs().sum(1)
-    delta = delta * torch.where(n > eps, eps / n.clamp_min(1e-30), torch.ones_like(n))[:, None]
-    return (x0 + delta).reshape(x.shape).clamp(lo, hi)
 
 
 class APGD(FixedBudgetAttack):
@@ -187,7 +147,7 @@ class APGD(FixedBudgetAttack):
     def _run(self, caller, x, idx, lgoal, sgoal, gen, best_x, best_loss, found) -> None:
         threat = self.threat
         eps = float(threat.eps)
-        l1 = threat.norm == "l1"
+        l1 = isinstance(threat.lp, L1)  # l1-APGD: sparse steps, exact ball ∩ box projection
         steps = self.steps
         cur = threat.random_start(x[idx], gen)
         d = cur[0].numel()
@@ -297,8 +257,8 @@ class APGD(FixedBudgetAttack):
         cur, xa = s["cur"], s["xa"]
         shape = (-1,) + (1,) * (cur.dim() - 1)
         eta = s["eta"].view(shape)
-        if threat.norm == "l1":
-            lo, hi = threat.bounds
+        if isinstance(threat.lp, L1):
+            lo, hi = threat.box.bounds_for(cur)
             movable = ~(((cur <= lo) & (g < 0)) | ((cur >= hi) & (g > 0)))
             a = (g.abs() * movable).reshape(cur.shape[0], -1)
             d = a.shape[1]
@@ -308,7 +268,7 @@ class APGD(FixedBudgetAttack):
             direction = g.sign().reshape(a.shape) * pick
             direction = direction / pick.sum(1, keepdim=True).clamp_min(1)
             z = cur + eta * threat.apply_mask(direction.reshape(cur.shape))
-            return project_l1_box(z, xa, float(threat.eps), threat.bounds)
+            return threat.project_exact(z, xa)
         z = threat.project(cur + eta * threat.lp.steepest(g), xa)
         if first:
             return z

@@ -8,6 +8,7 @@ from which ``success`` is computed. Subclasses implement :meth:`Attack._attack` 
 
 from __future__ import annotations
 
+import copy
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from ..core.losses import get_loss
 from ..core.result import AttackResult
 from ..models.guards import attack_mode, check_logits
 from ..models.wrappers import EOT
-from ..threats import ThreatModel
+from ..threats import Norm, ThreatModel
 
 __all__ = ["Attack", "ModelCaller", "check_labels", "check_target"]
 
@@ -171,6 +172,7 @@ class Attack(ABC):
             done = goal.is_success(clean_logits)
             self._num_classes = num_classes
             x_adv = self._attack(caller, x0, goal, done, clean_logits).detach()
+            x_adv = self.threat.finalize(x_adv, x0)  # containment in the caller's dtype
             if x_adv.shape != x0.shape:  # pragma: no cover - programming error guard
                 raise RuntimeError(f"{self.name} returned shape {tuple(x_adv.shape)}")
             adv_logits = caller.logits(x_adv)
@@ -198,6 +200,41 @@ class Attack(ABC):
             params=self.params(),
             minimum_norm=self.minimum_norm,
         )
+
+    def with_budget(self, eps: float) -> Attack:
+        """A copy of this attack with budget ``eps`` (the original is unchanged).
+
+        The one step-size rule of advex, used by every path that changes a budget
+        (:meth:`FixedBudgetAttack.run_eps`, :func:`~advex.evaluate.robustness_curve`, …): a step
+        size stays the same *fraction of the ball*. A step size left to its default is derived
+        again from the new ε by the attack's default rule (PGD: ``2.5·ε/steps``); one given
+        explicitly is scaled by ``ε_new / ε_old``. Attacks with other hyperparameters that
+        depend on ε override :meth:`_rebudget`.
+
+        >>> PGD(eps=0.3, step_size=0.03).with_budget(0.1).step_size   # 0.01
+        """
+        old = self.threat.budget
+        if old is None:
+            raise ValueError(
+                f"{type(self).__name__} has no eps to re-budget (a minimum-norm attack?): score "
+                "its result at a budget with result.at_eps(eps, x) or BudgetedAttack"
+            )
+        new = copy.copy(self)
+        new.threat = self.threat.with_budget(eps)
+        new._rebudget(old, new.threat.budget)
+        return new
+
+    def _rebudget(self, old: float, new: float) -> None:
+        """Adapt ε-dependent hyperparameters of this copy after the budget went from ``old`` to
+        ``new`` (default: scale a float ``step_size`` attribute by ``new / old``)."""
+        step = getattr(self, "step_size", None)
+        if isinstance(step, float) and new != old:
+            if old == 0:
+                raise ValueError(
+                    f"cannot rescale step_size of {type(self).__name__} built with eps=0: "
+                    "build the attack at the new eps instead"
+                )
+            self.step_size = step * new / old
 
     def params(self) -> dict[str, Any]:
         """Hyperparameters as JSON-ready values (for reports)."""
@@ -255,19 +292,24 @@ def closest_share(score: torch.Tensor, share: float) -> torch.Tensor:
 
 def make_threat(
     eps: float | None,
-    norm: str,
-    bounds: tuple[float, float],
+    norm: str | Norm,
+    bounds: Any,
     mask: torch.Tensor | None,
     threat: ThreatModel | None,
     *,
     need_eps: bool = True,
     attack: str = "attack",
 ) -> ThreatModel:
-    """Build the ThreatModel from an attack's keyword arguments (or take the given one)."""
+    """Build the threat from an attack's keyword arguments (or take the given one).
+
+    ``norm`` is a name or a :class:`~advex.threats.Norm` object (e.g. ``L1(sparsity=0.9)``);
+    ``bounds`` a ``(low, high)`` pair of numbers or per-feature tensors, or a
+    :class:`~advex.threats.Box`.
+    """
     if threat is not None:
         if eps is not None and threat.eps is not None and float(eps) != threat.eps:
             raise ValueError(f"{attack}: eps={eps} conflicts with threat.eps={threat.eps}")
-        t = threat if eps is None else threat.with_eps(eps)
+        t = threat if eps is None else threat.with_budget(eps)
     else:
         t = ThreatModel(norm=norm, eps=eps, bounds=bounds, mask=mask)
     if need_eps and t.eps is None:

@@ -119,11 +119,12 @@ def _min_norm_threat(threat, norm, bounds, mask, attack) -> ThreatModel:
     return t
 
 
-def _tanh_to_x(w: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+def _tanh_to_x(w: torch.Tensor, lo, hi) -> torch.Tensor:
+    """``lo + (hi − lo)·(tanh(w) + 1)/2``; ``lo``/``hi`` are numbers or per-feature tensors."""
     return lo + (hi - lo) * (torch.tanh(w) + 1) / 2
 
 
-def _x_to_tanh(x: torch.Tensor, lo: float, hi: float, margin: float) -> torch.Tensor:
+def _x_to_tanh(x: torch.Tensor, lo, hi, margin: float) -> torch.Tensor:
     """The tanh variable of ``x``, with ``|tanh(w)| ≤ 1 − margin``: a pixel on a bound starts
     ``margin·(hi − lo)/2`` inside it, where the tanh is not saturated."""
     u = ((x - lo) / (hi - lo) * 2 - 1).clamp(-1 + margin, 1 - margin)
@@ -338,19 +339,19 @@ class CW(Attack):
 
     def _grad_w(self, w, g_x):
         """Chain rule through the tanh change of variables (and the mask)."""
-        lo, hi = self.threat.bounds
+        lo, hi = self.threat.box.bounds_for(w)
         g = g_x * ((hi - lo) / 2) * (1 - torch.tanh(w) ** 2)
         return self.threat.apply_mask(g)
 
     def _to_x(self, w, x0):
-        lo, hi = self.threat.bounds
+        lo, hi = self.threat.box.bounds_for(x0)
         xp = _tanh_to_x(w, lo, hi)
         m = self.threat._mask_for(x0)
         return xp if m is None else torch.where(m, xp, x0)
 
     # -- L2 ------------------------------------------------------------------------------------
     def _attack_l2(self, caller: ModelCaller, xs, gs: Goal, rows):
-        lo, hi = self.threat.bounds
+        lo, hi = self.threat.box.bounds_for(xs)
         kappa = self.confidence
         n = xs.shape[0]
         w0 = _x_to_tanh(xs, lo, hi, self.start_margin)
@@ -408,15 +409,17 @@ class CW(Attack):
 
     # -- L∞ ------------------------------------------------------------------------------------
     def _attack_linf(self, caller: ModelCaller, xs, gs: Goal, rows):
-        lo, hi = self.threat.bounds
+        lo, hi = self.threat.box.bounds_for(xs)
         kappa = self.confidence
         n = xs.shape[0]
-        tau_min = (hi - lo) / 256
+        # τ bounds |δ| in every feature: start at the widest range of the box
+        span = hi - lo if self.threat.box.scalar else float((hi - lo).max())
+        tau_min = span / 256
         act = torch.arange(n, device=xs.device)
         w = _x_to_tanh(xs, lo, hi, self.start_margin)
         adam = _Adam(w, self.learning_rate)
         const = torch.full((n,), self.initial_const, dtype=xs.dtype, device=xs.device)
-        tau = torch.full_like(const, hi - lo)
+        tau = torch.full_like(const, span)
         iters = torch.zeros(n, dtype=torch.long, device=xs.device)  # steps at the current c
         best_x = xs.clone()
         while act.numel():

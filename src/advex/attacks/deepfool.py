@@ -14,10 +14,6 @@ __all__ = ["DeepFool"]
 _TINY = 1e-12
 
 
-def _flat(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(t.shape[0], -1)
-
-
 class DeepFool(Attack):
     """DeepFool (Moosavi-Dezfooli, Fawzi & Frossard 2016, "DeepFool: a simple and accurate method
     to fool deep neural networks"), in L2 and L∞.
@@ -98,8 +94,9 @@ class DeepFool(Attack):
         if idx.numel() == 0:
             return x_adv
         threat = self.threat
-        lo, hi = threat.bounds
+        lp = threat.lp
         xa, ga = x[idx], goal[idx]
+        lo, hi = threat.box.bounds_for(xa)
         if ga.targeted:
             tgt = ga.target
 
@@ -142,16 +139,13 @@ class DeepFool(Attack):
             f = logits.gather(1, pr[..., 0]) - logits.gather(1, pr[..., 1])
             w = threat.apply_mask(jac.reshape(-1, *xa.shape[1:])).reshape(jac.shape)
             wf = w.reshape(w.shape[0], w.shape[1], -1)
-            dual = wf.norm(p=2, dim=2) if threat.norm == "l2" else wf.abs().sum(dim=2)
+            dual = lp.dual(wf.reshape(-1, wf.shape[2])).reshape(wf.shape[:2])
             dist = f.abs() / (dual + _TINY)
             best = dist.argmin(dim=1)
             rows = torch.arange(w.shape[0], device=w.device)
             wl = w[rows, best]
             dl = dist[rows, best] + 1e-4
-            if threat.norm == "l2":
-                unit = wl / (_flat(wl).norm(p=2, dim=1) + _TINY).reshape(-1, *[1] * (wl.dim() - 1))
-            else:
-                unit = wl.sign()
+            unit = lp.steepest(wl)  # the unit-norm step attaining the dual norm
             r_tot = r_tot + dl.reshape(-1, *[1] * (wl.dim() - 1)) * unit
             cur = (xa + scale * r_tot).clamp_(lo, hi)
             r_tot = (cur - xa) / scale

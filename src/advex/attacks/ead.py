@@ -103,7 +103,7 @@ class EAD(Attack):
 
     def _shrink(self, z: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         """Projected shrinkage-thresholding ``S_β`` (then the box and the mask)."""
-        lo, hi = self.threat.bounds
+        lo, hi = self.threat.box.bounds_for(x0)
         d = z - x0
         moved = d - d.sign() * self.beta
         out = torch.where(d.abs() > self.beta, x0 + moved, x0).clamp(lo, hi)
@@ -118,7 +118,7 @@ class EAD(Attack):
         return out
 
     def _run(self, caller: ModelCaller, xs, gs: Goal, rows):
-        lo, hi = self.threat.bounds
+        lo, hi = self.threat.box.bounds_for(xs)
         kappa, beta = self.confidence, self.beta
         n = xs.shape[0]
         const = torch.full((n,), self.initial_const, dtype=xs.dtype, device=xs.device)

@@ -1,8 +1,9 @@
 """FAB, the Fast Adaptive Boundary attack (Croce & Hein 2020), and its multi-target FAB-T.
 
-The heart of FAB is :func:`project_hyperplane_box`: the minimal-norm step from a point onto a
-hyperplane *inside the box* of valid inputs, solved exactly and batched for L∞, L2 and L1 (sort,
-cumulative sums, one gather; no per-sample loop).
+The heart of FAB is :func:`~advex.threats.project_hyperplane_box`: the minimal-norm step from a
+point onto a hyperplane *inside the box* of valid inputs, solved exactly and batched for L∞, L2
+and L1 (sort, cumulative sums, one gather; no per-sample loop). It lives in
+:mod:`advex.threats.projections` with the other geometry.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 
 from ..core.goals import Goal
 from ..core.losses import margin
-from ..threats import ThreatModel
+from ..threats import ThreatModel, project_hyperplane_box
 from ._jacobian import difference_jacobian
 from .base import Attack, ModelCaller, make_threat
 
@@ -23,80 +24,6 @@ _TINY = 1e-12
 #: radius of the random starts when neither ``eps`` nor ``start_radius`` is given (MNIST scale,
 #: the values of the authors' code)
 DEFAULT_START_RADIUS = {"linf": 0.3, "l2": 1.0, "l1": 5.0}
-
-
-def _rev_cumsum(t: torch.Tensor) -> torch.Tensor:
-    return t.flip(1).cumsum(1).flip(1)
-
-
-def project_hyperplane_box(
-    p: torch.Tensor,
-    w: torch.Tensor,
-    rhs: torch.Tensor,
-    bounds: tuple[float, float],
-    norm: str,
-) -> torch.Tensor:
-    """Minimal-norm ``δ`` with ``<w, δ> = rhs`` and ``p + δ`` inside the box, per row.
-
-    ``p`` and ``w`` are ``(B, d)``, ``rhs`` is ``(B,)``; ``norm`` is ``"linf"``, ``"l2"`` or
-    ``"l1"``. After flipping ``w`` so that ``rhs ≥ 0``, every coordinate moves in the direction
-    of ``sign(w_i)`` by at most its room to the bound:
-
-    - L2 and L∞: ``δ_i = sign(w_i) · min(λ a_i, room_i)`` with ``a = |w|`` (L2, the KKT
-      conditions) or ``a = 1`` (L∞, a common level); ``<w, δ>`` is piecewise linear and
-      increasing in ``λ``, so ``λ`` is found exactly from the sorted breakpoints
-      ``room_i / a_i`` and cumulative sums;
-    - L1: coordinates are filled greedily in decreasing ``|w_i|`` (the best ratio of progress
-      to L1 cost) until ``rhs`` is reached; the last one is filled partially.
-
-    When the hyperplane does not meet the box, the returned ``δ`` pushes every useful coordinate
-    to its bound (the box point closest to the hyperplane).
-    """
-    lo, hi = bounds
-    flip = torch.where(rhs < 0, -1.0, 1.0).to(w.dtype)
-    wp = w * flip[:, None]
-    r = rhs.abs()
-    direction = wp.sign()
-    aw = wp.abs()
-    room = torch.where(wp > 0, hi - p, p - lo).clamp_min(0.0)
-    room = torch.where(aw > 0, room, torch.zeros_like(room))
-    cap = aw * room  # progress of a coordinate pushed to its bound
-    feasible = cap.sum(1) >= r
-    if norm == "l1":
-        order = aw.argsort(dim=1, descending=True)
-        cap_s = cap.gather(1, order)
-        filled = cap_s.cumsum(1)
-        k = (filled < r[:, None]).sum(1).clamp(max=p.shape[1] - 1)  # first index reaching r
-        before = filled.gather(1, (k - 1).clamp_min(0)[:, None]).squeeze(1)
-        before = torch.where(k > 0, before, torch.zeros_like(before))
-        pos = torch.arange(p.shape[1], device=p.device)[None, :]
-        aw_k = aw.gather(1, order.gather(1, k[:, None])).squeeze(1)
-        part = ((r - before) / aw_k.clamp_min(_TINY)).clamp_min(0.0)
-        room_s = room.gather(1, order)
-        amount_s = torch.where(pos < k[:, None], room_s, torch.zeros_like(room_s))
-        amount_s = torch.where(pos == k[:, None], torch.minimum(part[:, None], room_s), amount_s)
-        amount = torch.empty_like(amount_s).scatter_(1, order, amount_s)
-    elif norm in ("l2", "linf"):
-        a = aw if norm == "l2" else (aw > 0).to(aw.dtype)
-        lam = torch.where(a > 0, room / a.clamp_min(_TINY), torch.full_like(room, math.inf))
-        order = lam.argsort(dim=1)
-        lam_s = lam.gather(1, order)
-        cap_s = cap.gather(1, order)
-        slope_s = (aw * a).gather(1, order)
-        saturated = cap_s.cumsum(1)  # progress of the coordinates saturated at breakpoint j
-        rest = _rev_cumsum(slope_s) - slope_s  # slope of the coordinates not yet saturated
-        value = saturated + torch.where(rest > 0, lam_s * rest, torch.zeros_like(rest))
-        k = (value < r[:, None]).sum(1).clamp(max=p.shape[1] - 1)
-        km1 = (k - 1).clamp_min(0)[:, None]
-        sat_prev = torch.where(k > 0, saturated.gather(1, km1).squeeze(1), torch.zeros_like(r))
-        total = slope_s.sum(1)
-        rest_prev = torch.where(k > 0, rest.gather(1, km1).squeeze(1), total)
-        level = ((r - sat_prev) / rest_prev.clamp_min(_TINY)).clamp_min(0.0)
-        amount = torch.minimum(level[:, None] * a, room)
-    else:
-        raise ValueError(f"unknown norm {norm!r}; expected 'linf', 'l2' or 'l1'")
-    amount = torch.where(feasible[:, None], amount, room)
-    return direction * amount
 
 
 class FAB(Attack):
@@ -271,9 +198,10 @@ class FAB(Attack):
     ) -> None:
         threat = self.threat
         lp = threat.lp
-        lo, hi = threat.bounds
         eps = threat.eps
         x0, g = x[idx], goal[idx]
+        lo, hi = threat.box.bounds_for(x0)
+        flat_bounds = threat.box.flat_bounds(x0)
         shape = x0.shape[1:]
         cur = x0.clone()
         if random:
@@ -301,7 +229,8 @@ class FAB(Attack):
             f = logits.gather(1, pr[..., 0]) - logits.gather(1, pr[..., 1])
             w = threat.apply_mask(jac.reshape(-1, *shape)).reshape(jac.shape[0], jac.shape[1], -1)
             if w.shape[1] > 1:  # the closest linearised boundary
-                dist = f.abs() / (_dual(w, threat.norm) + _TINY)
+                dual = lp.dual(w.reshape(-1, w.shape[2])).reshape(w.shape[:2])
+                dist = f.abs() / (dual + _TINY)
                 s = dist.argmin(1)
                 rows = torch.arange(cur.shape[0], device=x.device)
                 fs, ws = f[rows, s], w[rows, s]
@@ -309,9 +238,9 @@ class FAB(Attack):
                 fs, ws = f[:, 0], w[:, 0]
             cf, x0f = cur.reshape(cur.shape[0], -1), x0.reshape(x0.shape[0], -1)
             # linear model at cur: fs + <ws, z - cur>; both projections target its zero set
-            d1 = project_hyperplane_box(cf, ws, -fs, (lo, hi), threat.norm)
+            d1 = project_hyperplane_box(cf, ws, -fs, flat_bounds, lp)
             rhs0 = -(fs + (ws * (x0f - cf)).sum(1))
-            d2 = project_hyperplane_box(x0f, ws, rhs0, (lo, hi), threat.norm)
+            d2 = project_hyperplane_box(x0f, ws, rhs0, flat_bounds, lp)
             n1 = lp.measure(d1).clamp_min(1e-8)
             n2 = lp.measure(d2).clamp_min(1e-8)
             alpha = (n1 / (n1 + n2)).clamp(0.0, self.alpha_max)[:, None]
@@ -378,11 +307,7 @@ class FAB(Attack):
 
     def _random_sphere(self, like: torch.Tensor, radius: torch.Tensor, gen) -> torch.Tensor:
         """A random direction of norm ``radius`` (per sample), masked."""
-        if self.threat.norm == "linf":
-            t = 2 * torch.rand(like.shape, generator=gen, device=like.device, dtype=like.dtype) - 1
-        else:
-            t = torch.randn(like.shape, generator=gen, device=like.device, dtype=like.dtype)
-        t = self.threat.apply_mask(t)
+        t = self.threat.apply_mask(self.threat.lp.noise(like, gen))
         size = self.threat.lp.measure(t).clamp_min(_TINY)
         return t * (radius / size).reshape(-1, *[1] * (like.dim() - 1))
 
@@ -452,14 +377,6 @@ class FABT(FAB):
             dim=1, descending=True
         )
         return [("pair", ranked[:, j], r > 0) for j in range(k) for r in range(self.restarts)]
-
-
-def _dual(wf: torch.Tensor, norm: str) -> torch.Tensor:
-    if norm == "linf":
-        return wf.abs().sum(-1)
-    if norm == "l2":
-        return wf.norm(p=2, dim=-1)
-    return wf.abs().amax(-1)
 
 
 def _check_int(name: str, value, minimum: int) -> None:

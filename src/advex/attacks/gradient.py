@@ -10,7 +10,6 @@ are reused at every larger ε instead of being attacked again.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterable
 from dataclasses import replace
@@ -53,22 +52,12 @@ def _check_steps(name: str, value) -> int:
 class FixedBudgetAttack(Attack):
     """Base of attacks with a fixed budget ε (FGSM, PGD, BIM, MI-FGSM, APGD).
 
-    Adds :meth:`run_eps`. Subclasses whose hyperparameters scale with ε (a default step size)
-    override :meth:`_rescale` so that a copy at another ε gets the right values.
+    Adds :meth:`run_eps`; a copy at another budget is :meth:`Attack.with_budget`.
     """
 
-    def _rescale(self, eps: float) -> None:
-        """Adjust ε-dependent defaults after the budget changed to ``eps`` (hook)."""
-
     def at_eps(self, eps: float) -> FixedBudgetAttack:
-        """A copy of this attack with budget ``eps`` (defaults that scale with ε follow it)."""
-        eps = float(eps)
-        if math.isnan(eps) or eps < 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
-        new = copy.copy(self)
-        new.threat = self.threat.with_eps(eps)
-        new._rescale(eps)
-        return new
+        """Deprecated name of :meth:`with_budget`."""
+        return self.with_budget(eps)
 
     def run_eps(
         self,
@@ -86,7 +75,8 @@ class FixedBudgetAttack(Attack):
         ``queries`` count the passes spent *at that ε* (0 for reused points), so the total cost
         is the sum over the returned results.
 
-        The ε given to the constructor is replaced by each budget in turn.
+        Each budget runs ``self.with_budget(ε)``: step sizes follow ε by the one rule of
+        :meth:`~advex.attacks.base.Attack.with_budget`.
 
         >>> curve = PGD(eps=0.3).run_eps(model, x, y, eps=[0.1, 0.2, 0.3])
         >>> {e: r.robust_accuracy for e, r in curve.items()}
@@ -106,7 +96,7 @@ class FixedBudgetAttack(Attack):
         out: dict[float, AttackResult] = {}
         prev: AttackResult | None = None
         for e in budgets:
-            attack = self.at_eps(e)
+            attack = self.with_budget(e)
             if prev is None:
                 res = attack(model, x, y, target)
             else:
@@ -182,7 +172,7 @@ class FGSM(FixedBudgetAttack):
             return x_adv
         xa, ga = x[active], goal[active]
         _, _, g = caller.value_and_grad(xa, lambda z: self._loss(z, ga), active)
-        step = self.threat.lp.steepest(self.threat.apply_mask(g))
+        step = self.threat.direction(g)
         x_adv[active] = self.threat.project(xa + self.threat.eps * step, xa)
         return x_adv
 
@@ -216,7 +206,7 @@ class IterativeGradientAttack(FixedBudgetAttack):
         self._auto_step = step_size is None
         self.step_size = float(step_size) if step_size is not None else 0.0
         if self._auto_step:
-            self._rescale(threat.eps)
+            self.step_size = self._default_step_size(threat.eps)
         self.random_start = bool(random_start)
         self.loss = _loss_name(loss)
         self._loss = get_loss(loss)
@@ -227,9 +217,12 @@ class IterativeGradientAttack(FixedBudgetAttack):
         # Madry et al.: 2.5 ε / steps lets an iterate cross the ball and still move back.
         return 2.5 * eps / self.steps
 
-    def _rescale(self, eps: float) -> None:
+    def _rebudget(self, old: float, new: float) -> None:
+        # the rule of Attack.with_budget: a default step is derived again, an explicit one scaled
         if self._auto_step:
-            self.step_size = self._default_step_size(eps)
+            self.step_size = self._default_step_size(new)
+        else:
+            super()._rebudget(old, new)
 
     def _init_state(self, x: torch.Tensor):
         return None

@@ -103,7 +103,6 @@ class JSMA(Attack):
         if idx.numel() == 0:
             return x_adv
         threat = self.threat
-        lo, hi = threat.bounds
         c = self._num_classes
         if c < 2:
             raise ValueError("JSMA needs a model with at least 2 classes")
@@ -114,9 +113,11 @@ class JSMA(Attack):
             gen = self._generator(x)
             shift = torch.randint(1, c, (x.shape[0],), generator=gen, device=x.device)
             tgt = ((goal.y + shift) % c)[idx]
+        lo, hi = threat.box.flat_bounds(xa)  # numbers, or (1, d) per-feature tensors
+        span = hi - lo if threat.box.scalar else float((hi - lo).max())
         n_feat = xa[0].numel()
         budget = int(math.floor(self.gamma * n_feat))
-        max_iter = (budget // 2) * math.ceil((hi - lo) / abs(self.theta))
+        max_iter = (budget // 2) * math.ceil(span / abs(self.theta))
         sgn = 1.0 if self.theta > 0 else -1.0
         cur = xa.reshape(xa.shape[0], -1).clone()
         x0 = cur.clone()
@@ -150,8 +151,8 @@ class JSMA(Attack):
                 idx, ga, tgt, cur, x0 = idx[keep], ga[keep], tgt[keep], cur[keep], x0[keep]
                 allowed, p, q = allowed[keep], p[keep], q[keep]
             rows = torch.arange(cur.shape[0], device=cur.device)
-            cur[rows, p] = (cur[rows, p] + self.theta).clamp(lo, hi)
-            cur[rows, q] = (cur[rows, q] + self.theta).clamp(lo, hi)
+            cur[rows, p] = (cur[rows, p] + self.theta).clamp(_at(lo, p), _at(hi, p))
+            cur[rows, q] = (cur[rows, q] + self.theta).clamp(_at(lo, q), _at(hi, q))
         return x_adv
 
     def _pick_pairs(self, alpha, beta, domain, sgn):
@@ -187,3 +188,8 @@ class JSMA(Attack):
         res.params["l0_max"] = int(counts.max())
         res.params["l0_budget"] = int(math.floor(self.gamma * x[0].numel()))
         return res
+
+
+def _at(bound, features: torch.Tensor):
+    """The bound of the given features: a number stays a number, a (1, d) tensor is indexed."""
+    return bound[0, features] if isinstance(bound, torch.Tensor) else bound

@@ -78,10 +78,14 @@ class LBFGS(Attack):
         return out
 
     def _box(self, xs: torch.Tensor) -> np.ndarray:
-        lo, hi = self.threat.bounds
+        box = self.threat.box
         n = xs.numel()
-        lower = np.full(n, lo, dtype=np.float64)
-        upper = np.full(n, hi, dtype=np.float64)
+        if box.scalar:
+            lower = np.full(n, box.lo, dtype=np.float64)
+            upper = np.full(n, box.hi, dtype=np.float64)
+        else:
+            lower = box.lo_like(xs).reshape(-1).cpu().double().numpy().copy()
+            upper = box.hi_like(xs).reshape(-1).cpu().double().numpy().copy()
         m = self.threat._mask_for(xs)
         if m is not None:
             frozen = (~m.expand_as(xs)).reshape(-1).cpu().numpy()
@@ -128,8 +132,7 @@ class LBFGS(Attack):
                 pgtol=1e-8,
             )
             xp = torch.from_numpy(v).to(device=device, dtype=dtype).reshape(shape)
-            lo, hi = self.threat.bounds
-            xp = xp.clamp(lo, hi)
+            xp = self.threat.clamp(xp)
             logits = caller.logits(xp, rows)
             ok = gs.is_success(logits)
             l2 = _flat(xp - xs).norm(dim=1)

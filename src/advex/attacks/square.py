@@ -13,7 +13,7 @@ import torch
 
 from ..core.goals import Goal
 from ..core.losses import cross_entropy, get_loss, margin
-from ..threats import ThreatModel
+from ..threats import LInf, ThreatModel
 from .base import ModelCaller, closest_share
 from .gradient import FixedBudgetAttack, fixed_threat
 
@@ -248,10 +248,18 @@ class Square(FixedBudgetAttack):
         delta[:, :, oh : oh + nh * s, ow : ow + nw * s] = tiles * sign
         return x4 + delta / _l2(delta, (1, 2, 3)).clamp_min(1e-12) * self.threat.eps
 
+    def _bounds4(self, x4: torch.Tensor):
+        """The box as numbers, or as per-feature tensors in the ``(1, C, H, W)`` image view."""
+        box = self.threat.box
+        if box.scalar:
+            return box.lo, box.hi
+        like = x4[:1].reshape(1, *self._sample_shape)
+        return _as_images(box.lo_like(like)), _as_images(box.hi_like(like))
+
     # -- one random-search proposal per sample -----------------------------------------------
     def _propose_linf(self, x4, best4, p, gen) -> torch.Tensor:
         m, c, h, w = x4.shape
-        lo, hi = self.threat.bounds
+        lo, hi = self._bounds4(x4)
         eps = self.threat.eps
         sh, sw = _window_sides(p, h, w)
         win = _windows(m, sh, sw, h, w, gen, x4.device)
@@ -270,7 +278,7 @@ class Square(FixedBudgetAttack):
     def _propose_l2(self, x4, best4, p, gen) -> torch.Tensor:
         m, c, h, w = x4.shape
         eps = self.threat.eps
-        lo, hi = self.threat.bounds
+        lo, hi = self._bounds4(x4)
         delta = best4 - x4
         sh, sw = _window_sides(p, h, w, min_side=3, odd=True)
         win1 = _windows(m, sh, sw, h, w, gen, x4.device)
@@ -299,10 +307,11 @@ class Square(FixedBudgetAttack):
         found = done.clone()
         if threat.eps == 0:
             return best_x
-        linf = threat.norm == "linf"
+        linf = isinstance(threat.lp, LInf)  # the paper's two algorithms: L∞ and L2
         init = self._init_linf if linf else self._init_l2
         propose = self._propose_linf if linf else self._propose_l2
         shape = x.shape[1:]
+        self._sample_shape = shape
         screened_out = False
         screen_end = -1 if self.screen is None else self.screen - 1
         for restart in range(self.restarts):

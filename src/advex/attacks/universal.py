@@ -185,7 +185,7 @@ class UniversalPerturbation(Attack):
         overshot minimal perturbation of every row (rows not flipped after ``inner_steps``
         return the perturbation reached)."""
         threat = self.threat
-        lo, hi = threat.bounds
+        lo, hi = threat.box.bounds_for(xv)
         m = xv.shape[0]
         k = min(self.candidates, self._num_classes) - 1
         others = logits.scatter(1, labels[:, None], float("-inf"))

@@ -128,7 +128,7 @@ class AttackResult:
             raise ValueError(f"eps must be >= 0, got {eps}")
         within = self.success & (self.norms <= eps + 1e-6)
         lost = self.success & ~within
-        out = replace(self, success=within, threat=self.threat.with_eps(eps), minimum_norm=False)
+        out = replace(self, success=within, threat=self.threat.with_budget(eps), minimum_norm=False)
         if x is not None:
             keep = lost.reshape((-1,) + (1,) * (x.dim() - 1))
             out.x_adv = torch.where(keep, x, self.x_adv)

@@ -31,7 +31,7 @@ class BudgetedAttack:
                 "fixed-budget attack: give it eps= directly"
             )
         self.attack = attack
-        self.threat = attack.threat.with_eps(float(eps))  # validates eps >= 0
+        self.threat = attack.threat.with_budget(float(eps))  # validates eps >= 0
         self.name = str(getattr(attack, "name", type(attack).__name__))
         self.targeted_only = bool(getattr(attack, "targeted_only", False))
 

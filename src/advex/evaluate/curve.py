@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import sys
 import time
@@ -23,30 +22,11 @@ __all__ = ["robustness_curve", "RobustnessCurve", "rebudget", "check_eps_list"]
 
 
 def rebudget(attack: Attack, eps: float) -> Attack:
-    """A copy of ``attack`` with budget ``eps`` (the original is not modified).
-
-    The copy gets ``threat.with_eps(eps)``; a ``step_size`` attribute is scaled by
-    ``eps / attack.threat.eps`` so that it stays the same fraction of the ball (PGD's default
-    α = 2.5·ε/steps is defined that way). For anything else that depends on ε, pass a factory
-    ``eps -> Attack`` to :func:`robustness_curve` instead.
-    """
-    old = attack.threat.eps
-    if old is None:
-        raise ValueError(
-            f"{type(attack).__name__} has no eps to re-budget (a minimum-norm attack?): "
-            "pass a factory eps -> attack instead"
-        )
-    new = copy.copy(attack)
-    new.threat = attack.threat.with_eps(float(eps))
-    step = getattr(attack, "step_size", None)
-    if isinstance(step, float) and not isinstance(step, bool):
-        if old == 0:
-            raise ValueError(
-                f"cannot rescale step_size of {type(attack).__name__} built with eps=0: "
-                "pass a factory eps -> attack instead"
-            )
-        new.step_size = step * float(eps) / old
-    return new
+    """A copy of ``attack`` with budget ``eps``: the same as ``attack.with_budget(eps)`` (kept
+    for compatibility; see :meth:`~advex.attacks.base.Attack.with_budget` for the step-size
+    rule). For anything else that depends on ε, pass a factory ``eps -> Attack`` to
+    :func:`robustness_curve` instead."""
+    return attack.with_budget(float(eps))
 
 
 def check_eps_list(eps_list: Any) -> list[float]:
@@ -92,7 +72,7 @@ class _Line:
     def at(self, eps: float) -> Attack:
         if eps not in self._cache:
             if self.instance is not None:
-                atk = rebudget(self.instance, eps)
+                atk = self.instance.with_budget(eps)
             else:
                 atk = self.factory(eps)
                 if not (callable(atk) and hasattr(atk, "threat")):
@@ -224,7 +204,7 @@ def robustness_curve(
         attacks: one attack spec, a list, or a dict ``name -> spec``. A spec is
             a factory ``eps -> Attack`` (an Attack class works: ``PGD``, or
             ``functools.partial(PGD, steps=20)``), or an Attack instance, which is re-budgeted
-            with :func:`rebudget` (``threat.with_eps``, ``step_size`` scaled with ε). A
+            with :meth:`~advex.attacks.base.Attack.with_budget` (its one step-size rule). A
             minimum-norm attack instance (``minimum_norm=True``, or wrapped in
             :class:`BudgetedAttack`) runs once: a point is fooled at ε when the attack's
             perturbation has norm ≤ ε.

@@ -1,108 +1,162 @@
-"""The threat model: what an attacker may change, and by how much."""
+"""The Lp threat: a norm ball of radius ε around each input, inside a box, with an optional
+mask of modifiable features."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
+from .base import Threat
+from .box import Box, Mask
 from .norms import Norm, get_norm
+from .projections import project_l1_box
 
-__all__ = ["ThreatModel"]
+__all__ = ["LpBall", "ThreatModel", "check_budget"]
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-@dataclass(frozen=True, eq=False)
-class ThreatModel:
-    """Norm, budget ε, valid input range and (optionally) which features may change.
+def check_budget(eps: Any) -> float | None:
+    """``eps`` as a float (or ``None``); raises ``ValueError`` unless it is a number >= 0."""
+    if eps is None:
+        return None
+    e = float(eps)
+    if math.isnan(e) or e < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    return e
+
+
+class LpBall(Threat):
+    """Norm ball of radius ε around each input, inside a box, with an optional feature mask.
 
     Parameters
     ----------
     norm:
-        ``"linf"``, ``"l2"`` or ``"l1"``.
+        ``"linf"``, ``"l2"``, ``"l1"`` or a :class:`~advex.threats.norms.Norm` object (e.g.
+        ``L1(sparsity=0.9)``, whose settings then reach every attack).
     eps:
         Perturbation budget (``None`` = unbounded, for minimum-norm attacks). Must be ≥ 0.
     bounds:
-        ``(low, high)`` valid input range, e.g. ``(0, 1)`` for pixels. Inputs must already lie in
-        it; adversarial examples always do.
+        The valid input range: a ``(low, high)`` pair of numbers (e.g. ``(0, 1)`` for pixels),
+        a pair of tensors broadcastable to one sample's shape (one range per feature), or a
+        :class:`~advex.threats.box.Box`. Inputs must already lie in it; adversarial examples
+        always do.
     mask:
         Optional boolean tensor broadcastable to one sample's shape; ``True`` marks features the
         attacker may modify (e.g. a patch region, or mutable tabular columns).
+    box:
+        Keyword alternative to ``bounds``.
+
+    Attributes: ``lp`` (the Norm object), ``norm`` (its name, e.g. ``"linf"``), ``eps``,
+    ``box`` (a :class:`Box`), ``bounds`` (``(low, high)`` as given), ``mask`` (tensor or None).
+    ``ThreatModel`` is the same class under its historical name.
 
     Every attack's output satisfies :meth:`contains`; property tests check it for every attack.
 
-    >>> threat = ThreatModel("linf", eps=0.3)
-    >>> x_adv = threat.project(x + delta, x)   # into the ε-ball ∩ bounds, mask respected
+    >>> threat = LpBall("linf", eps=0.3)
+    >>> x_adv = threat.project(x + delta, x)   # into the ε-ball ∩ box, mask respected
+    >>> LpBall(L1(sparsity=0.9), eps=8.0, bounds=(lo_per_feature, hi_per_feature))
     """
 
-    norm: str = "linf"
-    eps: float | None = None
-    bounds: tuple[float, float] = (0.0, 1.0)
-    mask: torch.Tensor | None = field(default=None, repr=False)
+    def __init__(
+        self,
+        norm: str | Norm = "linf",
+        eps: float | None = None,
+        bounds: Any = (0.0, 1.0),
+        mask: torch.Tensor | Mask | None = None,
+        *,
+        box: Box | None = None,
+    ) -> None:
+        self.lp: Norm = get_norm(norm)
+        self.eps: float | None = check_budget(eps)
+        self.box: Box = box if box is not None else Box.of(bounds)
+        if mask is None:
+            self._mask = None
+        else:
+            self._mask = mask if isinstance(mask, Mask) else Mask(mask)
 
-    def __post_init__(self) -> None:
-        n = get_norm(self.norm)
-        object.__setattr__(self, "norm", n.name)
-        if self.eps is not None:
-            e = float(self.eps)
-            if math.isnan(e) or e < 0:
-                raise ValueError(f"eps must be >= 0, got {self.eps}")
-            object.__setattr__(self, "eps", e)
-        lo, hi = (float(b) for b in self.bounds)
-        if not lo < hi:
-            raise ValueError(f"bounds must satisfy low < high, got {self.bounds}")
-        object.__setattr__(self, "bounds", (lo, hi))
-        if self.mask is not None:
-            m = torch.as_tensor(self.mask)
-            if m.dtype != torch.bool:
-                raise TypeError(f"mask must be a boolean tensor, got dtype {m.dtype}")
-            if not bool(m.any()):
-                raise ValueError("mask allows no feature to change (all False)")
-            object.__setattr__(self, "mask", m)
-
-    # -- helpers -----------------------------------------------------------------------------
+    # -- attributes ------------------------------------------------------------------------------
     @property
-    def lp(self) -> Norm:
-        """The :class:`~advex.threats.norms.Norm` object for this threat model."""
-        return get_norm(self.norm)
+    def norm(self) -> str:
+        """Name of the norm (``"linf"``, ``"l2"``, ``"l1"``), as written in reports."""
+        return self.lp.name
 
-    def with_eps(self, eps: float | None) -> ThreatModel:
-        return replace(self, eps=eps)
+    @property
+    def bounds(self) -> tuple[Any, Any]:
+        """``(low, high)``: numbers, or per-feature tensors."""
+        return self.box.bounds
 
+    @property
+    def mask(self) -> torch.Tensor | None:
+        return None if self._mask is None else self._mask.tensor
+
+    @property
+    def budget(self) -> float | None:
+        return self.eps
+
+    def _replace(self, **kw) -> LpBall:
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.__dict__.update(kw)
+        return new
+
+    def with_budget(self, eps: float | None) -> LpBall:
+        """A copy with budget ``eps`` (norm object, box and mask shared)."""
+        return self._replace(eps=check_budget(eps))
+
+    def with_eps(self, eps: float | None) -> LpBall:
+        """Same as :meth:`with_budget`."""
+        return self.with_budget(eps)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(norm={self.norm!r}, eps={self.eps}, box={self.box!r})"
+
+    # -- geometry ------------------------------------------------------------------------------
     def _mask_for(self, x: torch.Tensor) -> torch.Tensor | None:
-        if self.mask is None:
-            return None
-        m = self.mask.to(x.device)
-        try:
-            torch.broadcast_shapes(m.shape, x.shape[1:])
-        except RuntimeError as err:
-            raise ValueError(
-                f"mask of shape {tuple(m.shape)} does not broadcast to a sample of shape "
-                f"{tuple(x.shape[1:])}"
-            ) from err
-        return m
+        return None if self._mask is None else self._mask.for_batch(x)
 
     def apply_mask(self, delta: torch.Tensor) -> torch.Tensor:
-        m = self._mask_for(delta)
-        return delta if m is None else delta * m
+        """``delta`` with the frozen features set to zero."""
+        return delta if self._mask is None else self._mask.apply(delta)
 
     def _eps_or(self, eps):
         e = self.eps if eps is None else eps
         return math.inf if e is None else e
 
+    def clamp(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` clipped into the box (in place when possible is not assumed)."""
+        return self.box.clamp(x)
+
     def project(
         self, x_adv: torch.Tensor, x: torch.Tensor, eps: torch.Tensor | float | None = None
     ) -> torch.Tensor:
-        """Map ``x_adv`` into {x + δ : ‖δ‖ ≤ ε, mask respected} ∩ bounds.
+        """Map ``x_adv`` into {x + δ : ‖δ‖ ≤ ε, mask respected} ∩ box.
 
-        The ball projection is followed by clipping to bounds; clipping only shrinks every
-        coordinate of δ, so the result satisfies both constraints.
+        The ball projection is followed by clipping to the box; clipping only shrinks every
+        coordinate of δ (``x`` is in the box), so the result satisfies both constraints. For
+        L∞ this is the exact Euclidean projection onto the intersection; for L1 see
+        :meth:`project_exact`.
         """
         delta = self.apply_mask(x_adv - x)
         e = self._eps_or(eps)
         if not (isinstance(e, float) and math.isinf(e)):
             delta = self.lp.project(delta, e)
-        return (x + delta).clamp_(*self.bounds)
+        lo, hi = self.box.bounds_for(x)
+        return (x + delta).clamp_(lo, hi)
+
+    def project_exact(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Exact Euclidean projection onto the L1 ball ∩ box (:func:`project_l1_box`) for L1;
+        :meth:`project` for the other norms. The mask is applied first."""
+        if self.lp.name == "l1" and self.eps is not None:
+            z = x + self.apply_mask(x_adv - x)
+            return project_l1_box(z, x, float(self.eps), self.box)
+        return self.project(x_adv, x)
+
+    def direction(self, grad: torch.Tensor) -> torch.Tensor:
+        """The norm's steepest-ascent step for ``grad``, frozen features masked out."""
+        return self.lp.steepest(self.apply_mask(grad))
 
     def random_start(
         self,
@@ -110,37 +164,57 @@ class ThreatModel:
         generator: torch.Generator | None = None,
         eps: torch.Tensor | float | None = None,
     ) -> torch.Tensor:
-        """A random point of the ε-ball around ``x`` (masked, clipped to bounds)."""
+        """A random point of the ε-ball around ``x`` (masked, clipped to the box)."""
         e = self._eps_or(eps)
         if isinstance(e, float) and math.isinf(e):
             raise ValueError("random start needs a finite eps")
         delta = self.apply_mask(self.lp.random(x, e, generator))
-        return (x + delta).clamp_(*self.bounds)
+        lo, hi = self.box.bounds_for(x)
+        return (x + delta).clamp_(lo, hi)
 
+    def finalize(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Guarantee containment in the caller's dtype.
+
+        float32 and float64 results are returned unchanged. In float16 / bfloat16 the attack's
+        arithmetic may overshoot ε or the box by a rounding error: the point is projected again
+        in float64 and cast back rounding *toward* ``x``, so no coordinate of the perturbation
+        grows and the result lies in the ball, the box and the mask exactly.
+        """
+        if x_adv.dtype not in _LOW_PRECISION:
+            return x_adv
+        xd, ad = x.double(), x_adv.double()
+        proj = self.project(ad, xd)
+        out = proj.to(x_adv.dtype)
+        grew = (out.double() - xd).abs() > (proj - xd).abs()
+        if bool(grew.any()):
+            out = torch.where(grew, torch.nextafter(out, x.to(out.dtype)), out)
+        return out
+
+    # -- measurement ---------------------------------------------------------------------------
     def distance(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Per-sample perturbation size in this threat model's norm."""
+        """Per-sample perturbation size in this threat's norm (computed in float32 at least)."""
+        if x_adv.dtype in _LOW_PRECISION:
+            return self.lp.measure(x_adv.float() - x.float())
         return self.lp.measure(x_adv - x)
 
     def contains(self, x_adv: torch.Tensor, x: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
-        """Per-sample bool: ``x_adv`` lies in the ε-ball, the bounds and respects the mask."""
-        lo, hi = self.bounds
-        ok = ((x_adv >= lo - tol) & (x_adv <= hi + tol)).reshape(x.shape[0], -1).all(1)
+        """Per-sample bool: ``x_adv`` lies in the ε-ball, the box and respects the mask."""
+        ok = self.box.contains(x_adv, tol)
         if self.eps is not None:
             ok &= self.distance(x_adv, x) <= self.eps + tol
-        m = self._mask_for(x)
-        if m is not None:
-            frozen = ((x_adv - x).abs() > tol) & ~m
-            ok &= ~frozen.reshape(x.shape[0], -1).any(1)
+        if self._mask is not None:
+            ok &= self._mask.respected(x_adv, x, tol)
         return ok
 
     def check_inputs(self, x: torch.Tensor, *, name: str = "x") -> None:
-        """Raise a clear error when ``x`` is not a finite floating batch inside bounds."""
+        """Raise a clear error when ``x`` is not a finite floating batch inside the box."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        lo_m, hi_m = self.box.min_max()
         if not x.is_floating_point():
             raise TypeError(
                 f"{name} must be a floating-point tensor (e.g. float32 pixels in "
-                f"{list(self.bounds)}), got dtype {x.dtype}"
+                f"{[lo_m, hi_m]}), got dtype {x.dtype}"
             )
         if x.dim() < 2:
             raise ValueError(
@@ -150,19 +224,32 @@ class ThreatModel:
             raise ValueError(f"{name} is an empty batch")
         if not torch.isfinite(x).all():
             raise ValueError(f"{name} contains NaN or inf values")
-        lo, hi = self.bounds
-        xmin, xmax = float(x.min()), float(x.max())
-        if xmin < lo - 1e-6 or xmax > hi + 1e-6:
+        if self.box.scalar:
+            xmin, xmax = float(x.min()), float(x.max())
+            if xmin < lo_m - 1e-6 or xmax > hi_m + 1e-6:
+                raise ValueError(
+                    f"{name} has values in [{xmin:.4g}, {xmax:.4g}], outside the threat model's "
+                    f"bounds [{lo_m:g}, {hi_m:g}]; advex never clips inputs silently: rescale the "
+                    "data or pass bounds= matching your input range"
+                )
+        elif not bool(self.box.contains(x).all()):
             raise ValueError(
-                f"{name} has values in [{xmin:.4g}, {xmax:.4g}], outside the threat model's "
-                f"bounds [{lo:g}, {hi:g}]; advex never clips inputs silently: rescale the data "
-                "or pass bounds= matching your input range"
+                f"{name} has features outside the threat model's per-feature bounds; advex "
+                "never clips inputs silently: rescale the data or pass bounds= matching it"
             )
 
     def to_dict(self) -> dict:
         return {
             "norm": self.norm,
             "eps": self.eps,
-            "bounds": list(self.bounds),
-            "mask": None if self.mask is None else int(self.mask.sum()),
+            "bounds": self.box.to_list(),
+            "mask": None if self._mask is None else self._mask.count(),
         }
+
+    def describe(self) -> str:
+        eps = "unbounded" if self.eps is None else f"eps={self.eps:g}"
+        return f"{self.norm} ball, {eps}, {self.box!r}" + ("" if self._mask is None else ", masked")
+
+
+#: The historical name of :class:`LpBall` (same class, same constructor).
+ThreatModel = LpBall

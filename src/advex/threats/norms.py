@@ -56,7 +56,14 @@ class Norm(ABC):
 
     @abstractmethod
     def dual(self, grad: torch.Tensor) -> torch.Tensor:
-        """Dual norm of ``grad`` per sample (used by DeepFool/FAB-style linearisations)."""
+        """Dual norm of ``grad`` per sample: the largest ``<grad, d>`` over the unit ball, so the
+        distance to the hyperplane ``f + <grad, δ> = 0`` is ``|f| / dual(grad)`` (DeepFool, FAB).
+        """
+
+    def noise(self, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Unnormalised random noise whose direction is uniform on this norm's sphere shape
+        (Gaussian; uniform in a cube for L∞); scale it with :meth:`measure`."""
+        return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
 
     def __repr__(self) -> str:
         return self.name
@@ -81,6 +88,10 @@ class LInf(Norm):
 
     def dual(self, grad):
         return _flat(grad).abs().sum(dim=1)
+
+    def noise(self, like, generator):
+        u = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+        return 2 * u - 1
 
 
 class L2(Norm):
@@ -122,6 +133,9 @@ class L1(Norm):
         if not 0.0 <= sparsity < 1.0:
             raise ValueError(f"L1 sparsity must be in [0, 1), got {sparsity}")
         self.sparsity = sparsity
+
+    def __repr__(self) -> str:
+        return self.name if self.sparsity == 0.99 else f"L1(sparsity={self.sparsity})"
 
     def measure(self, delta):
         return _flat(delta).abs().sum(dim=1)
