@@ -259,15 +259,15 @@ def _read_torch_weights(p: Path) -> Any:
     try:
         return torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights only" in str(err).lower() or "weightsunpickler" in str(err).lower():
+        reason = _unpickler_reason(err)
+        if _refused_object(reason):
             raise ModelLoadError(
                 f"refused weights {p.name}: the file holds Python objects other than tensors "
-                f"({_unpickler_reason(err)}); advex reads .pt/.pth/.bin/.ckpt with "
-                "torch.load(weights_only=True) only: save a plain state dict, or use "
-                ".safetensors"
+                f"({reason}); advex reads .pt/.pth/.bin/.ckpt with torch.load(weights_only=True) "
+                "only: save a plain state dict, or use .safetensors"
             ) from err
         raise ModelLoadError(
-            f"cannot read weights {p.name}: not a PyTorch checkpoint ({err})"
+            f"cannot read weights {p.name}: corrupt or not a PyTorch checkpoint ({reason})"
         ) from err
     except Exception as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -277,11 +277,18 @@ def _read_torch_weights(p: Path) -> Any:
 
 
 def _unpickler_reason(err: BaseException) -> str:
-    for line in str(err).splitlines():
-        line = line.strip()
-        if "Unsupported" in line or "WeightsUnpickler error" in line:
-            return line.replace("WeightsUnpickler error: ", "")[:300]
-    return "torch.load(weights_only=True) refused it"
+    """The reason in torch's weights-only error, without its advice to unpickle anyway."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+        text = text.split("Check the documentation", 1)[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    reason = lines[0] if lines else type(err).__name__
+    return reason.split(" Please use", 1)[0][:300]
+
+
+def _refused_object(reason: str) -> bool:
+    return any(word in reason for word in ("GLOBAL", "global", "Unsupported class", "REDUCE"))
 
 
 def _check_matches(model: nn.Module, state: dict[str, torch.Tensor], p: Path) -> None:
@@ -390,9 +397,12 @@ def _weights_only_loads(p: Path) -> Iterator[None]:
         try:
             return original(f, *args, **kwargs)
         except pickle.UnpicklingError as err:
+            reason = _unpickler_reason(err)
+            if not _refused_object(reason):
+                raise
             raise ModelLoadError(
                 f"refused the torch.export program {p}: a pickle inside it holds Python objects "
-                f"other than tensors ({_unpickler_reason(err)}); advex never unpickles those"
+                f"other than tensors ({reason}); advex never unpickles those"
             ) from err
 
     class _NoPickle:
