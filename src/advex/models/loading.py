@@ -226,7 +226,8 @@ def _check_file(p: Path, what: str) -> int:
     size = p.stat().st_size
     if size == 0:
         kind = "weights" if what.startswith("weights") else "model"
-        raise ModelLoadError(f"cannot read {kind} {p.name}: the file is empty ({p})")
+        where = f" ({p})" if str(p) != p.name else ""
+        raise ModelLoadError(f"cannot read {kind} {p.name}: the file is empty{where}")
     return size
 
 
