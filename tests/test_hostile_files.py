@@ -208,6 +208,15 @@ def _evil_archives(program_bytes, marker):
             ),
             "load",
         ),
+        # a legacy state-dict pickle inside a current archive: weights-only, then full unpickling
+        "legacy_weights": (
+            _rewrite(
+                program_bytes,
+                {},
+                add={"data/weights/model.pt": _torch_bytes({"x": _Touch(marker)})},
+            ),  # fmt: skip
+            "load",
+        ),
         # symbolic shapes are parsed with sympy.sympify, i.e. eval
         "sympy": (_rewrite(program_bytes, {"models/model.json": _json_edit(sympy_size)}), "load"),
         # guards_code is compiled into Python and run before each forward

@@ -149,3 +149,42 @@ def test_exported_program(tmp_path):
         load(tmp_path / "nope.pt2")
     with pytest.raises(ModelSpecError, match="not with a .pt2"):
         load(tmp_path / "net.pt2", weights=tmp_path / "w.safetensors")
+
+
+class _Branchy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return torch.cond(x.sum() > 0, lambda x: self.linear(x), lambda x: -self.linear(x), (x,))
+
+
+def test_exported_program_with_higher_order_ops(tmp_path):
+    net = _Branchy().eval()
+    torch.export.save(torch.export.export(net, (torch.ones(2, 4),)), tmp_path / "cond.pt2")
+    model = load(tmp_path / "cond.pt2")
+    for x in (torch.ones(2, 4), -torch.ones(2, 4)):
+        torch.testing.assert_close(model(x), net(x))
+
+
+def test_concurrent_exported_loads_restore_torch_load(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    net = _net().eval()
+    torch.export.save(torch.export.export(net, (torch.rand(2, 1, 4, 4),)), tmp_path / "n.pt2")
+    (tmp_path / "bad.pt2").write_bytes(b"PK\x03\x04 not really a zip")
+    original = torch.load
+    paths = [tmp_path / "n.pt2", tmp_path / "bad.pt2"] * 3
+
+    def attempt(path):
+        try:
+            return load(path)(torch.ones(2, 1, 4, 4))
+        except ModelLoadError as err:
+            return err
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(attempt, paths))
+    assert torch.load is original
+    assert all(torch.is_tensor(r) for r in results[0::2])
+    assert all(isinstance(r, ModelLoadError) for r in results[1::2])

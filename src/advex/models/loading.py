@@ -391,7 +391,7 @@ def _weights_only_loads(p: Path) -> Iterator[None]:
     threads calling ``torch.load`` meanwhile are also held to weights-only (the safe side)."""
     import torch.export.pt2_archive._package as package
 
-    original = torch.load
+    original = None  # torch.load as found once the lock is held
 
     def weights_only_load(f, *args, **kwargs):
         kwargs["weights_only"] = True
@@ -413,6 +413,7 @@ def _weights_only_loads(p: Path) -> Iterator[None]:
             )
 
     with _TORCH_LOAD_LOCK:
+        original = torch.load
         saved_pickle = package.__dict__.get("pickle")
         torch.load = weights_only_load
         if saved_pickle is not None:
@@ -570,7 +571,11 @@ def _safe_sympy(text: str) -> bool:
     return True
 
 
-_TARGET = re.compile(r"torch\.ops\.[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z0-9_]+")
+# torch.ops.<namespace>.<op>.<overload>, or a higher-order operator (cond, map, ...)
+_TARGET = re.compile(
+    r"torch\.ops\.[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z0-9_]+"
+    r"|torch\.ops\.higher_order\.[A-Za-z][A-Za-z0-9_]*"
+)
 _BUILTIN_TARGETS = frozenset(
     "_operator.getitem _operator.eq _operator.ne _operator.le _operator.ge _operator.lt "
     "_operator.gt _operator.neg _operator.pos _operator.mul _operator.add _operator.sub "
