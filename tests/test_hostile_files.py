@@ -74,8 +74,11 @@ def factory(tmp_path, monkeypatch):
     return "hostile_nets:make"
 
 
-def _cli_refuses(runner, args, *needles):
-    result = runner.invoke(main, [*_CLI, *args, "--out", "out"])
+_EVALUATE = ["evaluate", "--eps", "0.1", "--n", "4", "--no-progress"]
+
+
+def _cli_refuses(runner, args, *needles, command=_CLI):
+    result = runner.invoke(main, [*command, *args, "--out", "out"])
     assert result.exit_code in (1, 2), result.output
     assert "Traceback" not in result.output
     for needle in needles:
@@ -116,6 +119,7 @@ def test_payload_pickles_never_run(tmp_path, marker, runner, factory):
         with pytest.raises(ModelLoadError):
             load_weights(_net(), path)
         _cli_refuses(runner, ["--model", factory, "--weights", name], f"refused weights {name}")
+        _cli_refuses(runner, ["--model", factory, "--weights", name], name, command=_EVALUATE)
         assert not marker.exists(), name
 
 
@@ -262,6 +266,7 @@ def test_payload_pt2_archives_never_run(tmp_path, marker, program_bytes, runner,
             with pytest.raises(ModelLoadError, match=f"refused the torch.export program .*{kind}"):
                 load(path)
             _cli_refuses(runner, ["--model", str(path)], f"evil_{kind}.pt2")
+            _cli_refuses(runner, ["--model", str(path)], f"evil_{kind}.pt2", command=_EVALUATE)
         assert not marker.exists(), kind
 
 
