@@ -188,6 +188,19 @@ def _evil_archives(program_bytes, marker):
         node["inputs"] = [{"name": "command", "arg": {"as_string": f"touch {marker}"}, "kind": 1}]
         doc["graph_module"]["graph"]["nodes"].insert(0, node)
 
+    def spec(type_name, context, children):
+        def edit(doc):
+            sig = doc["graph_module"]["module_call_graph"][0]["signature"]
+            node = {"type": type_name, "context": context, "children_spec": children}
+            sig["out_spec"] = json.dumps([1, node])
+
+        return _json_edit(edit)
+
+    leaf = {"type": None, "context": None, "children_spec": []}
+    default_factory = {"default_factory_module": "hostile_probe_dd", "dict_context": []}
+    default_factory["default_factory_name"] = "factory"
+    enum = json.dumps([{"__enum__": True, "fqn": "hostile_probe_enum:factory", "name": "x"}])
+
     def opaque_constant(cfg):
         cfg["config"]["evil"] = {"path_name": "opaque_obj_0", "is_param": False,
                                  "use_pickle": True, "tensor_meta": None}  # fmt: skip
@@ -221,6 +234,18 @@ def _evil_archives(program_bytes, marker):
             ),  # fmt: skip
             "load",
         ),
+        # decoding the output structure imports the module a defaultdict or enum context names
+        "import_defaultdict": (
+            _rewrite(
+                program_bytes,
+                {"models/model.json": spec("collections.defaultdict", default_factory, [])},
+            ),  # fmt: skip
+            "load",
+        ),
+        "import_enum": (
+            _rewrite(program_bytes, {"models/model.json": spec("builtins.dict", enum, [leaf])}),
+            "load",
+        ),
         # symbolic shapes are parsed with sympy.sympify, i.e. eval
         "sympy": (_rewrite(program_bytes, {"models/model.json": _json_edit(sympy_size)}), "load"),
         # guards_code is compiled into Python and run before each forward
@@ -245,6 +270,11 @@ def _evil_archives(program_bytes, marker):
 
 
 def test_payload_pt2_archives_never_run(tmp_path, marker, program_bytes, runner, factory):
+    for probe in ("hostile_probe_dd", "hostile_probe_enum"):  # importing these runs a payload
+        (tmp_path / f"{probe}.py").write_text(
+            f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n\ndef factory():\n"
+            "    return 0\n"
+        )
     legit = tmp_path / "legit.pt2"
     legit.write_bytes(program_bytes)
     assert load(legit)(torch.rand(3, 1, 28, 28)).shape == (3, 10)
@@ -260,6 +290,8 @@ def test_payload_pt2_archives_never_run(tmp_path, marker, program_bytes, runner,
                 pass
             assert marker.exists(), kind
             marker.unlink()
+            for probe in ("hostile_probe_dd", "hostile_probe_enum"):
+                sys.modules.pop(probe, None)  # so that a second import would run it again
         if kind == "guards":  # advex ignores the file's guard code; torch's checks still apply
             assert load(path)(torch.rand(2, 1, 28, 28)).shape == (2, 10)
         else:

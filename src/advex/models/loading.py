@@ -605,6 +605,9 @@ def _check_program_json(p: Path, rel: str, doc: Any) -> None:
                     raise _refuse(
                         p, f"{rel}: graph calls {str(target)[:80]!r}, not a torch operator"
                     )
+            for key in ("in_spec", "out_spec"):
+                if isinstance(obj.get(key), str):
+                    _check_treespec(p, rel, obj[key])
             names = obj.get("forward_arg_names")
             if names is not None and not (
                 isinstance(names, list) and all(_identifier(n) for n in names)
@@ -625,6 +628,45 @@ def _check_program_json(p: Path, rel: str, doc: Any) -> None:
         names = spec.get("field_names") if isinstance(spec, dict) else None
         if not (isinstance(names, list) and all(_identifier(n) for n in names)):
             raise _refuse(p, f"{rel}: named-tuple fields {str(names)[:80]} are not identifiers")
+
+
+# pytree node types a program's input/output structure may use; ``collections.defaultdict``
+# (whose context names a module to import) and enum contexts (likewise) are refused
+_TREESPEC_TYPES = frozenset(
+    {
+        None,
+        "builtins.tuple",
+        "builtins.list",
+        "builtins.dict",
+        "collections.OrderedDict",
+        "collections.namedtuple",
+        "collections.deque",
+        "torch.Size",
+        "torch.fx.immutable_collections.immutable_list",
+        "torch.fx.immutable_collections.immutable_dict",
+    }
+)
+
+
+def _check_treespec(p: Path, rel: str, text: str) -> None:
+    """Refuse input/output structures whose decoding would import a module named in the file."""
+    if "__enum__" in text:
+        raise _refuse(p, f"{rel}: its input/output structure names an enum class to import")
+    try:
+        doc = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise _refuse(p, f"{rel}: corrupt input/output structure ({err})") from err
+    stack = [doc]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            if "type" in node and node["type"] not in _TREESPEC_TYPES:
+                raise _refuse(
+                    p, f"{rel}: input/output structure of type {str(node['type'])[:80]!r}"
+                )
+            stack.extend(node.get("children_spec") or [])
 
 
 def _identifier(name: Any) -> bool:
