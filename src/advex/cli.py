@@ -6,7 +6,6 @@ builds attacks by name, runs the evaluation and writes ``results.json`` plus PNG
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import os
 import sys
@@ -270,136 +269,38 @@ def _parse_normalize(text: str) -> tuple[list[float], list[float]]:
     return vals[:half], vals[half:]
 
 
-def _load_weights(model, path: str) -> None:
-    import torch
-
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise click.UsageError(f"--weights file not found: {path}")
-    suffix = p.suffix.lower()
-    try:
-        if suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(p))
-        elif suffix in (".pt", ".pth", ".bin", ".ckpt"):
-            # weights_only=True: tensors and plain containers only, never arbitrary pickles
-            state = torch.load(str(p), map_location="cpu", weights_only=True)
-        else:
-            raise click.UsageError(
-                f"--weights must be a .safetensors or .pt/.pth file (loaded with "
-                f"weights_only=True), got {p.name}"
-            )
-    except click.UsageError:
-        raise
-    except Exception as err:
-        raise click.ClickException(f"cannot read weights {p}: {err}") from err
-    if isinstance(state, dict):
-        for key in ("state_dict", "model_state_dict", "model"):
-            if isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict):
-        raise click.ClickException(f"{p} does not hold a state dict")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()
-        raise click.ClickException(
-            f"weights {p.name} do not match the model: {' '.join(first[:3])}"
-        ) from err
-
-
-def _exported_model_class():
-    from torch import nn
-
-    class ExportedModel(nn.Module):
-        """A ``torch.export`` program as a module: ``train()``/``eval()`` only set the flag
-        (exported graphs are frozen in the mode they were exported in, and refuse ``.eval()``)."""
-
-        def __init__(self, program: nn.Module) -> None:
-            super().__init__()
-            self.program = program
-            self.training = False
-
-        def train(self, mode: bool = True):
-            self.training = bool(mode)
-            return self
-
-        def forward(self, x):
-            return self.program(x)
-
-    return ExportedModel
-
-
-def _load_exported(path: Path):
-    import torch
-
-    try:
-        program = torch.export.load(str(path))
-    except Exception as err:
-        raise click.ClickException(f"cannot read the torch.export program {path}: {err}") from err
-    return _exported_model_class()(program.module())
-
-
 def load_model(spec: str, weights: str | None = None, normalize: str | None = None):
     """A zoo name or model directory, ``package.module:factory`` (+ ``--weights``), or a
-    ``torch.export`` program saved as ``.pt2``."""
-    from torch import nn
+    ``torch.export`` program saved as ``.pt2``; loading goes through :func:`advex.models.load`,
+    which never runs code from a file. Its errors become click errors naming the file."""
+    from advex import models, zoo
 
-    from advex import zoo
-
-    if spec.lower().endswith(".pt2"):
-        p = Path(spec).expanduser()
-        if not p.is_file():
-            raise click.UsageError(f"--model {spec!r}: no such .pt2 file")
-        if weights:
-            raise click.UsageError("--weights goes with --model package.module:factory, not .pt2")
-        model = _load_exported(p)
-    elif ":" in spec and not Path(spec).exists():
-        module_name, _, factory_name = spec.partition(":")
-        if not module_name or not factory_name:
-            raise click.UsageError(f"--model {spec!r}: expected package.module:factory")
-        cwd = os.getcwd()
-        if cwd not in sys.path:
-            sys.path.insert(0, cwd)
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as err:
-            raise click.UsageError(
-                f"--model {spec!r}: cannot import {module_name!r}: {err}"
-            ) from err
-        factory = getattr(module, factory_name, None)
-        if not callable(factory):
-            raise click.UsageError(
-                f"--model {spec!r}: {module_name} has no callable {factory_name!r}"
-            )
-        model = factory()
-        if not isinstance(model, nn.Module):
-            raise click.UsageError(
-                f"--model {spec!r}: the factory returned {type(model).__name__}, not an nn.Module"
-            )
-        if weights:
-            _load_weights(model, weights)
-    else:
-        if weights:
-            raise click.UsageError("--weights goes with --model package.module:factory")
-        try:
-            model = zoo.load(spec, progress=True)
-        except (ValueError, FileNotFoundError) as err:
-            raise click.UsageError(
-                f"--model {spec!r}: {err}. Use a zoo name ({', '.join(zoo.available())}), a "
-                "model directory, or package.module:factory with --weights"
-            ) from err
-    if normalize:
-        from advex.models.wrappers import Normalize
-
-        mean, std = _parse_normalize(normalize)
-        try:
-            model = nn.Sequential(Normalize(mean, std), model)
-        except ValueError as err:
-            raise click.BadParameter(str(err), param_hint="--normalize") from err
-    return model.eval()
+    mean_std = _parse_normalize(normalize) if normalize else None
+    is_export = spec.lower().endswith(".pt2")
+    is_factory = ":" in spec and not Path(spec).exists()
+    try:
+        if is_export or is_factory:
+            if is_factory:
+                cwd = os.getcwd()
+                if cwd not in sys.path:
+                    sys.path.insert(0, cwd)  # `mymodule:factory` from the current directory
+            model = models.load(spec, weights=weights, normalize=mean_std)
+        else:
+            if weights:
+                raise click.UsageError("--weights goes with --model package.module:factory")
+            try:
+                model = zoo.load(spec, progress=True)
+            except (ValueError, FileNotFoundError) as err:
+                raise click.UsageError(
+                    f"--model {spec!r}: {err}. Use a zoo name ({', '.join(zoo.available())}), a "
+                    "model directory, or package.module:factory with --weights"
+                ) from err
+            model = models.load(model, normalize=mean_std)
+    except models.ModelSpecError as err:
+        raise click.UsageError(str(err)) from err
+    except models.ModelLoadError as err:
+        raise click.ClickException(str(err)) from err
+    return model
 
 
 def load_data(spec: str, split: str, n: int | None):

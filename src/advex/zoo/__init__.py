@@ -258,7 +258,7 @@ def _load_dir(directory: Path) -> nn.Module:
         # building initialises parameters randomly; keep the caller's global RNG untouched
         with torch.random.fork_rng(devices=[]):
             model = build(card["arch"], **card.get("arch_kwargs", {}))
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RuntimeError) as e:
         raise ZooError(f"{directory / CARD_FILE}: cannot rebuild the model: {e}") from e
     try:
         state = load_file(str(weights))
