@@ -29,6 +29,10 @@ the model in eval mode (BatchNorm running statistics and dropout frozen, as in t
 MART reference code); the weight update runs in train mode. ``generation_mode="train"`` switches
 to generation in train mode (as in Wong et al.'s code).
 
+The epoch loop is :class:`advex.training.Trainer`; each method is a loss object
+(:class:`MadryLoss` for ``"pgd"`` and ``"fgsm-rs"``, :class:`TRADESLoss`, :class:`MARTLoss`,
+:class:`StandardLoss`) and the held-out checks are the trainer's per-epoch ``validate`` callback.
+
 Everything random is derived from ``seed``: the shuffling and random starts of epoch ``e`` come
 from a generator seeded with ``(seed, e)``, and the global RNG (dropout) is re-seeded per epoch
 inside a forked RNG state, so the caller's RNG is untouched and a run resumed from a checkpoint

@@ -439,6 +439,7 @@ class Trainer:
                     self.model.train()
                     loss_sum = correct = seen = 0.0
                     count_correct = y.dim() == 1 and not y.is_floating_point()
+                    got_logits = False
                     extras: dict[str, float] = {}
                     lr = self.lr
                     for b in range(spe):
@@ -458,7 +459,7 @@ class Trainer:
                         loss, logits = self.loss(self.model, xb, yb, rng.batch)
                         if self.check_finite and not torch.isfinite(loss):
                             raise FloatingPointError(
-                                f"{self.name} loss became {float(loss)} at epoch {epoch + 1}, "
+                                f"{self.name} loss became {float(loss.detach())} at epoch {epoch + 1}, "
                                 f"batch {b + 1}: lower lr (now {lr:.3g})"
                             )
                         opt.zero_grad(set_to_none=True)
@@ -467,6 +468,7 @@ class Trainer:
                         bs = len(yb)
                         loss_sum += float(loss.detach()) * bs
                         if count_correct and logits is not None:
+                            got_logits = True
                             correct += float((logits.detach().argmax(1) == yb).sum())
                         seen += bs
                         bar.update(1)
@@ -482,7 +484,7 @@ class Trainer:
                     entry: dict[str, Any] = {"epoch": epoch + 1, "lr_end": lr}
                     entry.update({f"{k}_end": v for k, v in extras.items()})
                     entry["train_loss"] = loss_sum / seen
-                    if count_correct:
+                    if got_logits:
                         entry["train_acc"] = correct / seen
                     if self.validate is not None:
                         self.validate(self, epoch, entry)
