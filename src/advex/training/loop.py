@@ -458,8 +458,9 @@ class Trainer:
                             xb = xb.contiguous(memory_format=fmt)
                         loss, logits = self.loss(self.model, xb, yb, rng.batch)
                         if self.check_finite and not torch.isfinite(loss):
+                            bad = float(loss.detach())
                             raise FloatingPointError(
-                                f"{self.name} loss became {float(loss.detach())} at epoch {epoch + 1}, "
+                                f"{self.name} loss became {bad} at epoch {epoch + 1}, "
                                 f"batch {b + 1}: lower lr (now {lr:.3g})"
                             )
                         opt.zero_grad(set_to_none=True)
