@@ -18,7 +18,6 @@ Adversarial Examples"). advex ships it as a reference case of gradient masking.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,17 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .training import (
-    _as_xy,
-    _derive_seed,
-    _optimizer_settings,
-    _positive_int,
-    _write_json,
-    clean_accuracy,
-    lr_at,
-)
+from .._io import derive_seed64, write_json
+from ..training import DerivedSeeds, Trainer, optimizer_settings
+from .training import _as_xy, _positive_int, clean_accuracy
 
-__all__ = ["DefensiveDistillation", "DistillationResult", "distill"]
+__all__ = ["DefensiveDistillation", "DistillationResult", "TemperatureLoss", "distill"]
 
 
 @dataclass
@@ -55,6 +48,24 @@ class DistillationResult:
     wall_time_s: float = 0.0
     out_dir: Path | None = None
     card: dict = field(default_factory=dict)
+
+
+class TemperatureLoss:
+    """Cross-entropy at softmax temperature ``T``, a loss object of
+    :class:`advex.training.Trainer`: ``CE(softmax(z / T), y)`` for class labels
+    (``soft=False``, the teacher) or ``−Σ_k q_k log softmax(z / T)_k`` for soft labels ``q``
+    (``soft=True``, the student). Returns ``(loss, z)``."""
+
+    def __init__(self, temperature: float, soft: bool = False) -> None:
+        self.temperature = float(temperature)
+        self.soft = bool(soft)
+
+    def __call__(self, model, xb, yb, generator):
+        logits = model(xb)
+        logp = F.log_softmax(logits / self.temperature, dim=1)
+        if self.soft:
+            return -(yb * logp).sum(dim=1).mean(), logits
+        return F.nll_loss(logp, yb), logits
 
 
 class DefensiveDistillation:
@@ -106,7 +117,7 @@ class DefensiveDistillation:
         if teacher_epochs is not None:
             _positive_int(teacher_epochs, "teacher_epochs")
         _positive_int(batch_size, "batch_size")
-        lr = _optimizer_settings(optimizer, schedule, lr, weight_decay)
+        lr = optimizer_settings(optimizer, schedule, lr, weight_decay)
         if build is None:
             if arch is None:
                 raise ValueError("pass arch= (a zoo architecture name) or build= (a callable)")
@@ -155,7 +166,7 @@ class DefensiveDistillation:
 
     def _new_model(self, which: int) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_derive_seed(self.seed, which, 7))
+            torch.manual_seed(derive_seed64(self.seed, which, 7))
             if self._build is not None:
                 return self._build()
             from ..zoo import build
@@ -163,55 +174,23 @@ class DefensiveDistillation:
             return build(self.arch, **self.arch_kwargs)
 
     def _train(self, model, x, targets, soft: bool, epochs: int, tag: str, log: list) -> None:
-        from tqdm.auto import tqdm
-
-        n = x.shape[0]
-        spe = (n + self.batch_size - 1) // self.batch_size
-        total = epochs * spe
-        params = [p for p in model.parameters() if p.requires_grad]
-        if self.optimizer == "adam":
-            opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
-        else:
-            opt = torch.optim.SGD(
-                params, lr=self.lr, momentum=0.9, nesterov=True, weight_decay=self.weight_decay
-            )
-        T = self.temperature
         role = 1 if tag == "teacher" else 2
-        bar = tqdm(
-            total=total,
+        run = Trainer(
+            model,
+            TemperatureLoss(self.temperature, soft=soft),
+            epochs=epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            optimizer=self.optimizer,
+            schedule=self.schedule,
+            weight_decay=self.weight_decay,
+            seeds=DerivedSeeds(self.seed, shuffle=(12, role), batch=(13, role), global_=(11, role)),
+            progress=self.progress,
             desc=f"distillation: {tag}",
-            file=sys.stderr,
-            disable=not self.progress,
-            leave=False,
-        )
-        model.train()
-        try:
-            with torch.random.fork_rng(devices=[]):
-                for epoch in range(epochs):
-                    torch.manual_seed(_derive_seed(self.seed, epoch, 11, role))
-                    g = torch.Generator().manual_seed(_derive_seed(self.seed, epoch, 12, role))
-                    perm = torch.randperm(n, generator=g).to(x.device)
-                    total_loss = 0.0
-                    for b in range(spe):
-                        for group in opt.param_groups:
-                            group["lr"] = lr_at(self.schedule, self.lr, epoch * spe + b, total)
-                        idx = perm[b * self.batch_size : (b + 1) * self.batch_size]
-                        logp = F.log_softmax(model(x[idx]) / T, dim=1)
-                        if soft:
-                            loss = -(targets[idx] * logp).sum(dim=1).mean()
-                        else:
-                            loss = F.nll_loss(logp, targets[idx])
-                        if not torch.isfinite(loss):
-                            raise FloatingPointError(f"{tag} loss became {float(loss)}: lower lr")
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        opt.step()
-                        total_loss += float(loss.detach()) * len(idx)
-                        bar.update(1)
-                    log.append({"model": tag, "epoch": epoch + 1, "train_loss": total_loss / n})
-        finally:
-            bar.close()
-        model.eval()
+            name=tag,
+        ).fit((x, targets))  # hands the model back in eval mode
+        for e in run.log:
+            log.append({"model": tag, "epoch": e["epoch"], "train_loss": e["train_loss"]})
 
     @torch.no_grad()
     def soft_labels(self, teacher: nn.Module, x: torch.Tensor, batch: int = 1000) -> torch.Tensor:
@@ -282,7 +261,7 @@ class DefensiveDistillation:
         }
         card.update(card_extra or {})
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / "log.json", {"config": self.config(), "log": result.log})
+        write_json(out / "log.json", {"config": self.config(), "log": result.log})
         from .. import zoo
 
         zoo.save(result.model, out, card, arch=self.arch, arch_kwargs=self.arch_kwargs)

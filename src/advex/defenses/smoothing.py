@@ -27,6 +27,7 @@ import torch
 from scipy import stats
 from torch import nn
 
+from .._stats import binomial_test_two_sided, clopper_pearson_lower
 from ..data import ArrayDataset
 from ..models.guards import attack_mode
 
@@ -42,32 +43,6 @@ __all__ = [
 
 #: label returned by :meth:`SmoothedClassifier.predict` and ``certify`` when they abstain
 ABSTAIN = -1
-
-
-def clopper_pearson_lower(successes, trials, alpha: float) -> np.ndarray:
-    """One-sided ``(1 − α)`` Clopper–Pearson lower confidence bound on a binomial proportion:
-    ``Beta.ppf(α; k, n − k + 1)``, and 0 when ``k = 0`` (vectorised over ``successes``).
-
-    It equals the lower end of the two-sided interval at level ``2α``, which is what Cohen et
-    al.'s code computes (``proportion_confint(k, n, alpha=2α, method="beta")[0]``).
-    """
-    k = np.asarray(successes, dtype=np.float64)
-    n = np.broadcast_to(np.asarray(trials, dtype=np.float64), k.shape)
-    if np.any(k < 0) or np.any(k > n):
-        raise ValueError("clopper_pearson_lower: successes must lie in [0, trials]")
-    with np.errstate(invalid="ignore"):
-        lower = stats.beta.ppf(alpha, np.maximum(k, 1), n - k + 1)
-    return np.where(k > 0, lower, 0.0)
-
-
-def binomial_test_two_sided(k, n) -> np.ndarray:
-    """Two-sided p-value of the exact binomial test of ``k`` successes in ``n`` trials against
-    ``p = ½`` (vectorised): ``min(1, 2·P(X ≤ min(k, n − k)))`` with ``X ~ Bin(n, ½)``, the value
-    of ``scipy.stats.binomtest(k, n, 0.5).pvalue`` (the distribution is symmetric)."""
-    k = np.asarray(k, dtype=np.float64)
-    n = np.asarray(n, dtype=np.float64)
-    tail = stats.binom.cdf(np.minimum(k, n - k), n, 0.5)
-    return np.minimum(1.0, 2.0 * tail)
 
 
 def _check_alpha(alpha: float) -> float:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import torch
 
+from .._io import derive_seed64
 from .distillation import DefensiveDistillation, DistillationResult
-from .training import METHODS, AdversarialTrainer, TrainingResult, _derive_seed
+from .training import METHODS, AdversarialTrainer, TrainingResult
 
 __all__ = ["train_from_spec", "CLI_METHODS"]
 
@@ -35,7 +36,7 @@ def _resolve_model(model: str, seed: int):
             f"{sorted(zoo.ARCHITECTURES)} or a saved model directory"
         )
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_derive_seed(seed, 3))
+        torch.manual_seed(derive_seed64(seed, 3))
         return zoo.build(arch, **kwargs), arch, kwargs
 
 

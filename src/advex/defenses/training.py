@@ -29,6 +29,10 @@ the model in eval mode (BatchNorm running statistics and dropout frozen, as in t
 MART reference code); the weight update runs in train mode. ``generation_mode="train"`` switches
 to generation in train mode (as in Wong et al.'s code).
 
+The epoch loop is :class:`advex.training.Trainer`; each method is a loss object
+(:class:`MadryLoss` for ``"pgd"`` and ``"fgsm-rs"``, :class:`TRADESLoss`, :class:`MARTLoss`,
+:class:`StandardLoss`) and the held-out checks are the trainer's per-epoch ``validate`` callback.
+
 Everything random is derived from ``seed``: the shuffling and random starts of epoch ``e`` come
 from a generator seeded with ``(seed, e)``, and the global RNG (dropout) is re-seeded per epoch
 inside a forked RNG state, so the caller's RNG is untouched and a run resumed from a checkpoint
@@ -37,12 +41,8 @@ ends with bit-identical weights.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import sys
-import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,10 +52,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._io import atomic_write, write_json
 from ..threats import ThreatModel
+from ..training import (
+    SCHEDULES,
+    DerivedSeeds,
+    Trainer,
+    TrainingInterrupted,
+    lr_at,
+    optimizer_settings,
+)
+from ..training import as_xy as _as_xy_any
 
 __all__ = [
     "AdversarialTrainer",
+    "AdversarialLoss",
+    "StandardLoss",
+    "MadryLoss",
+    "TRADESLoss",
+    "MARTLoss",
+    "METHOD_LOSSES",
     "TrainingResult",
     "TrainingInterrupted",
     "METHODS",
@@ -68,14 +84,7 @@ __all__ = [
 ]
 
 METHODS = ("pgd", "trades", "mart", "fgsm-rs", "standard")
-SCHEDULES = ("onecycle", "cyclic", "piecewise", "cosine", "constant")
-OPTIMIZERS = ("adam", "sgd")
-CHECKPOINT_FORMAT = "advex-train-checkpoint/1"
 _DEFAULT_BETA = {"trades": 6.0, "mart": 6.0}
-
-
-class TrainingInterrupted(RuntimeError):
-    """Raised by callbacks (e.g. in tests) to simulate an interruption."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,61 +92,11 @@ class TrainingInterrupted(RuntimeError):
 # --------------------------------------------------------------------------------------------
 
 
-def _derive_seed(*parts: int) -> int:
-    """A 63-bit seed derived deterministically from integers (seed, epoch, ...)."""
-    h = 1469598103934665603
-    for p in parts:
-        h ^= int(p) & 0xFFFFFFFFFFFFFFFF
-        h = (h * 1099511628211) & 0xFFFFFFFFFFFFFFFF
-    return h & 0x7FFFFFFFFFFFFFFF
-
-
-def lr_at(schedule: str, lr: float, step: int, total: int) -> float:
-    """Learning rate of global step ``step`` (0-based) out of ``total`` steps.
-
-    - ``"constant"``: ``lr``.
-    - ``"piecewise"``: ``lr``, ×0.1 after 50 % and again after 75 % of training (Madry et al.,
-      Rice et al.).
-    - ``"cyclic"``: the triangle of Wong et al. 2020, 0 → ``lr`` at 40 % → 0 (linear).
-    - ``"onecycle"``: Smith's one-cycle policy as in PyTorch's ``OneCycleLR``: cosine warm-up
-      from ``lr/25`` to ``lr`` over the first 30 %, then cosine annealing to ``lr/1e4``.
-    - ``"cosine"``: cosine decay from ``lr`` to 0.
-    """
-    t = min(max((step + 1) / total, 0.0), 1.0)
-    if schedule == "constant":
-        return lr
-    if schedule == "piecewise":
-        return lr * (0.1 if t > 0.5 else 1.0) * (0.1 if t > 0.75 else 1.0)
-    if schedule == "cyclic":
-        return lr * (t / 0.4 if t < 0.4 else (1.0 - t) / 0.6)
-    if schedule == "onecycle":
-        lo, hi, end = lr / 25.0, lr, lr / 25.0 / 1e4
-        if t < 0.3:
-            return lo + (hi - lo) * 0.5 * (1.0 - math.cos(math.pi * t / 0.3))
-        return end + (hi - end) * 0.5 * (1.0 + math.cos(math.pi * (t - 0.3) / 0.7))
-    if schedule == "cosine":
-        return lr * 0.5 * (1.0 + math.cos(math.pi * t))
-    raise ValueError(f"unknown schedule {schedule!r}; expected one of {SCHEDULES}")
-
-
 def _as_xy(data: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if hasattr(data, "tensors") and callable(data.tensors):
-        x, y = data.tensors()
-    elif isinstance(data, tuple | list) and len(data) == 2:
-        x, y = data
-    else:
-        raise TypeError(
-            f"{what} must be an advex.data.ArrayDataset or an (x, y) pair of tensors, "
-            f"got {type(data).__name__}"
-        )
-    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-        raise TypeError(f"{what}: x and y must be torch tensors")
-    if not x.is_floating_point():
-        raise TypeError(f"{what}: x must be floating point, got {x.dtype}")
-    if y.dim() != 1 or y.shape[0] != x.shape[0]:
+    """``(x, y)`` with class labels ``y`` (1-D, as int64)."""
+    x, y = _as_xy_any(data, what)
+    if y.dim() != 1:
         raise ValueError(f"{what}: y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{what} is empty")
     return x, y.long()
 
 
@@ -172,6 +131,162 @@ def mart_loss(
     true_nat = p_nat.gather(1, y[:, None]).squeeze(1)
     kl = _kl_per_sample(logits_nat, logits_adv)
     return bce + beta * (kl * (1.0 - true_nat)).mean()
+
+
+# --------------------------------------------------------------------------------------------
+# The methods as loss objects of advex.training.Trainer
+# --------------------------------------------------------------------------------------------
+
+
+class AdversarialLoss:
+    """Base of the methods' loss objects: the inner maximisation and the ε schedule.
+
+    A loss object is called by :class:`advex.training.Trainer` as
+    ``loss(model, xb, yb, generator) -> (loss, logits)``; before each batch the trainer calls
+    :meth:`set_step`, which sets the batch's ε (linear warm-up over ``eps_warmup_epochs``).
+
+    Args:
+        threat: the training threat model (norm, ε, bounds).
+        steps: inner steps; step_size: inner step α at the full ε (scaled with ε in warm-up).
+        eps_warmup_epochs: ramp ε linearly from 0 over this many epochs (0 = off).
+        generation_mode: ``"eval"`` or ``"train"``: the model's mode while perturbing.
+        beta: the TRADES / MART trade-off weight (unused by the others).
+    """
+
+    init = "uniform"
+
+    def __init__(
+        self,
+        threat: ThreatModel,
+        *,
+        steps: int,
+        step_size: float,
+        eps_warmup_epochs: float = 0.0,
+        generation_mode: str = "eval",
+        beta: float = 0.0,
+    ) -> None:
+        self.threat = threat
+        self.eps = float(threat.eps)
+        self.steps = int(steps)
+        self.step_size = float(step_size)
+        self.eps_warmup_epochs = float(eps_warmup_epochs)
+        self.generation_mode = generation_mode
+        self.beta = float(beta)
+        self.eps_t = self.eps
+
+    def eps_at(self, step: int, steps_per_epoch: int) -> float:
+        """ε of global step ``step`` (the warm-up ramp, then ``eps``)."""
+        if self.eps_warmup_epochs <= 0:
+            return self.eps
+        ramp = self.eps_warmup_epochs * steps_per_epoch
+        return self.eps * min(1.0, (step + 1) / ramp)
+
+    def set_step(self, step: int, steps_per_epoch: int) -> dict:
+        self.eps_t = self.eps_at(step, steps_per_epoch)
+        return {"eps": self.eps_t}
+
+    def perturb(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        objective: Callable[[torch.Tensor], torch.Tensor],
+        eps: float,
+        gen: torch.Generator,
+        *,
+        steps: int | None = None,
+        init: str = "uniform",
+    ) -> torch.Tensor:
+        """Maximise the per-sample ``objective(logits)`` over the ε-ball around ``x``
+        (see :meth:`AdversarialTrainer.perturb`)."""
+        steps = self.steps if steps is None else steps
+        alpha = self.step_size * (eps / self.eps)
+        threat = self.threat
+        was_training = model.training
+        model.train(self.generation_mode == "train")
+        try:
+            if init == "uniform":
+                cur = threat.random_start(x, gen, eps=eps)
+            else:
+                noise = torch.randn(x.shape, generator=gen, dtype=x.dtype, device=x.device)
+                cur = threat.project(x + 0.001 * noise, x, eps=eps)
+            for _ in range(steps):
+                cur = cur.detach().requires_grad_(True)
+                with torch.enable_grad():
+                    obj = objective(model(cur))
+                    (g,) = torch.autograd.grad(obj.sum(), cur)
+                step = threat.lp.steepest(threat.apply_mask(g))
+                cur = threat.project(cur.detach() + alpha * step, x, eps=eps)
+        finally:
+            model.train(was_training)
+        return cur.detach()
+
+    def __call__(self, model, xb, yb, gen) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+
+class StandardLoss(AdversarialLoss):
+    """Plain cross-entropy on the clean points (the baseline)."""
+
+    def __call__(self, model, xb, yb, gen):
+        logits = model(xb)
+        return F.cross_entropy(logits, yb), logits
+
+
+class MadryLoss(AdversarialLoss):
+    """PGD-AT (Madry et al. 2018): PGD on the cross-entropy from a uniform random start, then
+    the cross-entropy on the adversarial points. With one step of ``1.25 ε`` it is FGSM-RS
+    (Wong et al. 2020)."""
+
+    def __call__(self, model, xb, yb, gen):
+        x_adv = self.perturb(
+            model, xb, lambda z: F.cross_entropy(z, yb, reduction="none"), self.eps_t, gen
+        )
+        logits = model(x_adv)
+        return F.cross_entropy(logits, yb), logits
+
+
+class TRADESLoss(AdversarialLoss):
+    """TRADES (Zhang et al. 2019): PGD on ``KL(p(x) ‖ p(x'))`` from ``x + 0.001·N(0, 1)``, then
+    :func:`trades_loss`."""
+
+    def __call__(self, model, xb, yb, gen):
+        was = model.training
+        model.train(self.generation_mode == "train")
+        with torch.no_grad():
+            nat = model(xb)
+        model.train(was)
+        x_adv = self.perturb(
+            model, xb, lambda z: _kl_per_sample(nat, z), self.eps_t, gen, init="normal"
+        )
+        logits_nat, logits_adv = model(xb), model(x_adv)
+        return trades_loss(logits_nat, logits_adv, yb, self.beta), logits_adv
+
+
+class MARTLoss(AdversarialLoss):
+    """MART (Wang et al. 2020): PGD on the cross-entropy from ``x + 0.001·N(0, 1)``, then
+    :func:`mart_loss`."""
+
+    def __call__(self, model, xb, yb, gen):
+        x_adv = self.perturb(
+            model,
+            xb,
+            lambda z: F.cross_entropy(z, yb, reduction="none"),
+            self.eps_t,
+            gen,
+            init="normal",
+        )
+        logits_nat, logits_adv = model(xb), model(x_adv)
+        return mart_loss(logits_nat, logits_adv, yb, self.beta), logits_adv
+
+
+#: the loss object of each method of :class:`AdversarialTrainer`
+METHOD_LOSSES: dict[str, type[AdversarialLoss]] = {
+    "pgd": MadryLoss,
+    "fgsm-rs": MadryLoss,
+    "trades": TRADESLoss,
+    "mart": MARTLoss,
+    "standard": StandardLoss,
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,7 +426,7 @@ class AdversarialTrainer:
             method = "pgd"
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-        lr = _optimizer_settings(optimizer, schedule, lr, weight_decay)
+        lr = optimizer_settings(optimizer, schedule, lr, weight_decay)
         if generation_mode not in ("eval", "train"):
             raise ValueError(f"generation_mode must be 'eval' or 'train', got {generation_mode!r}")
         eps = float(eps)
@@ -420,21 +535,16 @@ class AdversarialTrainer:
     # keys that may differ between an interrupted run and its resumption
     _RESUME_FREE = ("epochs",)
 
-    def _make_optimizer(self) -> torch.optim.Optimizer:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError("the model has no trainable parameters (requires_grad=False)")
-        if self.optimizer == "adam":
-            return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
-        return torch.optim.SGD(
-            params, lr=self.lr, momentum=0.9, nesterov=True, weight_decay=self.weight_decay
+    def loss_object(self) -> AdversarialLoss:
+        """The method as a loss object of :class:`advex.training.Trainer`."""
+        return METHOD_LOSSES[self.method](
+            self.threat,
+            steps=self.attack_steps,
+            step_size=self.attack_step_size,
+            eps_warmup_epochs=self.eps_warmup_epochs,
+            generation_mode=self.generation_mode,
+            beta=self.beta,
         )
-
-    def _eps_at(self, step: int, steps_per_epoch: int) -> float:
-        if self.eps_warmup_epochs <= 0:
-            return self.eps
-        ramp = self.eps_warmup_epochs * steps_per_epoch
-        return self.eps * min(1.0, (step + 1) / ramp)
 
     # -- inner maximisation ----------------------------------------------------------------------
     def perturb(
@@ -454,55 +564,9 @@ class AdversarialTrainer:
         ball and the bounds. The model's mode is set by ``generation_mode`` and restored;
         only input gradients are computed (the weights' ``.grad`` are untouched).
         """
-        steps = self.attack_steps if steps is None else steps
-        alpha = self.attack_step_size * (eps / self.eps)
-        threat = self.threat
-        model = self.model
-        was_training = model.training
-        model.train(self.generation_mode == "train")
-        try:
-            if init == "uniform":
-                cur = threat.random_start(x, gen, eps=eps)
-            else:
-                noise = torch.randn(x.shape, generator=gen, dtype=x.dtype, device=x.device)
-                cur = threat.project(x + 0.001 * noise, x, eps=eps)
-            for _ in range(steps):
-                cur = cur.detach().requires_grad_(True)
-                with torch.enable_grad():
-                    obj = objective(model(cur))
-                    (g,) = torch.autograd.grad(obj.sum(), cur)
-                step = threat.lp.steepest(threat.apply_mask(g))
-                cur = threat.project(cur.detach() + alpha * step, x, eps=eps)
-        finally:
-            model.train(was_training)
-        return cur.detach()
-
-    def _batch_loss(self, xb, yb, eps_t, gen) -> tuple[torch.Tensor, torch.Tensor]:
-        """Outer loss of one batch and the logits on the adversarial (or clean) points."""
-        m = self.method
-        model = self.model
-        if m == "standard":
-            logits = model(xb)
-            return F.cross_entropy(logits, yb), logits
-        if m in ("pgd", "fgsm-rs"):
-            x_adv = self.perturb(xb, lambda z: F.cross_entropy(z, yb, reduction="none"), eps_t, gen)
-            logits = model(x_adv)
-            return F.cross_entropy(logits, yb), logits
-        if m == "trades":
-            was = model.training
-            model.train(self.generation_mode == "train")
-            with torch.no_grad():
-                nat = model(xb)
-            model.train(was)
-            x_adv = self.perturb(xb, lambda z: _kl_per_sample(nat, z), eps_t, gen, init="normal")
-            logits_nat, logits_adv = model(xb), model(x_adv)
-            return trades_loss(logits_nat, logits_adv, yb, self.beta), logits_adv
-        # mart
-        x_adv = self.perturb(
-            xb, lambda z: F.cross_entropy(z, yb, reduction="none"), eps_t, gen, init="normal"
+        return self.loss_object().perturb(
+            self.model, x, objective, eps, gen, steps=steps, init=init
         )
-        logits_nat, logits_adv = model(xb), model(x_adv)
-        return mart_loss(logits_nat, logits_adv, yb, self.beta), logits_adv
 
     # -- held-out checks -----------------------------------------------------------------------
     def evaluate(
@@ -553,9 +617,6 @@ class AdversarialTrainer:
         training; the last completed epoch's checkpoint remains and ``resume=True`` continues
         from it). ``card_extra`` is merged into the model card (e.g. data provenance).
         """
-        from tqdm.auto import tqdm
-
-        t_start = time.perf_counter()
         xtr, ytr = _as_xy(train_data, "train_data")
         self.threat.check_inputs(xtr, name="train_data x")
         device = next(self.model.parameters()).device
@@ -565,140 +626,43 @@ class AdversarialTrainer:
             xval, yval = _as_xy(val_data, "val_data")
             self.threat.check_inputs(xval, name="val_data x")
             xval, yval = xval.to(device), yval.to(device)
-        n = len(ytr)
-        spe = (n + self.batch_size - 1) // self.batch_size
-        total = self.epochs * spe
-        opt = self._make_optimizer()
-        log: list[dict] = []
-        best: dict[str, Any] = {"epoch": None, "robust": -1.0, "clean": -1.0, "state": None}
-        guard_prev: float | None = None
-        stopped: str | None = None
-        start_epoch = 0
-        elapsed_before = 0.0
-        if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-        if self.resume and self.out_dir is not None and _ckpt_exists(self.out_dir):
-            st = self._load_checkpoint(opt)
-            start_epoch, log, guard_prev, stopped = (
-                st["epoch"],
-                st["log"],
-                st["guard_prev"],
-                st["stopped"],
-            )
-            best = st["best"]
-            elapsed_before = st["elapsed"]
-        guard_x = guard_y = None
+        guard = None
         if self.method == "fgsm-rs" and self.overfit_guard is not None:
             src_x, src_y = (xval, yval) if xval is not None else (xtr, ytr)
-            guard_x, guard_y = src_x[: self.guard_n], src_y[: self.guard_n]
-
-        # after the checkpoint is read: a refused resume leaves the model's layout alone
-        fmt = torch.contiguous_format
-        if self._use_channels_last(xtr):
-            fmt = torch.channels_last
-            xtr = xtr.contiguous(memory_format=fmt)
-            self.model.to(memory_format=fmt)
-        bar = tqdm(
-            total=(self.epochs - start_epoch) * spe,
+            guard = (src_x[: self.guard_n], src_y[: self.guard_n])
+        check = _EpochCheck(self, xval, yval, guard)
+        trainer = Trainer(
+            self.model,
+            self.loss_object(),
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            optimizer=self.optimizer,
+            schedule=self.schedule,
+            weight_decay=self.weight_decay,
+            seeds=DerivedSeeds(self.seed),
+            validate=check,
+            out_dir=self.out_dir,
+            resume=self.resume,
+            config=self.config(),
+            resume_free=self._RESUME_FREE,
+            channels_last=self._use_channels_last(xtr),
+            progress=self.progress,
             desc=f"advex train ({self.method})",
-            file=sys.stderr,
-            disable=not self.progress,
-            leave=False,
         )
-        try:
-            with torch.random.fork_rng(devices=[]):
-                for epoch in range(start_epoch, self.epochs):
-                    if stopped:
-                        break
-                    t_epoch = time.perf_counter()
-                    torch.manual_seed(_derive_seed(self.seed, epoch, 1))
-                    gen = torch.Generator(device=device).manual_seed(
-                        _derive_seed(self.seed, epoch, 0)
-                    )
-                    perm_gen = torch.Generator().manual_seed(_derive_seed(self.seed, epoch, 2))
-                    perm = torch.randperm(n, generator=perm_gen).to(device)
-                    self.model.train()
-                    loss_sum = correct = seen = 0.0
-                    for b in range(spe):
-                        step = epoch * spe + b
-                        lr = lr_at(self.schedule, self.lr, step, total)
-                        for group in opt.param_groups:
-                            group["lr"] = lr
-                        eps_t = self._eps_at(step, spe)
-                        idx = perm[b * self.batch_size : (b + 1) * self.batch_size]
-                        xb, yb = xtr[idx].contiguous(memory_format=fmt), ytr[idx]
-                        loss, logits = self._batch_loss(xb, yb, eps_t, gen)
-                        if not torch.isfinite(loss):
-                            raise FloatingPointError(
-                                f"training loss became {float(loss)} at epoch {epoch + 1}, "
-                                f"batch {b + 1}: lower lr (now {lr:.3g})"
-                            )
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        opt.step()
-                        bs = len(yb)
-                        loss_sum += float(loss.detach()) * bs
-                        correct += float((logits.detach().argmax(1) == yb).sum())
-                        seen += bs
-                        bar.update(1)
-                        bar.set_postfix(
-                            epoch=epoch + 1, loss=f"{loss_sum / seen:.3f}", eps=f"{eps_t:.3g}"
-                        )
-                        if on_batch_end is not None:
-                            stats = {"loss": float(loss.detach()), "lr": lr, "eps": eps_t}
-                            on_batch_end(self, epoch, b, stats)
-                    entry: dict[str, Any] = {
-                        "epoch": epoch + 1,
-                        "lr_end": lr,
-                        "eps_end": eps_t,
-                        "train_loss": loss_sum / seen,
-                        "train_acc": correct / seen,
-                    }
-                    last = epoch + 1 == self.epochs
-                    if xval is not None and ((epoch + 1) % self.eval_every == 0 or last):
-                        ca, ra = self.evaluate(xval[: self.eval_n], yval[: self.eval_n])
-                        entry["val_clean_acc"] = ca
-                        entry["val_robust_acc"] = ra
-                        if ra > best["robust"] or (ra == best["robust"] and ca > best["clean"]):
-                            best = {
-                                "epoch": epoch + 1,
-                                "robust": ra,
-                                "clean": ca,
-                                "state": _state_copy(self.model),
-                            }
-                    if guard_x is not None:
-                        _, gr = self.evaluate(guard_x, guard_y, steps=10)
-                        entry["guard_robust_acc"] = gr
-                        if guard_prev is not None and gr < guard_prev - self.overfit_guard:
-                            stopped = (
-                                f"catastrophic overfitting at epoch {epoch + 1}: PGD accuracy on "
-                                f"the guard batch fell from {guard_prev:.3f} to {gr:.3f}; "
-                                f"reverted to epoch {epoch}"
-                            )
-                            entry["stopped"] = stopped
-                            self._revert_to_previous()
-                            if best["epoch"] == epoch + 1:
-                                best = {"epoch": None, "robust": -1.0, "clean": -1.0, "state": None}
-                        else:
-                            guard_prev = gr
-                    entry["seconds"] = time.perf_counter() - t_epoch
-                    log.append(entry)
-                    if self.out_dir is not None:
-                        elapsed = elapsed_before + time.perf_counter() - t_start
-                        self._save_checkpoint(
-                            opt, epoch + 1, log, best, guard_prev, stopped, elapsed
-                        )
-                        log_doc = {"config": self.config(), "log": log}
-                        _write_json(self.out_dir / "log.json", log_doc)
-                    self._prev_state = _state_copy(self.model)
-                    if on_epoch_end is not None:
-                        on_epoch_end(self, epoch, entry)
-        finally:
-            bar.close()
-            if fmt is not torch.contiguous_format:
-                self.model.to(memory_format=torch.contiguous_format)
-        wall = elapsed_before + time.perf_counter() - t_start
-        return self._finish(log, best, stopped, xval, yval, wall, card_extra)
+        batch_cb = epoch_cb = None
+        if on_batch_end is not None:
+
+            def batch_cb(t, epoch, b, stats):
+                on_batch_end(self, epoch, b, stats)
+
+        if on_epoch_end is not None:
+
+            def epoch_cb(t, epoch, entry):
+                on_epoch_end(self, epoch, entry)
+
+        run = trainer.fit((xtr, ytr), on_batch_end=batch_cb, on_epoch_end=epoch_cb)
+        return self._finish(run.log, check.best, run.stopped, xval, yval, run.elapsed_s, card_extra)
 
     def _use_channels_last(self, x: torch.Tensor) -> bool:
         if self.channels_last is not None:
@@ -770,7 +734,7 @@ class AdversarialTrainer:
         card = self._card(result, xval)
         card.update(card_extra or {})
         doc = {"config": self.config(), **result.to_dict()}
-        _write_json(out / "log.json", doc)
+        write_json(out / "log.json", doc)
         plot_training_curve(result.log, out / "training_curve.png", title=card["name"])
         if self.arch is not None:
             from .. import zoo
@@ -780,96 +744,78 @@ class AdversarialTrainer:
             from safetensors.torch import save_file
 
             state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-            _atomic(out / "model.safetensors", lambda p: save_file(state, p))
-            _write_json(out / "card.json", {**card, "arch": None})
+            atomic_write(out / "model.safetensors", lambda p: save_file(state, p))
+            write_json(out / "card.json", {**card, "arch": None})
         return card
 
-    # -- checkpoints ----------------------------------------------------------------------------
-    def _save_checkpoint(self, opt, epoch, log, best, guard_prev, stopped, elapsed) -> None:
-        from safetensors.torch import save_file
 
-        tensors: dict[str, torch.Tensor] = {}
-        for k, v in self.model.state_dict().items():
-            tensors[f"model.{k}"] = v.detach().cpu().contiguous().clone()
+class _EpochCheck:
+    """The per-epoch ``validate`` callback of :class:`AdversarialTrainer`: held-out clean and
+    PGD accuracy (keeping the best epoch's weights) and FGSM-RS's catastrophic-overfitting
+    guard (stop and revert to the previous epoch). Its state travels with the checkpoint."""
+
+    def __init__(self, at: AdversarialTrainer, xval, yval, guard) -> None:
+        self.at = at
+        self.xval, self.yval = xval, yval
+        self.guard = guard
+        self.best: dict[str, Any] = _no_best()
+        self.guard_prev: float | None = None
+
+    def __call__(self, trainer: Trainer, epoch: int, entry: dict) -> None:
+        at = self.at
+        last = epoch + 1 == at.epochs
+        if self.xval is not None and ((epoch + 1) % at.eval_every == 0 or last):
+            ca, ra = at.evaluate(self.xval[: at.eval_n], self.yval[: at.eval_n])
+            entry["val_clean_acc"] = ca
+            entry["val_robust_acc"] = ra
+            best = self.best
+            if ra > best["robust"] or (ra == best["robust"] and ca > best["clean"]):
+                self.best = {
+                    "epoch": epoch + 1,
+                    "robust": ra,
+                    "clean": ca,
+                    "state": _state_copy(at.model),
+                }
+        if self.guard is not None:
+            _, gr = at.evaluate(*self.guard, steps=10)
+            entry["guard_robust_acc"] = gr
+            if self.guard_prev is not None and gr < self.guard_prev - at.overfit_guard:
+                stopped = (
+                    f"catastrophic overfitting at epoch {epoch + 1}: PGD accuracy on "
+                    f"the guard batch fell from {self.guard_prev:.3f} to {gr:.3f}; "
+                    f"reverted to epoch {epoch}"
+                )
+                entry["stopped"] = stopped
+                trainer.stop(stopped)
+                at._revert_to_previous()
+                if self.best["epoch"] == epoch + 1:
+                    self.best = _no_best()
+            else:
+                self.guard_prev = gr
+        at._prev_state = _state_copy(at.model)
+
+    def checkpoint_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        best = self.best
+        tensors = {}
         if best["state"] is not None:
-            for k, v in best["state"].items():
-                tensors[f"best.{k}"] = v.detach().cpu().contiguous().clone()
-        sd = opt.state_dict()
-        opt_meta: dict[str, dict] = {}
-        for pid, pstate in sd["state"].items():
-            meta = {}
-            for key, val in pstate.items():
-                if isinstance(val, torch.Tensor):
-                    tensors[f"opt.{pid}.{key}"] = val.detach().cpu().contiguous().clone()
-                else:
-                    meta[key] = val
-            opt_meta[str(pid)] = meta
-        meta = {
-            "format": CHECKPOINT_FORMAT,
-            "epoch": epoch,
-            "config": self.config(),
-            "log": log,
-            "best": {k: best[k] for k in ("epoch", "robust", "clean")},
-            "guard_prev": guard_prev,
-            "stopped": stopped,
-            "elapsed_s": elapsed,
-            "optimizer": {"param_groups": sd["param_groups"], "state_meta": opt_meta},
-        }
-        # weights first, metadata last: a checkpoint.json always describes complete weights
-        _atomic(self.out_dir / "checkpoint.safetensors", lambda p: save_file(tensors, p))
-        _write_json(self.out_dir / "checkpoint.json", meta)
+            tensors = {f"best.{k}": v for k, v in best["state"].items()}
+        meta = {"best": {k: best[k] for k in ("epoch", "robust", "clean")}}
+        meta["guard_prev"] = self.guard_prev
+        return meta, tensors
 
-    def _load_checkpoint(self, opt) -> dict:
-        from safetensors.torch import load_file
-
-        meta = json.loads((self.out_dir / "checkpoint.json").read_text(encoding="utf-8"))
-        if meta.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{self.out_dir / 'checkpoint.json'} is not an advex checkpoint")
-        saved, now = dict(meta["config"]), self.config()
-        for k in self._RESUME_FREE:
-            saved.pop(k, None)
-            now.pop(k, None)
-        keys = sorted(set(saved) | set(now))
-        diff = [
-            f"{k}: checkpoint {saved.get(k)!r} vs now {now.get(k)!r}"
-            for k in keys
-            if saved.get(k) != now.get(k)
-        ]
-        if diff:
-            raise ValueError(
-                "cannot resume: the checkpoint was trained with different settings: "
-                + ", ".join(diff)
-            )
-        if int(meta["epoch"]) > self.epochs:
-            raise ValueError(
-                f"cannot resume: the checkpoint has {meta['epoch']} epochs, more than epochs="
-                f"{self.epochs}"
-            )
-        tensors = load_file(str(self.out_dir / "checkpoint.safetensors"))
-        model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-        self.model.load_state_dict(model_state, strict=True)
+    def restore_state(self, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
         best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
-        state: dict[int, dict] = {}
-        for pid, m in meta["optimizer"]["state_meta"].items():
-            state[int(pid)] = dict(m)
-        for k, v in tensors.items():
-            if k.startswith("opt."):
-                _, pid, key = k.split(".", 2)
-                state.setdefault(int(pid), {})[key] = v
-        opt.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
-        self._prev_state = _state_copy(self.model)
         best = dict(meta["best"])
         best["state"] = best_state
         if best_state is None:
-            best.update({"epoch": None, "robust": -1.0, "clean": -1.0})
-        return {
-            "epoch": int(meta["epoch"]),
-            "log": meta["log"],
-            "best": best,
-            "guard_prev": meta["guard_prev"],
-            "stopped": meta["stopped"],
-            "elapsed": float(meta.get("elapsed_s", 0.0)),
-        }
+            best = _no_best()
+        self.best = best
+        self.guard_prev = meta["guard_prev"]
+        self.at._prev_state = _state_copy(self.at.model)
+
+
+def _no_best() -> dict[str, Any]:
+    return {"epoch": None, "robust": -1.0, "clean": -1.0, "state": None}
 
 
 # --------------------------------------------------------------------------------------------
@@ -891,22 +837,6 @@ def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: in
     return correct / len(y)
 
 
-def _optimizer_settings(optimizer: str, schedule: str, lr, weight_decay) -> float:
-    """Validate the optimizer, schedule, learning rate and weight decay shared by every trainer;
-    return the learning rate (the optimizer's default when ``lr`` is None)."""
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {OPTIMIZERS}")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; expected one of {SCHEDULES}")
-    if lr is None:
-        lr = 1e-3 if optimizer == "adam" else 0.1
-    if not float(lr) > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    if not float(weight_decay) >= 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-    return lr
-
-
 def _positive_int(v, name: str) -> None:
     if isinstance(v, bool) or not isinstance(v, int | float) or int(v) != v or int(v) < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
@@ -914,42 +844,6 @@ def _positive_int(v, name: str) -> None:
 
 def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _ckpt_exists(out: Path) -> bool:
-    return (out / "checkpoint.json").is_file() and (out / "checkpoint.safetensors").is_file()
-
-
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _write_json(path: Path, obj) -> None:
-    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
-
-    def w(p: str) -> None:
-        Path(p).write_text(text, encoding="utf-8")
-
-    _atomic(path, w)
-
-
-def _json_default(o):
-    if isinstance(o, tuple):
-        return list(o)
-    if isinstance(o, torch.Tensor) and o.numel() == 1:
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
 
 
 def plot_training_curve(log: list[dict], path: str | os.PathLike, title: str = "") -> Path:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._stats import clopper_pearson
 from ..threats import ThreatModel
 from ._data import as_batches, model_device
 from .checks import Check, masking_checks, verdict
@@ -33,50 +34,6 @@ __all__ = ["evaluate", "Evaluation", "StageResult", "clopper_pearson"]
 
 #: keys holding timings or dates: they differ between two runs with identical results
 TIMING_KEYS = ("time_s", "wall_time_s", "checks_time_s", "date", "resumed_batches")
-
-
-def _binom_cdf(k: int, n: int, p: float) -> float:
-    """P(X <= k) for X ~ Binomial(n, p), summed in log space (exact up to rounding)."""
-    if k < 0:
-        return 0.0
-    if k >= n:
-        return 1.0
-    if p <= 0.0:
-        return 1.0
-    if p >= 1.0:
-        return 0.0
-    i = torch.arange(k + 1, dtype=torch.float64)
-    logs = (
-        math.lgamma(n + 1)
-        - torch.lgamma(i + 1)
-        - torch.lgamma(n - i + 1)
-        + i * math.log(p)
-        + (n - i) * math.log1p(-p)
-    )
-    return min(1.0, float(torch.logsumexp(logs, 0).exp()))
-
-
-def _solve(f, target: float) -> float:
-    """The p in [0, 1] with f(p) = target, for f decreasing in p (bisection to 1e-12)."""
-    lo, hi = 0.0, 1.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        if f(mid) > target:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
-
-
-def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Exact (Clopper-Pearson) two-sided confidence interval for a binomial proportion k/n:
-    the p whose tail probabilities of the observed count are (1 - level) / 2."""
-    if n <= 0:
-        return (float("nan"), float("nan"))
-    a = (1.0 - level) / 2
-    lo = 0.0 if k == 0 else _solve(lambda p: _binom_cdf(k - 1, n, p), 1.0 - a)
-    hi = 1.0 if k == n else _solve(lambda p: _binom_cdf(k, n, p), a)
-    return (lo, hi)
 
 
 @dataclass

@@ -32,23 +32,17 @@ forward; early exit stops a point as soon as it is broken):
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .._io import derive_seed
 from ..threats import ThreatModel
 
 __all__ = ["Stage", "Preset", "PRESETS", "get_preset", "derive_seed"]
 
 _SCALED = ("steps", "n_queries", "screen")
-
-
-def derive_seed(seed: int, *parts: int) -> int:
-    """A 31-bit seed from ``seed`` and integer coordinates (batch index, stage index)."""
-    text = ":".join(str(int(p)) for p in (seed, *parts))
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little") & 0x7FFFFFFF
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from .._io import atomic_write
 
 __all__ = ["RunState", "model_hash", "tensor_hash", "FingerprintMismatch"]
 
@@ -48,19 +49,6 @@ def model_hash(model: Any) -> str:
     return h.hexdigest()[:32]
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 class RunState:
     """Read and write the state of one run under ``out_dir/state``."""
 
@@ -83,7 +71,7 @@ class RunState:
                 for p in self.dir.iterdir():
                     if p.is_file():
                         p.unlink()
-            _atomic_write(fp_path, json.dumps(fingerprint, indent=2, sort_keys=True).encode())
+            atomic_write(fp_path, json.dumps(fingerprint, indent=2, sort_keys=True).encode())
 
     def _paths(self, k: int) -> tuple[Path, Path]:
         return self.dir / f"batch_{k:05d}.json", self.dir / f"batch_{k:05d}.safetensors"
@@ -106,13 +94,13 @@ class RunState:
         if tensors:
             from safetensors.torch import save
 
-            _atomic_write(st, save({n: t.contiguous() for n, t in tensors.items()}))
+            atomic_write(st, save({n: t.contiguous() for n, t in tensors.items()}))
         # the JSON last: its presence marks the batch as finished
-        _atomic_write(js, json.dumps(record, allow_nan=True).encode())
+        atomic_write(js, json.dumps(record, allow_nan=True).encode())
 
     def load_json(self, name: str) -> Any:
         p = self.dir / name
         return json.loads(p.read_text(encoding="utf-8")) if p.exists() else None
 
     def save_json(self, name: str, obj: Any) -> None:
-        _atomic_write(self.dir / name, json.dumps(obj, allow_nan=True).encode())
+        atomic_write(self.dir / name, json.dumps(obj, allow_nan=True).encode())

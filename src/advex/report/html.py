@@ -25,6 +25,8 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .._io import atomic_write  # noqa: E402
+
 __all__ = ["save_html", "render_html", "figures"]
 
 _GREEN, _RED, _BLUE, _GREY = "#1a7f37", "#cf222e", "#0969da", "#57606a"
@@ -285,7 +287,5 @@ def save_html(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = render_html(ev, title=title, meta=meta)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, text)
     return path

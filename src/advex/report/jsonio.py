@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
 import os
 import platform
-import tempfile
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from .._io import atomic_write, jsonable
 
 __all__ = ["metadata", "jsonable", "to_json", "read_json", "SCHEMA"]
 
@@ -51,38 +50,6 @@ def metadata(
     }
 
 
-def jsonable(obj: Any) -> Any:
-    """Convert results, tensors, numpy values and dataclasses to plain JSON values.
-
-    Objects with ``to_dict()`` (results, curves, threat models) or ``summary()``
-    (:class:`~advex.core.result.AttackResult`) are converted with it; NaN and ±inf become None
-    (strict JSON has no such numbers).
-    """
-    if obj is None or isinstance(obj, bool | str):
-        return obj
-    if isinstance(obj, int):
-        return int(obj)
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, np.generic):
-        return jsonable(obj.item())
-    if isinstance(obj, torch.Tensor | np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, Mapping):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple | set):
-        return [jsonable(v) for v in obj]
-    if hasattr(obj, "to_dict") and callable(obj.to_dict):
-        return jsonable(obj.to_dict())
-    if hasattr(obj, "summary") and callable(obj.summary):
-        return jsonable(obj.summary())
-    if isinstance(obj, torch.dtype | torch.device):
-        return str(obj)
-    raise TypeError(f"cannot write a {type(obj).__name__} to JSON")
-
-
 def to_json(
     obj: Any,
     path: str | os.PathLike,
@@ -96,8 +63,9 @@ def to_json(
     ``path`` as JSON, with a ``"meta"`` block: advex/torch/numpy/python versions, platform, date,
     seed and threat model. Returns the written document.
 
-    The file is written atomically (temporary file, then rename); the parent directory is
-    created if needed. Read it back with :func:`read_json` or ``json.load``.
+    The file is written atomically with :func:`advex._io.atomic_write` (temporary file, then
+    rename; the permissions of an ordinary new file); the parent directory is created if
+    needed. Read it back with :func:`read_json` or ``json.load``.
     """
     body = jsonable(obj)
     if threat is None:
@@ -110,25 +78,8 @@ def to_json(
     else:
         doc["results"] = body
     text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; use the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, text)
     return doc
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any]:

@@ -17,8 +17,6 @@ import hashlib
 import json
 import math
 import os
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -28,8 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from advex._io import atomic_write
 from advex.data import ArrayDataset
-from advex.models.guards import model_device
 
 from .arch import ARCHITECTURES, build, register_arch
 
@@ -163,19 +161,6 @@ def _file_lock(path: Path) -> Iterator[None]:
 # --------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _versions() -> dict:
     try:
         from importlib.metadata import version
@@ -218,13 +203,8 @@ def save(
     except TypeError as e:
         raise ValueError(f"card must be JSON-serialisable: {e}") from e
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(directory / MODEL_FILE, lambda tmp: save_file(state, tmp))
-
-    def _write_card(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(card_text)
-
-    _atomic_write(directory / CARD_FILE, _write_card)
+    atomic_write(directory / MODEL_FILE, lambda tmp: save_file(state, tmp))
+    atomic_write(directory / CARD_FILE, card_text)
     return directory
 
 
@@ -329,57 +309,40 @@ def train(
 ) -> nn.Module:
     """Train ``model`` with Adam and cross-entropy; deterministic for a given ``seed``.
 
-    Shuffling (and augmentation) use their own :class:`torch.Generator`; the global RNG is
-    not touched. ``augment="shift"``: random translations of up to 2 pixels per image; a
+    Runs on :class:`advex.training.Trainer` with a :class:`~advex.training.StreamSeed`:
+    shuffling (and augmentation) draw from one :class:`torch.Generator` seeded with ``seed``;
+    the global RNG is not re-seeded (dropout draws from it as the caller left it).
+    ``augment="shift"``: random translations of up to 2 pixels per image; a
     callable ``augment(xb, gen)`` returns the batch to train on, drawing its randomness from
     ``gen`` (Gaussian data augmentation for randomized smoothing uses this). Batches go to the
     model's device.
     """
-    from tqdm.auto import tqdm
+    from advex.training import StreamSeed, Trainer
 
     if augment is not None and augment != "shift" and not callable(augment):
         raise ValueError(f"augment must be None, 'shift' or a callable, got {augment!r}")
     if schedule not in ("cosine", "constant"):
         raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
-    x, y = data.tensors()
-    n = len(y)
-    steps_per_epoch = (n + batch_size - 1) // batch_size
-    total = epochs * steps_per_epoch
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    if schedule == "cosine":
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / total))
-        )
-    else:
-        sched = None
-    loss_fn = nn.CrossEntropyLoss()
-    gen = torch.Generator().manual_seed(int(seed))
-    dev = model_device(model)
-    model.train()
-    bar = tqdm(total=total, desc=desc, file=sys.stderr, disable=not progress, leave=False)
-    try:
-        for epoch in range(epochs):
-            perm = torch.randperm(n, generator=gen)
-            running = 0.0
-            for b in range(steps_per_epoch):
-                idx = perm[b * batch_size : (b + 1) * batch_size]
-                xb = x[idx]
-                if augment == "shift":
-                    xb = _random_shift(xb, gen)
-                elif augment is not None:
-                    xb = augment(xb, gen)
-                loss = loss_fn(model(xb.to(dev)), y[idx].to(dev))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if sched is not None:
-                    sched.step()
-                running += float(loss.detach())
-                bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{running / steps_per_epoch:.4f}")
-    finally:
-        bar.close()
-    model.eval()
+    lr = float(lr)
+
+    def cosine(step: int, total: int) -> float:
+        # the per-step factor of a LambdaLR, applied to the base rate
+        return lr * (0.5 * (1.0 + math.cos(math.pi * step / total)))
+
+    Trainer(
+        model,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer="adam",
+        schedule=cosine if schedule == "cosine" else "constant",
+        weight_decay=weight_decay,
+        seeds=StreamSeed(seed),
+        augment=_random_shift if augment == "shift" else augment,
+        check_finite=False,
+        progress=progress,
+        desc=desc,
+    ).fit(data)  # hands the model back in eval mode
     return model
 
 
