@@ -149,6 +149,7 @@ class FAB(Attack):
     """
 
     name = "fab"
+    norms = ("linf", "l2", "l1")
 
     def __init__(
         self,
@@ -412,6 +413,7 @@ class FABT(FAB):
     """
 
     name = "fab-t"
+    norms = ("linf", "l2", "l1")
 
     def __init__(
         self,

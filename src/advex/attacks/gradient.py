@@ -159,6 +159,7 @@ class FGSM(FixedBudgetAttack):
     """
 
     name = "fgsm"
+    norms = ("linf", "l2", "l1")
 
     def __init__(
         self,
@@ -338,6 +339,7 @@ class PGD(IterativeGradientAttack):
     """
 
     name = "pgd"
+    norms = ("linf", "l2", "l1")
 
     def __init__(
         self,
@@ -374,6 +376,8 @@ class BIM(PGD):
     """
 
     name = "bim"
+    aliases = ("i-fgsm",)
+    norms = ("linf", "l2", "l1")
 
     def __init__(self, eps: float | None = None, norm: str = "linf", **kwargs) -> None:
         kwargs.setdefault("random_start", False)
@@ -403,6 +407,7 @@ class MIFGSM(IterativeGradientAttack):
     """
 
     name = "mifgsm"
+    norms = ("linf", "l2", "l1")
 
     def __init__(
         self,
