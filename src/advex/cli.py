@@ -15,10 +15,6 @@ from typing import Any
 
 import click
 
-from advex.attacks import registry
-from advex.defenses import SCHEDULES
-from advex.defenses.spec import CLI_METHODS
-from advex.evaluate.presets import PRESETS
 from advex.threats import NORMS
 
 __all__ = ["main", "available_attacks", "find_attack", "build_attack", "load_model", "parse_params"]
@@ -27,12 +23,50 @@ __all__ = ["main", "available_attacks", "find_attack", "build_attack", "load_mod
 # Attacks by name: advex.attacks.registry, its errors turned into usage errors
 # ----------------------------------------------------------------------------------------------
 
-available_attacks = registry.available_attacks
+
+class _LibraryChoice(click.Choice):
+    """A ``click.Choice`` whose choices are read from the library when first needed (so that
+    ``advex --help`` does not import the training or evaluation packages)."""
+
+    def __init__(self, load, case_sensitive: bool = True) -> None:
+        self._load = load
+        self.case_sensitive = case_sensitive
+
+    @property
+    def choices(self):  # type: ignore[override]
+        return tuple(self._load())
+
+
+def _presets():
+    from advex.evaluate.presets import PRESETS
+
+    return PRESETS
+
+
+def _methods():
+    from advex.defenses.spec import CLI_METHODS
+
+    return CLI_METHODS
+
+
+def _schedules():
+    from advex.defenses import SCHEDULES
+
+    return SCHEDULES
+
+
+def available_attacks() -> dict[str, type]:
+    """The registered attack classes by name (see :mod:`advex.attacks.registry`)."""
+    from advex.attacks import registry
+
+    return registry.available_attacks()
 
 
 def find_attack(name: str) -> type:
     """The attack class called ``name`` (see :func:`advex.attacks.registry.find_attack`).
     Raises ``click.UsageError`` listing the available attacks."""
+    from advex.attacks import registry
+
     try:
         return registry.find_attack(name)
     except (ValueError, TypeError) as err:
@@ -42,6 +76,8 @@ def find_attack(name: str) -> type:
 def parse_params(cls: type, items: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """``--param KEY=VALUE`` items as constructor keyword arguments of ``cls`` (see
     :func:`advex.attacks.registry.parse_params`); errors are ``click.UsageError``."""
+    from advex.attacks import registry
+
     try:
         return registry.parse_params(cls, items)
     except (ValueError, TypeError) as err:
@@ -59,6 +95,7 @@ def build_attack(
 ):
     """Build the attack called ``name`` with ``--eps/--norm/--seed/--param`` values; a
     minimum-norm attack given ``--eps`` is scored at that budget (``BudgetedAttack``)."""
+    from advex.attacks import registry
     from advex.evaluate import BudgetedAttack
 
     cls = find_attack(name)
@@ -557,6 +594,8 @@ def _common_options(f):
 def _split_params(params: tuple[str, ...], names: list[str]) -> dict[str, list[str]]:
     """Route ``--param`` items to attacks: ``pgd.steps=20`` to pgd only, ``steps=20`` to every
     attack that has such a parameter (an error if none has)."""
+    from advex.attacks import registry
+
     routed: dict[str, list[str]] = {n: [] for n in names}
     for item in params:
         key, sep, _ = item.partition("=")
@@ -684,7 +723,7 @@ def attack(
     "--preset",
     default="standard",
     show_default=True,
-    type=click.Choice(list(PRESETS), case_sensitive=False),
+    type=_LibraryChoice(_presets, case_sensitive=False),
     help="Attack ensemble when no --attack is given: standard = AutoAttack's standard "
     "attacks (APGD-CE, APGD-T, FAB-T, Square), FAB-T stopped after 3 of 9 targets unless they "
     "broke a point, Square 1000 queries for all points and 10000 for the 10% closest to "
@@ -1019,7 +1058,7 @@ def _evaluate_custom(
 )
 @click.option(
     "--method",
-    type=click.Choice(list(CLI_METHODS)),
+    type=_LibraryChoice(_methods),
     default="pgd",
     show_default=True,
     help="PGD-AT (Madry), TRADES, MART, FGSM-RS (Wong), defensive distillation, or plain.",
@@ -1041,7 +1080,7 @@ def _evaluate_custom(
 @click.option("--eps-warmup-epochs", type=float, default=None, help="Linear ε warm-up.")
 @click.option(
     "--schedule",
-    type=click.Choice(list(SCHEDULES)),
+    type=_LibraryChoice(_schedules),
     default=None,
 )
 @click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default=None)
@@ -1112,6 +1151,7 @@ def list_cmd() -> None:
     """List the available attacks (with their parameters), zoo models and dataset specs."""
     from advex import data as D
     from advex import zoo
+    from advex.attacks import registry
 
     click.echo("attacks (--attack NAME, --param KEY=VALUE):")
     for name, cls in sorted(registry.available_attacks().items()):
