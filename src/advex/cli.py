@@ -6,196 +6,81 @@ builds attacks by name, runs the evaluation and writes ``results.json`` plus PNG
 
 from __future__ import annotations
 
-import inspect
 import os
 import sys
 import time
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
 import click
 
+from advex.threats import NORMS
+
 __all__ = ["main", "available_attacks", "find_attack", "build_attack", "load_model", "parse_params"]
 
-# constructor arguments that have their own command-line option (or are set automatically)
-_RESERVED = {
-    "eps": "--eps",
-    "norm": "--norm",
-    "seed": "--seed",
-    "threat": "--eps/--norm",
-    "bounds": "the dataset's bounds",
-    "mask": "(not settable from the command line)",
-}
-
-
 # ----------------------------------------------------------------------------------------------
-# Attacks by name
+# Attacks by name: advex.attacks.registry, its errors turned into usage errors
 # ----------------------------------------------------------------------------------------------
 
 
-def _key(name: str) -> str:
-    return "".join(ch for ch in name.lower() if ch.isalnum())
+class _LibraryChoice(click.Choice):
+    """A ``click.Choice`` whose choices are read from the library when first needed (so that
+    ``advex --help`` does not import the training or evaluation packages)."""
+
+    def __init__(self, load, case_sensitive: bool = True) -> None:
+        self._load = load
+        self.case_sensitive = case_sensitive
+
+    @property
+    def choices(self):  # type: ignore[override]
+        return tuple(self._load())
+
+
+def _presets():
+    from advex.evaluate.presets import PRESETS
+
+    return PRESETS
+
+
+def _methods():
+    from advex.defenses.spec import CLI_METHODS
+
+    return CLI_METHODS
+
+
+def _schedules():
+    from advex.defenses import SCHEDULES
+
+    return SCHEDULES
 
 
 def available_attacks() -> dict[str, type]:
-    """Attack classes exported by :mod:`advex.attacks` (``__all__``), by lower-case class name.
+    """The registered attack classes by name (see :mod:`advex.attacks.registry`)."""
+    from advex.attacks import registry
 
-    Attacks added to ``advex.attacks.__all__`` later become available automatically.
-    """
-    import advex.attacks as attacks_pkg
-    from advex.attacks.base import Attack
-
-    out: dict[str, type] = {}
-    for export in getattr(attacks_pkg, "__all__", []):
-        obj = getattr(attacks_pkg, export, None)
-        if not (isinstance(obj, type) and issubclass(obj, Attack)) or obj is Attack:
-            continue
-        if inspect.isabstract(obj) or getattr(obj, "_attack", None) is Attack._attack:
-            continue  # a base class, not a runnable attack
-        out[export.lower()] = obj
-    return out
+    return registry.available_attacks()
 
 
 def find_attack(name: str) -> type:
-    """The attack class called ``name`` (case-insensitive; ``-``/``_`` ignored; the class name or
-    its ``name`` attribute). Raises ``click.UsageError`` listing the available attacks."""
-    table = available_attacks()
-    want = _key(name)
-    for cls_name, cls in table.items():
-        if want in (_key(cls_name), _key(str(getattr(cls, "name", "")))):
-            return cls
-    raise click.UsageError(
-        f"unknown attack {name!r}; available attacks: {', '.join(sorted(table))}"
-    )
+    """The attack class called ``name`` (see :func:`advex.attacks.registry.find_attack`).
+    Raises ``click.UsageError`` listing the available attacks."""
+    from advex.attacks import registry
 
-
-def _init_params(cls: type) -> dict[str, tuple[inspect.Parameter, Any]]:
-    """Keyword parameters of ``cls(...)`` with their resolved type hints, following
-    ``**kwargs`` up the class hierarchy (e.g. BIM passes them on to PGD)."""
-    from advex.attacks.base import Attack
-
-    params: dict[str, tuple[inspect.Parameter, Any]] = {}
-    for klass in cls.__mro__:
-        if klass in (Attack, object):
-            break
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        try:
-            hints = typing.get_type_hints(init)
-        except Exception:
-            hints = {}
-        var_kw = False
-        for p in list(inspect.signature(init).parameters.values())[1:]:
-            if p.kind is p.VAR_KEYWORD:
-                var_kw = True
-            elif p.kind is not p.VAR_POSITIONAL and p.name not in params:
-                params[p.name] = (p, hints.get(p.name, p.annotation))
-        if not var_kw:
-            break
-    return params
-
-
-def settable_params(cls: type) -> dict[str, Any]:
-    """``name -> default`` of the hyperparameters ``--param`` can set for ``cls``."""
-    return {
-        k: p.default
-        for k, (p, hint) in _init_params(cls).items()
-        if k not in _RESERVED and _kinds(hint, p.default) is not None
-    }
-
-
-def _kinds(hint: Any, default: Any) -> set | None:
-    """The scalar types a parameter accepts: a subset of {bool, int, float, str, None}.
-
-    ``None`` when the parameter takes something that cannot come from the command line.
-    """
-    scalar = {bool, int, float, str}
-    if isinstance(hint, str):  # an unresolved annotation such as "float | None"
-        parts = {s.strip() for s in hint.replace("Optional[", "").rstrip("]").split("|")}
-        names = {"bool": bool, "int": int, "float": float, "str": str, "None": None}
-        if parts and parts <= set(names):
-            return {names[s] for s in parts}
-        hint = inspect.Parameter.empty
-    if hint is not inspect.Parameter.empty and hint is not Any:
-        origin = typing.get_origin(hint)
-        if origin is typing.Union or isinstance(hint, types.UnionType):
-            members = set()
-            for a in typing.get_args(hint):
-                if a is type(None):
-                    members.add(None)
-                elif a in scalar:
-                    members.add(a)
-                elif typing.get_origin(a) is typing.Literal:
-                    members |= {type(v) for v in typing.get_args(a)}
-                else:
-                    return None
-            return members
-        if typing.get_origin(hint) is typing.Literal:
-            return {type(v) for v in typing.get_args(hint)}
-        if hint in scalar:
-            return {hint}
-        return None
-    if default is inspect.Parameter.empty or default is None:
-        return {int, float, bool, str, None}
-    if type(default) in scalar:
-        return {type(default)}
-    if callable(default):
-        return None
-    return None
-
-
-_TRUE = {"true", "yes", "y", "1", "on"}
-_FALSE = {"false", "no", "n", "0", "off"}
-
-
-def _convert(name: str, raw: str, kinds: set) -> Any:
-    low = raw.strip().lower()
-    if None in kinds and low in ("none", "null"):
-        return None
-    if bool in kinds and low in _TRUE | _FALSE:
-        return low in _TRUE
-    if int in kinds:
-        try:
-            return int(raw)
-        except ValueError:
-            pass
-    if float in kinds:
-        try:
-            return float(raw)
-        except ValueError:
-            pass
-    if str in kinds:
-        return raw
-    want = " or ".join(sorted("None" if k is None else k.__name__ for k in kinds))
-    raise click.UsageError(f"--param {name}={raw}: expected {want}")
+    try:
+        return registry.find_attack(name)
+    except (ValueError, TypeError) as err:
+        raise click.UsageError(str(err)) from err
 
 
 def parse_params(cls: type, items: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """Turn ``k=v`` strings into constructor keyword arguments for ``cls``, converted with the
-    constructor's annotations/defaults (int, float, bool, str, None)."""
-    params = _init_params(cls)
-    valid = settable_params(cls)
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise click.UsageError(f"--param expects KEY=VALUE, got {item!r}")
-        if key in _RESERVED:
-            raise click.UsageError(f"--param {key}: set it with {_RESERVED[key]}, not --param")
-        if key not in params:
-            raise click.UsageError(
-                f"{cls.__name__} has no parameter {key!r}; valid parameters: "
-                f"{', '.join(sorted(valid)) or '(none)'}"
-            )
-        kinds = _kinds(params[key][1], params[key][0].default)
-        if kinds is None:
-            raise click.UsageError(f"{cls.__name__} parameter {key!r} cannot be set from the CLI")
-        out[key] = _convert(key, raw, kinds)
-    return out
+    """``--param KEY=VALUE`` items as constructor keyword arguments of ``cls`` (see
+    :func:`advex.attacks.registry.parse_params`); errors are ``click.UsageError``."""
+    from advex.attacks import registry
+
+    try:
+        return registry.parse_params(cls, items)
+    except (ValueError, TypeError) as err:
+        raise click.UsageError(str(err)) from err
 
 
 def build_attack(
@@ -207,48 +92,30 @@ def build_attack(
     params: list[str] | tuple[str, ...] = (),
     bounds: tuple[float, float] | None = None,
 ):
-    """Build the attack called ``name`` with ``--eps/--norm/--seed/--param`` values."""
+    """Build the attack called ``name`` with ``--eps/--norm/--seed/--param`` values; a
+    minimum-norm attack given ``--eps`` is scored at that budget (``BudgetedAttack``)."""
+    from advex.attacks import registry
     from advex.evaluate import BudgetedAttack
 
     cls = find_attack(name)
-    kwargs = parse_params(cls, params)
-    accepted = _init_params(cls)
-    if eps is not None and "eps" in accepted:
-        kwargs["eps"] = eps
-    if "norm" in accepted:
-        kwargs["norm"] = norm
-    if "seed" in accepted:
-        kwargs["seed"] = seed
-    if bounds is not None and "bounds" in accepted:
-        kwargs["bounds"] = tuple(bounds)
+    budgeted = eps is not None and cls.minimum_norm and "eps" not in registry.init_params(cls)
     try:
-        attack = cls(**kwargs)
+        attack = registry.build_attack(
+            cls,
+            eps=None if budgeted else eps,
+            norm=norm,
+            seed=seed,
+            params=params,
+            bounds=bounds,
+        )
     except (ValueError, TypeError) as err:
         msg = str(err)
         if eps is None and "eps" in msg:
             msg += f" (use --eps for {cls.__name__})"
-        raise click.UsageError(f"cannot build {cls.__name__}: {msg}") from err
-    if eps is not None and "eps" not in accepted:
-        if getattr(attack, "minimum_norm", False):
-            # a minimum-norm attack scored at the budget: adversarials with norm <= eps count
-            return BudgetedAttack(attack, eps)
-        raise click.UsageError(f"{cls.__name__} has no perturbation budget: drop --eps")
-    return attack
-
-
-def _shown_defaults(cls: type) -> dict[str, Any]:
-    """Settable parameters with the defaults an instance really uses (e.g. BIM's
-    random_start=False), when the attack can be built with a small eps."""
-    shown = settable_params(cls)
-    try:
-        inst = cls(eps=0.1) if "eps" in _init_params(cls) else cls()
-    except Exception:
-        return shown
-    for k, default in shown.items():
-        v = getattr(inst, k, None)
-        if default is not None and isinstance(v, bool | int | float | str):
-            shown[k] = v
-    return shown
+        elif eps is not None and "drop eps" in msg:
+            msg = f"{cls.__name__} has no perturbation budget: drop --eps"
+        raise click.UsageError(msg) from err
+    return BudgetedAttack(attack, eps) if budgeted else attack
 
 
 # ----------------------------------------------------------------------------------------------
@@ -569,7 +436,7 @@ def _common_options(f):
             "--norm",
             default="linf",
             show_default=True,
-            type=click.Choice(["linf", "l2", "l1"], case_sensitive=False),
+            type=click.Choice(list(NORMS), case_sensitive=False),
             help="Threat model norm.",
         ),
         click.option(
@@ -628,6 +495,8 @@ def _common_options(f):
 def _split_params(params: tuple[str, ...], names: list[str]) -> dict[str, list[str]]:
     """Route ``--param`` items to attacks: ``pgd.steps=20`` to pgd only, ``steps=20`` to every
     attack that has such a parameter (an error if none has)."""
+    from advex.attacks import registry
+
     routed: dict[str, list[str]] = {n: [] for n in names}
     for item in params:
         key, sep, _ = item.partition("=")
@@ -635,7 +504,7 @@ def _split_params(params: tuple[str, ...], names: list[str]) -> dict[str, list[s
             raise click.UsageError(f"--param expects KEY=VALUE, got {item!r}")
         if "." in key:
             owner, _, rest = item.partition(".")
-            matches = [n for n in names if _key(n) == _key(owner)]
+            matches = [n for n in names if registry.attack_key(n) == registry.attack_key(owner)]
             if not matches:
                 raise click.UsageError(
                     f"--param {item!r}: no attack {owner!r} among {', '.join(names)}"
@@ -643,9 +512,11 @@ def _split_params(params: tuple[str, ...], names: list[str]) -> dict[str, list[s
             routed[matches[0]].append(rest)
             continue
         k = key.strip().replace("-", "_")
-        takers = [n for n in names if k in _init_params(find_attack(n)) or k in _RESERVED]
+        takers = [
+            n for n in names if k in registry.init_params(find_attack(n)) or k in registry.RESERVED
+        ]
         if not takers:
-            valid = sorted({p for n in names for p in settable_params(find_attack(n))})
+            valid = sorted({p for n in names for p in registry.settable_params(find_attack(n))})
             raise click.UsageError(
                 f"no attack among {', '.join(names)} has a parameter {k!r}; valid parameters: "
                 f"{', '.join(valid)}"
@@ -753,7 +624,7 @@ def attack(
     "--preset",
     default="standard",
     show_default=True,
-    type=click.Choice(["quick", "standard", "autoattack", "thorough"], case_sensitive=False),
+    type=_LibraryChoice(_presets, case_sensitive=False),
     help="Attack ensemble when no --attack is given: standard = AutoAttack's standard "
     "attacks (APGD-CE, APGD-T, FAB-T, Square), FAB-T stopped after 3 of 9 targets unless they "
     "broke a point, Square 1000 queries for all points and 10000 for the 10% closest to "
@@ -1088,7 +959,7 @@ def _evaluate_custom(
 )
 @click.option(
     "--method",
-    type=click.Choice(["pgd", "trades", "mart", "fgsm-rs", "distill", "standard"]),
+    type=_LibraryChoice(_methods),
     default="pgd",
     show_default=True,
     help="PGD-AT (Madry), TRADES, MART, FGSM-RS (Wong), defensive distillation, or plain.",
@@ -1110,7 +981,7 @@ def _evaluate_custom(
 @click.option("--eps-warmup-epochs", type=float, default=None, help="Linear ε warm-up.")
 @click.option(
     "--schedule",
-    type=click.Choice(["onecycle", "cyclic", "piecewise", "cosine", "constant"]),
+    type=_LibraryChoice(_schedules),
     default=None,
 )
 @click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default=None)
@@ -1181,11 +1052,29 @@ def list_cmd() -> None:
     """List the available attacks (with their parameters), zoo models and dataset specs."""
     from advex import data as D
     from advex import zoo
+    from advex.attacks import registry
 
     click.echo("attacks (--attack NAME, --param KEY=VALUE):")
-    for name, cls in sorted(available_attacks().items()):
-        ps = ", ".join(f"{k}={v!r}" for k, v in _shown_defaults(cls).items())
-        click.echo(f"  {name:<10} {ps}")
+    for name, cls in sorted(registry.available_attacks().items()):
+        aliases = [a for a in (cls.__name__.lower(), *cls.aliases) if a != name]
+        minimum_norm = registry.declaration(cls, "minimum_norm")
+        flags = [
+            flag
+            for flag, on in (
+                ("black-box", cls.black_box),
+                ("minimum-norm" if minimum_norm else "minimum-norm without eps", minimum_norm),
+                ("targeted only", cls.targeted_only),
+            )
+            if on is not False
+        ]
+        head = f"  {name:<10} norms: {', '.join(cls.norms)}"
+        if flags:
+            head += f"; {', '.join(flags)}"
+        if aliases:
+            head += f"; also: {', '.join(aliases)}"
+        click.echo(head)
+        ps = ", ".join(f"{k}={v!r}" for k, v in registry.instance_defaults(cls).items())
+        click.echo(f"  {'':<10} {ps}")
     click.echo("\nzoo models (--model NAME): " + ", ".join(zoo.available()))
     click.echo(
         "architectures (advex train --model NAME, fresh weights): "

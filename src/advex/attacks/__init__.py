@@ -3,8 +3,14 @@
 Fixed-budget (ε given): FGSM, PGD/BIM, MIFGSM, APGD, Square, UniversalPerturbation.
 Minimum-norm (smallest perturbation found, convert with ``result.at_eps(eps, x)``): CW, EAD,
 LBFGS, DeepFool, FAB, JSMA.
+
+``__all__`` is the list of built-in attacks: :mod:`advex.attacks.registry` finds attacks by
+name among its Attack classes (plus those passed to ``registry.register``) and reads what each
+declares (``name``, ``aliases``, ``norms``, ``black_box``, ``minimum_norm``, ``targeted_only``).
+Add a new attack here and it is available to the CLI, presets and ``advex list``.
 """
 
+from . import registry
 from .apgd import APGD
 from .base import Attack
 from .cw import CW
@@ -34,4 +40,5 @@ __all__ = [
     "PGD",
     "Square",
     "UniversalPerturbation",
+    "registry",
 ]

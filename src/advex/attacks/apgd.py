@@ -78,6 +78,10 @@ class APGD(FixedBudgetAttack):
     >>> apgd_t = APGD(eps=8 / 255, targeted=True, n_target_classes=9)(model, x, y)
     """
 
+    # the registry name is the class name ("apgd"); instances are named apgd-ce/-dlr/-t
+    aliases = ("auto-pgd",)
+    norms = ("linf", "l2", "l1")
+
     def __init__(
         self,
         eps: float | None = None,

@@ -131,7 +131,17 @@ class Attack(ABC):
     points already successful (they are never attacked), and returns the adversarial batch.
     """
 
+    # -- declarations, read by advex.attacks.registry (the CLI, presets, `advex list`) -------
+    #: the registry name (``advex attack --attack NAME``); also ``AttackResult.attack``
     name: str = "attack"
+    #: other names the registry accepts; the class name is always accepted too
+    aliases: tuple[str, ...] = ()
+    #: the norms the attack supports; a threat in another norm is refused at construction
+    norms: tuple[str, ...] = ("linf", "l2", "l1")
+    #: whether the attack uses the model's outputs only (no gradients): its wins over the
+    #: white-box attacks of an ensemble are evidence of gradient masking
+    black_box: bool = False
+    #: whether the attack searches the smallest perturbation (no ε) rather than using a budget
     minimum_norm: bool = False
     #: whether the attack can only run targeted (e.g. JSMA, L-BFGS as in their papers)
     targeted_only: bool = False
@@ -140,6 +150,11 @@ class Attack(ABC):
     eot_samples: int = 1
 
     def __init__(self, threat: ThreatModel, *, seed: int | None = 0) -> None:
+        norm = getattr(threat, "norm", None)
+        if isinstance(norm, str) and norm not in self.norms:
+            raise ValueError(
+                f"{type(self).__name__} supports norm {' or '.join(self.norms)}, got {norm!r}"
+            )
         self.threat = threat
         self.seed = seed
 

@@ -236,6 +236,8 @@ class CW(Attack):
     """
 
     name = "cw"
+    aliases = ("carlini-wagner",)
+    norms = ("l2", "linf")
     minimum_norm = True
 
     def __init__(

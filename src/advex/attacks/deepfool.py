@@ -51,6 +51,7 @@ class DeepFool(Attack):
     """
 
     name = "deepfool"
+    norms = ("l2", "linf")
     minimum_norm = True
 
     def __init__(

@@ -66,6 +66,8 @@ class EAD(Attack):
     """
 
     name = "ead"
+    aliases = ("elastic-net",)
+    norms = ("l1",)
     minimum_norm = True
 
     def __init__(

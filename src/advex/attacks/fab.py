@@ -76,6 +76,7 @@ class FAB(Attack):
     """
 
     name = "fab"
+    norms = ("linf", "l2", "l1")
 
     def __init__(
         self,
@@ -337,6 +338,7 @@ class FABT(FAB):
     """
 
     name = "fab-t"
+    norms = ("linf", "l2", "l1")
 
     def __init__(
         self,

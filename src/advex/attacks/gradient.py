@@ -149,6 +149,7 @@ class FGSM(FixedBudgetAttack):
     """
 
     name = "fgsm"
+    norms = ("linf", "l2", "l1")
 
     def __init__(
         self,
@@ -331,6 +332,7 @@ class PGD(IterativeGradientAttack):
     """
 
     name = "pgd"
+    norms = ("linf", "l2", "l1")
 
     def __init__(
         self,
@@ -367,6 +369,8 @@ class BIM(PGD):
     """
 
     name = "bim"
+    aliases = ("i-fgsm",)
+    norms = ("linf", "l2", "l1")
 
     def __init__(self, eps: float | None = None, norm: str = "linf", **kwargs) -> None:
         kwargs.setdefault("random_start", False)
@@ -396,6 +400,7 @@ class MIFGSM(IterativeGradientAttack):
     """
 
     name = "mifgsm"
+    norms = ("linf", "l2", "l1")
 
     def __init__(
         self,

@@ -65,6 +65,7 @@ class JSMA(Attack):
     """
 
     name = "jsma"
+    norms = ("l2",)
 
     def __init__(
         self,

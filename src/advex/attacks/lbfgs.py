@@ -51,6 +51,7 @@ class LBFGS(Attack):
     """
 
     name = "lbfgs"
+    norms = ("l2",)
     minimum_norm = True
     targeted_only = True
 

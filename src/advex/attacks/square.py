@@ -170,6 +170,8 @@ class Square(FixedBudgetAttack):
     """
 
     name = "square"
+    norms = ("linf", "l2")
+    black_box = True
 
     def __init__(
         self,

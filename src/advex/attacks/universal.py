@@ -59,6 +59,8 @@ class UniversalPerturbation(Attack):
     """
 
     name = "universal"
+    aliases = ("uap",)
+    norms = ("linf", "l2", "l1")
 
     def __init__(
         self,

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .._io import derive_seed
+from ..attacks import registry
 from ..threats import ThreatModel
 
 __all__ = ["Stage", "Preset", "PRESETS", "get_preset", "derive_seed"]
@@ -49,18 +50,34 @@ _SCALED = ("steps", "n_queries", "screen")
 class Stage:
     """One attack of a preset.
 
-    Either ``attack`` (a class name in :mod:`advex.attacks`: ``"APGD"``, ``"FABT"``,
+    Either ``attack`` (a name in :mod:`advex.attacks.registry`: ``"APGD"``, ``"FABT"``,
     ``"Square"``, ...) with constructor ``kwargs``, or ``instance`` (a ready attack, copied
     and re-seeded per batch). ``black_box`` marks attacks that use no gradients (their wins
     over every white-box stage feed the masking verdict); ``norms`` lists the norms it supports.
+    Both default to what the attack declares (``black_box``, ``norms`` on its class); a ready
+    instance runs in any norm unless ``norms`` says otherwise.
     """
 
     name: str
     attack: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
-    black_box: bool = False
-    norms: tuple[str, ...] = ("linf", "l2", "l1")
+    black_box: bool | None = None
+    norms: tuple[str, ...] | None = None
     instance: Any = None
+
+    def __post_init__(self) -> None:
+        if self.attack is not None:
+            try:
+                cls = registry.find_attack(self.attack)
+            except ValueError as err:
+                raise ValueError(f"preset stage {self.name!r}: {err}") from err
+            black, norms = registry.is_black_box(cls), registry.supported_norms(cls)
+        else:
+            black, norms = registry.is_black_box(self.instance), ("linf", "l2", "l1")
+        if self.black_box is None:
+            object.__setattr__(self, "black_box", black)
+        if self.norms is None:
+            object.__setattr__(self, "norms", norms)
 
     def build(self, threat: ThreatModel, seed: int, scale: float = 1.0) -> Any:
         """The attack for ``threat``, seeded with ``seed``, budgets scaled by ``scale``."""
@@ -69,16 +86,7 @@ class Stage:
             if hasattr(atk, "seed"):
                 atk.seed = int(seed)
             return atk
-        import advex.attacks as A
-
-        cls = getattr(A, self.attack, None)
-        if cls is None:  # not exported (yet): look in the submodules
-            from advex.attacks import apgd, fab, square
-
-            for mod in (apgd, fab, square):
-                cls = getattr(mod, self.attack, cls)
-        if cls is None:
-            raise ValueError(f"preset stage {self.name!r}: unknown attack {self.attack!r}")
+        cls = registry.find_attack(self.attack)
         return cls(threat=threat, seed=int(seed), **_scaled(self.kwargs, scale))
 
     def describe(self, scale: float = 1.0) -> dict[str, Any]:
@@ -149,13 +157,7 @@ class Preset:
 
 
 def _sq(n_queries: int, restarts: int = 1, **kwargs: Any) -> Stage:
-    return Stage(
-        "square",
-        "Square",
-        {"n_queries": n_queries, "restarts": restarts, **kwargs},
-        black_box=True,
-        norms=("linf", "l2"),
-    )
+    return Stage("square", "Square", {"n_queries": n_queries, "restarts": restarts, **kwargs})
 
 
 PRESETS: dict[str, Preset] = {
@@ -222,8 +224,7 @@ def get_preset(preset: Any) -> Preset:
         named = named_attacks(preset)
         stages = []
         for name, atk in named.items():
-            black = type(atk).__name__ in ("Square", "ScoreBlackBox", "LabelBlackBox")
-            stages.append(Stage(name, instance=atk, black_box=black))
+            stages.append(Stage(name, instance=atk))
         return Preset("custom", tuple(stages))
     raise TypeError(
         "preset must be 'quick', 'standard', 'thorough', a Preset, or a list/dict of attacks; "
