@@ -8,22 +8,41 @@ defended model for attack (:func:`adapt_for_attack`).
 
 from ..models.blackbox import BlackBoxError, LabelBlackBox, ScoreBlackBox
 from .adapt import AdaptedModel, adapt_for_attack, is_stochastic, non_differentiable
-from .guards import ProbabilityOutputWarning, attack_mode, check_logits, model_device
-from .wrappers import BPDA, EOT, Normalize
+from .guards import (
+    InputDtypeWarning,
+    ProbabilityOutputWarning,
+    attack_mode,
+    check_logits,
+    checked_logits,
+    match_input_dtype,
+    model_device,
+    model_dtype,
+    model_errors,
+    require_graph,
+)
+from .wrappers import BPDA, EOT, CastInput, Normalize, SelectOutput
 
 __all__ = [
     "AdaptedModel",
     "BPDA",
     "BlackBoxError",
+    "CastInput",
     "EOT",
+    "InputDtypeWarning",
     "LabelBlackBox",
     "Normalize",
     "ProbabilityOutputWarning",
     "ScoreBlackBox",
+    "SelectOutput",
     "adapt_for_attack",
     "attack_mode",
     "check_logits",
+    "checked_logits",
     "is_stochastic",
+    "match_input_dtype",
     "model_device",
+    "model_dtype",
+    "model_errors",
     "non_differentiable",
+    "require_graph",
 ]
