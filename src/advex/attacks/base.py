@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -21,11 +22,14 @@ from ..core.losses import get_loss
 from ..core.result import AttackResult
 from ..core.validate import check_batch, check_classes, check_labels, check_target
 from ..models.guards import (
+    attack_dtype,
     attack_mode,
     check_logits,
     match_input_dtype,
     model_errors,
     require_graph,
+    round_toward,
+    warn_half_input,
 )
 from ..models.wrappers import EOT
 from ..threats import ThreatModel
@@ -120,6 +124,9 @@ class Attack(ABC):
         """Attack ``model`` on the batch ``x`` with labels ``y`` (and optional ``target``)."""
         if not isinstance(model, nn.Module) and not callable(model):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        wide = attack_dtype(model, x)
+        if wide is not None:  # float16 / bfloat16 x, float32 / float64 model
+            return self._attack_half(model, x, y, target, wide)
         y, _ = check_batch(x, y, self.threat)
         x0 = x.detach()
         name = type(model).__name__
@@ -143,6 +150,28 @@ class Attack(ABC):
                 raise RuntimeError(f"{self.name} returned shape {tuple(x_adv.shape)}")
             adv_logits = caller.logits(x_adv)
         return self._result(x0, x_adv, goal, clean_logits, adv_logits, caller)
+
+    def _attack_half(self, model, x, y, target, wide: torch.dtype) -> AttackResult:
+        """Attack half-precision ``x`` in the model's dtype ``wide``, round ``x_adv`` back
+        toward ``x`` (never past the budget) and re-predict on the rounded points."""
+        warn_half_input(x.dtype, wide)
+        x_low = x.detach()
+        res = self(model, x_low.to(wide), y, target)
+        x_adv = round_toward(res.x_adv, x_low)
+        with attack_mode(model, warn=False) if isinstance(model, nn.Module) else _null():
+            view = EOT(model, self.eot_samples) if int(self.eot_samples) > 1 else model
+            with torch.no_grad():
+                logits = match_input_dtype(view, x_adv, warn=False)(x_adv)
+        conf, pred = logits.float().softmax(1).max(1)
+        return replace(
+            res,
+            x_adv=x_adv,
+            success=Goal(res.y, res.target).is_success(logits),
+            norms=self.threat.distance(x_adv.to(wide), x_low.to(wide)),
+            adv_pred=pred,
+            adv_conf=conf,
+            queries=res.queries + 1,
+        )
 
     def _result(self, x, x_adv, goal, clean_logits, adv_logits, caller) -> AttackResult:
         clean_p = clean_logits.float().softmax(1)

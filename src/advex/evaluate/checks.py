@@ -9,6 +9,7 @@ none fires and ``"SUSPECT"`` otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -277,7 +278,7 @@ def masking_checks(
 
     # one eval-mode section for every probe (a train-mode model is warned about once, not
     # once per probe attack; the nested attacks find it in eval mode already)
-    with attack_mode(model):
+    with attack_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext():
         logits, g_ce, g_m = _input_grads(model, x, y)
         checks.append(check_probability_output(logits))
         correct = logits.argmax(1) == y

@@ -11,6 +11,7 @@ from .adapt import AdaptedModel, adapt_for_attack, is_stochastic, non_differenti
 from .guards import (
     InputDtypeWarning,
     ProbabilityOutputWarning,
+    attack_dtype,
     attack_mode,
     check_logits,
     checked_logits,
@@ -19,6 +20,7 @@ from .guards import (
     model_dtype,
     model_errors,
     require_graph,
+    round_toward,
 )
 from .wrappers import BPDA, EOT, CastInput, Normalize, SelectOutput
 
@@ -35,6 +37,7 @@ __all__ = [
     "ScoreBlackBox",
     "SelectOutput",
     "adapt_for_attack",
+    "attack_dtype",
     "attack_mode",
     "check_logits",
     "checked_logits",
@@ -45,4 +48,5 @@ __all__ = [
     "model_errors",
     "non_differentiable",
     "require_graph",
+    "round_toward",
 ]

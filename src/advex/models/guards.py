@@ -12,11 +12,14 @@ every entry point (attacks, :func:`~advex.evaluate.robust_accuracy`,
 - :func:`check_logits`: the output must be a ``(batch, classes)`` tensor with ``classes >= 2``
   and finite values; a tuple, list or dict output raises a ``TypeError`` that points to
   :class:`~advex.models.SelectOutput`;
-- :func:`match_input_dtype`: inputs whose floating dtype differs from the model's (float64,
-  float16 or bfloat16 data with a float32 model, float32 data with a float64 model) are cast
-  to the model's dtype at every model call by :class:`~advex.models.CastInput` (its logits
-  cast back to the data's dtype), with an :class:`InputDtypeWarning`; the attack itself runs
-  in the caller's dtype, so ``x_adv`` comes back in the dtype of ``x``;
+- :func:`match_input_dtype`: inputs whose floating dtype differs from the model's (float64
+  data with a float32 model, float32 data with a float64 model) are cast to the model's dtype
+  at every model call by :class:`~advex.models.CastInput` (its logits cast to the data's
+  dtype), with an :class:`InputDtypeWarning`; the attack itself runs in the caller's dtype, so
+  ``x_adv`` comes back in the dtype of ``x``. Half-precision inputs (float16 / bfloat16) with
+  a float32 / float64 model (:func:`attack_dtype`) are attacked in the model's dtype instead
+  and ``x_adv`` is rounded back toward ``x`` (:func:`round_toward`: never past the budget),
+  with ``success`` re-predicted on the rounded ``x_adv``;
 - :func:`require_graph`: a forward pass that should carry a gradient graph but does not (a model
   computing under ``torch.no_grad()``, detaching its output or going through numpy) raises a
   ``TypeError`` at the first gradient step of a gradient attack, naming the cause.
@@ -38,6 +41,7 @@ from .wrappers import CastInput
 __all__ = [
     "InputDtypeWarning",
     "ProbabilityOutputWarning",
+    "attack_dtype",
     "attack_mode",
     "check_logits",
     "checked_logits",
@@ -46,6 +50,7 @@ __all__ = [
     "model_dtype",
     "model_errors",
     "require_graph",
+    "round_toward",
 ]
 
 
@@ -136,6 +141,40 @@ def match_input_dtype(model: Any, x: torch.Tensor, *, warn: bool = True) -> Any:
     return CastInput(model, dtype)
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def attack_dtype(model: Any, x: torch.Tensor) -> torch.dtype | None:
+    """The dtype to attack half-precision inputs in: the model's (float32 / float64) when ``x``
+    is float16 / bfloat16 and the model is wider, else None (attack in ``x``'s dtype)."""
+    if not isinstance(x, torch.Tensor) or x.dtype not in _HALF:
+        return None
+    dtype = model_dtype(model)
+    return dtype if dtype in (torch.float32, torch.float64) else None
+
+
+def warn_half_input(x_dtype: torch.dtype, dtype: torch.dtype) -> None:
+    warnings.warn(
+        f"x is {_dtype_name(x_dtype)} but the model's weights are {_dtype_name(dtype)}: advex "
+        f"attacks in {_dtype_name(dtype)} and rounds x_adv back to {_dtype_name(x_dtype)} "
+        "toward x (never past the budget), with success re-predicted on the rounded x_adv. "
+        f"Pass x.to(torch.{_dtype_name(dtype)}) to silence this warning.",
+        InputDtypeWarning,
+        stacklevel=4,
+    )
+
+
+def round_toward(x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``x_adv`` in ``x``'s (lower) precision, each coordinate rounded so that its distance to
+    ``x`` never grows: every norm of the perturbation, the bounds and a mask stay satisfied."""
+    r = x_adv.to(x.dtype)
+    wide = torch.float64
+    grew = (r.to(wide) - x.to(wide)).abs() > (x_adv.to(wide) - x.to(wide)).abs()
+    if bool(grew.any()):
+        r = torch.where(grew, torch.nextafter(r, x), r)
+    return r
+
+
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -171,9 +210,17 @@ def model_errors(x: torch.Tensor, *, name: str = "model") -> Iterator[None]:
         raise
     except RuntimeError as err:
         shape = tuple(x.shape)
+        said = str(err)
+        if any(w in said for w in ("dtype", "Double", "Half", "BFloat16", "type (")):
+            hint = (
+                f"x is {_dtype_name(x.dtype)}, which the model does not take: cast x to the "
+                "dtype of the model's weights"
+            )
+        else:
+            hint = _layout_hint(shape)
         raise ValueError(
             f"{name} rejected x of shape {shape} (dtype {_dtype_name(x.dtype)}): "
-            f"{_layout_hint(shape)}. The model said: {err}"
+            f"{hint}. The model said: {said}"
         ) from err
 
 

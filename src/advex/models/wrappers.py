@@ -153,6 +153,8 @@ class CastInput(nn.Module):
     float64 model), with an :class:`~advex.models.InputDtypeWarning`. Both casts are
     differentiable, so the attack runs in the data's dtype from start to end: ``x_adv`` comes
     back in that dtype, and ``success`` is the prediction of ``CastInput(model, dtype)`` on it.
+    Logits of float16 / bfloat16 inputs stay in the model's dtype (attacks run those inputs in
+    the model's dtype, see :func:`~advex.models.attack_dtype`).
 
     >>> logits = CastInput(model, torch.float32)(x.double())   # float64 logits
     """
@@ -167,7 +169,12 @@ class CastInput(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Any:
         out = self.model(x.to(self.dtype))
-        if isinstance(out, torch.Tensor) and out.is_floating_point() and out.dtype != x.dtype:
+        if (
+            isinstance(out, torch.Tensor)
+            and out.is_floating_point()
+            and out.dtype != x.dtype
+            and x.dtype not in (torch.float16, torch.bfloat16)
+        ):
             out = out.to(x.dtype)
         return out
 
