@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import advex.attacks as A
 from advex.core.validate import check_batch, check_classes, check_target
 from advex.evaluate import evaluate, robust_accuracy, robustness_curve
-from advex.models import CastInput, InputDtypeWarning, SelectOutput
+from advex.models import CastInput, InputDtypeWarning, SelectOutput, round_toward
 
 
 class TinyConv(nn.Module):
@@ -200,13 +200,17 @@ def test_wrong_input_rank_names_shape_and_fix(model, shape, hint):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
 def test_input_dtype_other_than_the_models(model, batch, dtype):
-    """Documented: the model sees its own dtype (CastInput, with a warning); the attack runs in
-    the caller's dtype and returns x_adv in it; success is CastInput(model)'s prediction."""
+    """Documented: float64 x with a float32 model — the model sees float32 (CastInput), the
+    attack runs in float64; float16 / bfloat16 x — the attack runs in float32 and x_adv is
+    rounded back toward x. Either way x_adv has the caller's dtype, stays inside the budget,
+    and success is the model's prediction on the returned x_adv."""
     x, y = batch
     xd = x.to(dtype)
     with pytest.warns(InputDtypeWarning, match=f"x is {str(dtype)[6:]}"):
         res = A.PGD(eps=0.1, steps=5)(model, xd, y)
     assert res.x_adv.dtype == dtype
+    assert float((res.x_adv.double() - xd.double()).abs().max()) <= 0.1 + 1e-6
+    assert float(res.x_adv.min()) >= 0 and float(res.x_adv.max()) <= 1
     with torch.no_grad():
         pred = CastInput(model, torch.float32)(res.x_adv).argmax(1)
     assert torch.equal(res.success, pred != y)
@@ -214,6 +218,19 @@ def test_input_dtype_other_than_the_models(model, batch, dtype):
     with pytest.warns(InputDtypeWarning):
         ev = robust_accuracy(model, (xd, y), A.FGSM(eps=0.1))
     assert ev.n == len(y)
+
+
+def test_round_toward_never_grows_a_perturbation():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 100, generator=g).half()
+    x_adv = (x.float() + (torch.rand(64, 100, generator=g) - 0.5) * 0.2).clamp(0, 1)
+    for low in (torch.float16, torch.bfloat16):
+        xl = x.to(low)
+        r = round_toward(x_adv, xl)
+        assert r.dtype == low
+        grown = (r.double() - xl.double()).abs() > (x_adv.double() - xl.double()).abs()
+        assert not bool(grown.any())
+        assert float((r.double() - x_adv.double()).abs().max()) <= torch.finfo(low).eps
 
 
 @pytest.mark.parametrize("data_dtype", [torch.float32, torch.float64])
