@@ -45,18 +45,13 @@ def cases() -> dict:
         "apgd-t": (lambda: A.APGD(eps=0.1, steps=10, targeted=True, n_target_classes=3), None),
         "square": (lambda: A.Square(eps=0.15, n_queries=100), None),
         "cw-l2": (
-            lambda: A.CW(
-                binary_search_steps=2, max_iterations=30, learning_rate=0.1, initial_const=1.0
-            ),
+            lambda: A.CW(binary_search_steps=2, max_iterations=30, learning_rate=0.1,
+                         initial_const=1.0),
             None,
         ),
         "cw-linf": (lambda: A.CW(norm="linf", max_iterations=20), None),
-        "ead": (
-            lambda: A.EAD(
-                binary_search_steps=2, max_iterations=30, initial_const=1.0, learning_rate=0.05
-            ),
-            None,
-        ),
+        "ead": (lambda: A.EAD(binary_search_steps=2, max_iterations=30, initial_const=1.0,
+                              learning_rate=0.05), None),
         "deepfool-l2": (lambda: A.DeepFool(max_iter=20), None),
         "deepfool-linf": (lambda: A.DeepFool(norm="linf", max_iter=20), None),
         "fab-linf": (lambda: A.FAB(steps=10), None),
