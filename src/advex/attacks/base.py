@@ -12,6 +12,7 @@ import copy
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -20,10 +21,22 @@ from torch import nn
 from ..core.goals import Goal
 from ..core.losses import get_loss
 from ..core.result import AttackResult
-from ..models.guards import attack_mode, check_logits
+from ..core.validate import check_batch, check_classes, check_labels, check_target
+from ..models.guards import (
+    attack_dtype,
+    attack_mode,
+    check_logits,
+    match_input_dtype,
+    model_errors,
+    require_graph,
+    round_toward,
+    warn_half_input,
+)
 from ..models.wrappers import EOT
 from ..threats import Norm, ThreatModel
 
+# check_labels / check_target live in advex.core.validate (the one validation of every entry
+# point); they stay importable from here
 __all__ = ["Attack", "ModelCaller", "check_labels", "check_target"]
 
 
@@ -31,7 +44,8 @@ class ModelCaller:
     """Calls the model and counts, per sample, forward evaluations and input gradients."""
 
     def __init__(self, model: nn.Module, n: int, device: torch.device) -> None:
-        self.model = model
+        # a forward pass meant for a gradient that carries no graph fails here, clearly
+        self.model = require_graph(model)
         self.queries = torch.zeros(n, dtype=torch.long, device=device)
         self.gradients = torch.zeros(n, dtype=torch.long, device=device)
 
@@ -84,45 +98,6 @@ class ModelCaller:
         return logits.detach(), obj.detach(), g
 
 
-def check_labels(y: Any, x: torch.Tensor, name: str = "y") -> torch.Tensor:
-    if not isinstance(y, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of integer labels, got {type(y).__name__}")
-    if y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
-        raise TypeError(f"{name} must hold integer class labels, got dtype {y.dtype}")
-    if y.dim() != 1 or y.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"{name} must have shape ({x.shape[0]},) to match x's batch, got {tuple(y.shape)}"
-        )
-    return y.to(device=x.device, dtype=torch.long)
-
-
-def _check_range(labels: torch.Tensor, num_classes: int, name: str) -> None:
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        bad = labels[(labels < 0) | (labels >= num_classes)]
-        raise ValueError(
-            f"{name} has label {int(bad[0])} but the model outputs {num_classes} classes "
-            f"(valid labels are 0..{num_classes - 1})"
-        )
-
-
-def check_target(target: Any, y: torch.Tensor, num_classes: int) -> torch.Tensor | None:
-    """Normalise ``target`` (None, an int for every sample, or a (B,) tensor) and validate it."""
-    if target is None:
-        return None
-    if isinstance(target, int | bool) or (isinstance(target, torch.Tensor) and target.dim() == 0):
-        target = torch.full_like(y, int(target))
-    target = check_labels(target, y[:, None], name="target")
-    _check_range(target, num_classes, "target")
-    same = target == y
-    if bool(same.any()):
-        idx = same.nonzero().squeeze(1)[:10].tolist()
-        raise ValueError(
-            f"target equals the true label for {int(same.sum())} sample(s) (indices {idx}...); "
-            "a targeted attack needs a different class: drop those samples or choose other targets"
-        )
-    return target
-
-
 class Attack(ABC):
     """Base class of every advex attack.
 
@@ -165,22 +140,22 @@ class Attack(ABC):
         """Attack ``model`` on the batch ``x`` with labels ``y`` (and optional ``target``)."""
         if not isinstance(model, nn.Module) and not callable(model):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        self.threat.check_inputs(x)
-        y = check_labels(y, x)
+        wide = attack_dtype(model, x)
+        if wide is not None:  # float16 / bfloat16 x, float32 / float64 model
+            return self._attack_half(model, x, y, target, wide)
+        y, _ = check_batch(x, y, self.threat)
         x0 = x.detach()
+        name = type(model).__name__
         with attack_mode(model) if isinstance(model, nn.Module) else _null():
+            model = match_input_dtype(model, x0)
             if int(self.eot_samples) > 1:
                 model = EOT(model, self.eot_samples)
             caller = ModelCaller(model, x0.shape[0], x0.device)
-            clean_logits = caller.logits(x0)
-            check_logits(clean_logits, name=type(model).__name__)
-            if clean_logits.shape[0] != x0.shape[0]:
-                raise ValueError(
-                    f"model returned {clean_logits.shape[0]} rows for a batch of {x0.shape[0]}"
-                )
+            with model_errors(x0, name=name):
+                clean_logits = caller.logits(x0)
+            check_logits(clean_logits, name=name, batch_size=x0.shape[0])
             num_classes = clean_logits.shape[1]
-            _check_range(y, num_classes, "y")
-            target = check_target(target, y, num_classes)
+            target = check_classes(num_classes, y, target, name=name)
             if target is None and self.targeted_only:
                 raise ValueError(f"{self.name} is a targeted attack: pass target=")
             goal = Goal(y, target)
@@ -192,6 +167,28 @@ class Attack(ABC):
                 raise RuntimeError(f"{self.name} returned shape {tuple(x_adv.shape)}")
             adv_logits = caller.logits(x_adv)
         return self._result(x0, x_adv, goal, clean_logits, adv_logits, caller)
+
+    def _attack_half(self, model, x, y, target, wide: torch.dtype) -> AttackResult:
+        """Attack half-precision ``x`` in the model's dtype ``wide``, round ``x_adv`` back
+        toward ``x`` (never past the budget) and re-predict on the rounded points."""
+        warn_half_input(x.dtype, wide)
+        x_low = x.detach()
+        res = self(model, x_low.to(wide), y, target)
+        x_adv = round_toward(res.x_adv, x_low)
+        with attack_mode(model, warn=False) if isinstance(model, nn.Module) else _null():
+            view = EOT(model, self.eot_samples) if int(self.eot_samples) > 1 else model
+            with torch.no_grad():
+                logits = match_input_dtype(view, x_adv, warn=False)(x_adv)
+        conf, pred = logits.float().softmax(1).max(1)
+        return replace(
+            res,
+            x_adv=x_adv,
+            success=Goal(res.y, res.target).is_success(logits),
+            norms=self.threat.distance(x_adv.to(wide), x_low.to(wide)),
+            adv_pred=pred,
+            adv_conf=conf,
+            queries=res.queries + 1,
+        )
 
     def _result(self, x, x_adv, goal, clean_logits, adv_logits, caller) -> AttackResult:
         clean_p = clean_logits.float().softmax(1)

@@ -1,4 +1,9 @@
-"""Turning what users pass as ``data`` into a stream of ``(x, y)`` batches, and targets."""
+"""Turning what users pass as ``data`` into a stream of ``(x, y)`` batches, and targets.
+
+Every batch goes through :mod:`advex.core.validate` (the one validation of every entry point):
+tensors given up front are checked whole before any work (finite floating ``x``, one integer
+label ``>= 0`` per point), batches from a loader as they come.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..core.validate import check_batch
 from ..models.guards import model_device
 
 __all__ = ["Batches", "as_batches", "model_device", "resolve_target"]
@@ -26,6 +32,11 @@ class Batches:
     name: str | None = None
     class_names: list[str] | None = None
     bounds: tuple[float, float] | None = None
+
+    @property
+    def labels(self) -> torch.Tensor | None:
+        """Every label of the data when known up front (tensors and ``ArrayDataset``)."""
+        return self.source[1] if isinstance(self.source, tuple) else None
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if isinstance(self.source, tuple):
@@ -47,8 +58,26 @@ def _as_pair(item: Any, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         raise TypeError(
             f"batch {k} of data is a {type(item).__name__}; data must yield (x, y) pairs"
         )
-    x, y = item[0], item[1]
-    return _tensor(x, "x", k), _tensor(y, "y", k)
+    x, y = _tensor(item[0], "x", k), _tensor(item[1], "y", k)
+    _check_whole(x, y, f"data (batch {k})")
+    return x, y
+
+
+def _check_whole(x: torch.Tensor, y: torch.Tensor, what: str) -> None:
+    """The checks that need no model: the batch axis, one label per point, finite inputs,
+    labels >= 0 (a label's upper limit is checked once the model's classes are known)."""
+    if x.dim() < 2:
+        raise ValueError(f"{what}: x must have a batch dimension, got shape {tuple(x.shape)}")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"{what}: x and y have different lengths ({x.shape[0]} vs {y.shape[0]})")
+    if x.shape[0] == 0:
+        return
+    check_batch(x, y, name=f"{what} x")
+    if int(y.min()) < 0:
+        raise ValueError(
+            f"{what}: y has label {int(y.min())} but class labels are 0..classes-1 (a label of "
+            "-1 often marks an unlabelled point: drop those points)"
+        )
 
 
 def _tensor(a: Any, what: str, k: int | None = None) -> torch.Tensor:
@@ -92,6 +121,7 @@ def as_batches(data: Any, batch_size: int = 256) -> Batches:
             raise ValueError(f"data x and y have different lengths ({x.shape[0]} vs {y.shape[0]})")
         if x.shape[0] == 0:
             raise _empty("the (x, y) tensors")
+        _check_whole(x, y, "data")
         n = int(x.shape[0])
         return Batches((x, y), batch_size, -(-n // batch_size), n)
     if hasattr(data, "tensors") and callable(data.tensors) and isinstance(data, Dataset):
@@ -99,6 +129,8 @@ def as_batches(data: Any, batch_size: int = 256) -> Batches:
         x, y = data.tensors()
         if len(y) == 0:
             raise _empty(f"dataset {getattr(data, 'name', type(data).__name__)!r}")
+        x, y = _tensor(x, "x"), _tensor(y, "y")
+        _check_whole(x, y, f"dataset {getattr(data, 'name', type(data).__name__)!r}")
         n = int(len(y))
         return Batches(
             (x, y),
@@ -165,12 +197,22 @@ def check_target_spec(target: Any) -> None:
     if target is None or callable(target):
         return
     if isinstance(target, bool):
-        raise TypeError("target must be a class index (int), a tensor, a callable or None")
+        raise TypeError(
+            "target must be a class index (int), a tensor, a callable or None, got a bool: "
+            "pass the target class, e.g. target=3, or target=None for an untargeted evaluation"
+        )
     if isinstance(target, int):
         if target < 0:
             raise ValueError(f"target must be a class index >= 0, got {target}")
         return
     if isinstance(target, torch.Tensor | np.ndarray):
+        kind = target.dtype
+        if isinstance(target, torch.Tensor):
+            bad = kind == torch.bool or kind.is_floating_point or kind.is_complex
+        else:
+            bad = kind.kind not in "iu"
+        if bad:
+            raise TypeError(f"target must hold integer class indices, got dtype {kind}")
         return
     raise TypeError(
         "target must be None, a class index (int), a tensor of targets in data order, or a "
@@ -203,9 +245,13 @@ def resolve_target(target: Any, y: torch.Tensor, offset: int) -> torch.Tensor | 
             )
         return t.to(device=y.device, dtype=torch.long)
     t = target(y)
+    if isinstance(t, bool):
+        raise TypeError("target callable returned a bool; it must return class indices")
     if isinstance(t, int):
         return torch.full_like(y, t)
     t = torch.as_tensor(t, device=y.device)
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise TypeError(f"target callable must return integer class indices, got dtype {t.dtype}")
     if t.shape != y.shape:
         raise ValueError(
             f"target callable returned shape {tuple(t.shape)} for labels {tuple(y.shape)}"

@@ -9,6 +9,7 @@ none fires and ``"SUSPECT"`` otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -21,7 +22,7 @@ from torch import nn
 from ..attacks import FGSM, PGD
 from ..core.goals import Goal
 from ..core.losses import margin
-from ..models.guards import ProbabilityOutputWarning, attack_mode
+from ..models.guards import ProbabilityOutputWarning, attack_mode, match_input_dtype, require_graph
 from ..threats import ThreatModel
 
 __all__ = ["Check", "masking_checks", "verdict"]
@@ -48,7 +49,7 @@ def verdict(checks: list[Check]) -> str:
 def _input_grads(model, x, y):
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        logits = model(x)
+        logits = require_graph(model)(x)
         ce = F.cross_entropy(logits, y, reduction="sum")
         (g_ce,) = torch.autograd.grad(ce, x, retain_graph=True)
         mg = margin(logits, Goal(y)).sum()
@@ -58,7 +59,8 @@ def _input_grads(model, x, y):
 
 def check_probability_output(logits: torch.Tensor) -> Check:
     in_unit = bool(((logits >= 0) & (logits <= 1)).all())
-    sums_one = bool(torch.allclose(logits.sum(1), torch.ones(len(logits)), atol=1e-4))
+    sums = logits.sum(1)
+    sums_one = bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-4))
     fired = in_unit and sums_one
     return Check(
         "probability_output",
@@ -266,6 +268,7 @@ def masking_checks(
     if threat.eps is None:
         raise ValueError("masking checks need a threat model with a finite eps")
     x, y = x[:max_points].detach(), y[:max_points]
+    model = match_input_dtype(model, x)
     checks: list[Check] = []
 
     def pgd(e, s=seed):
@@ -275,7 +278,7 @@ def masking_checks(
 
     # one eval-mode section for every probe (a train-mode model is warned about once, not
     # once per probe attack; the nested attacks find it in eval mode already)
-    with attack_mode(model):
+    with attack_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext():
         logits, g_ce, g_m = _input_grads(model, x, y)
         checks.append(check_probability_output(logits))
         correct = logits.argmax(1) == y

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from ..attacks.base import Attack
-from ..models.guards import attack_mode
+from ..core.validate import check_batch, check_classes, check_label_range
+from ..models.guards import attack_mode, checked_logits, match_input_dtype
 from ._data import as_batches, check_target_spec, model_device, resolve_target
 from .budget import BudgetedAttack
 
@@ -237,11 +238,20 @@ def robustness_curve(
         bar = tqdm(
             total=batches.total, desc="robustness curve", unit="batch", file=sys.stderr, leave=False
         )
+    # the one validation (advex.core.validate): every point against every attack's threat
+    threats = [(ln.instance if ln.instance is not None else ln.at(eps[-1])).threat for ln in lines]
+    model_name = type(model).__name__
+    all_labels = batches.labels
     ctx = attack_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext()
     try:
         with ctx:
             for xb, yb in batches:
                 b = int(xb.shape[0])
+                xb = xb.detach()
+                yb, _ = check_batch(xb, yb, threats)
+                if offset == 0:  # inputs in another dtype than the model's: cast, warn once
+                    model = match_input_dtype(model, xb)
+                y_all = yb
                 tb = resolve_target(target, yb, offset)
                 offset += b
                 if tb is not None:
@@ -255,8 +265,14 @@ def robustness_curve(
                     continue
                 xb, yb = xb.to(dev), yb.to(device=dev, dtype=torch.long)
                 tb = None if tb is None else tb.to(device=dev, dtype=torch.long)
-                with torch.no_grad():
-                    cpred = model(xb).argmax(1)
+                logits = checked_logits(model, xb, name=model_name)
+                num_classes = int(logits.shape[1])
+                if all_labels is not None:  # fail at the first batch, not the last
+                    check_label_range(all_labels, num_classes, "y")
+                    all_labels = None
+                check_label_range(y_all, num_classes, "y")
+                tb = check_classes(num_classes, yb, tb, name=model_name)
+                cpred = logits.argmax(1)
                 correct = cpred == yb
                 for ln in lines:
                     first = torch.full((b,), E, dtype=torch.long, device=dev)

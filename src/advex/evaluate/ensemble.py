@@ -22,6 +22,8 @@ import torch
 from torch import nn
 
 from .._stats import clopper_pearson
+from ..core.validate import check_batch
+from ..models.guards import match_input_dtype
 from ..threats import ThreatModel
 from ._data import as_batches, model_device
 from .checks import Check, masking_checks, verdict
@@ -342,6 +344,8 @@ def evaluate(
     eot_samples = _check_int("eot_samples", eot_samples, 1)
     keep_examples = _check_int("keep_examples", keep_examples, 0)
     batches = as_batches(data, batch_size)
+    if isinstance(batches.source, tuple):  # data given whole: check it all before any work
+        check_batch(*batches.source, thr, name="data x")
     dev = model_device(model, device)
     view, adaptations = _adapt(model, adapt, eot_samples)
     view, layout = _fast_layout(view, channels_last, dev)
@@ -385,6 +389,8 @@ def evaluate(
     try:
         for k, (xb, yb) in enumerate(batches):
             b = int(xb.shape[0])
+            if k == 0:  # data in another dtype than the model's: cast for attacks and checks
+                view = match_input_dtype(view, xb)
             if checks and n_probe < probe:
                 take = min(probe - n_probe, b)
                 probe_x.append(xb[:take])

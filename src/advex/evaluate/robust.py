@@ -22,7 +22,8 @@ from torch import nn
 
 from ..attacks.base import Attack
 from ..core.result import AttackResult
-from ..models.guards import attack_mode
+from ..core.validate import check_batch, check_classes, check_label_range
+from ..models.guards import attack_mode, checked_logits, match_input_dtype
 from ._data import as_batches, check_target_spec, model_device, resolve_target
 from .examples import Examples, _Keeper
 
@@ -344,12 +345,21 @@ def robust_accuracy(
             file=sys.stderr,
             leave=False,
         )
+    threats = [a.threat for a in named.values()]
+    model_name = type(model).__name__
+    all_labels = batches.labels  # the whole data's labels, when known up front
     ctx = attack_mode(model) if isinstance(model, nn.Module) else _null_ctx()
     try:
         with ctx:
             for xb, yb in batches:
                 b = int(xb.shape[0])
+                # the one validation: the same errors as the attacks, for every point
+                xb = xb.detach()
+                yb, _ = check_batch(xb, yb, threats)
+                if offset == 0:  # inputs in another dtype than the model's: cast, warn once
+                    model = match_input_dtype(model, xb)
                 gidx = torch.arange(offset, offset + b)
+                y_all = yb
                 tb = resolve_target(target, yb, offset)
                 offset += b
                 if tb is not None:
@@ -364,13 +374,13 @@ def robust_accuracy(
                     continue
                 xb, yb = xb.to(dev), yb.to(device=dev, dtype=torch.long)
                 tb = None if tb is None else tb.to(device=dev, dtype=torch.long)
-                with torch.no_grad():
-                    logits = model(xb)
-                if logits.dim() != 2 or logits.shape[0] != b:
-                    raise ValueError(
-                        f"model must return logits of shape (batch, classes); got "
-                        f"{tuple(logits.shape)} for a batch of {b}"
-                    )
+                logits = checked_logits(model, xb, name=model_name)
+                num_classes = int(logits.shape[1])
+                if all_labels is not None:  # fail at the first batch, not the last
+                    check_label_range(all_labels, num_classes, "y")
+                    all_labels = None
+                check_label_range(y_all, num_classes, "y")
+                tb = check_classes(num_classes, yb, tb, name=model_name)
                 cconf, cpred = logits.float().softmax(1).max(1)
                 correct = cpred == yb
                 broken_by = torch.full((b,), -1, dtype=torch.long, device=dev)

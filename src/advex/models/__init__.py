@@ -7,9 +7,22 @@ defended model for attack (:func:`adapt_for_attack`), and loading models from fi
 running code from them (:func:`load`, :func:`load_weights`).
 """
 
-from ..models.blackbox import BlackBoxError, LabelBlackBox, ScoreBlackBox
 from .adapt import AdaptedModel, adapt_for_attack, is_stochastic, non_differentiable
-from .guards import ProbabilityOutputWarning, attack_mode, check_logits, model_device
+from .blackbox import BlackBoxError, LabelBlackBox, ScoreBlackBox
+from .guards import (
+    InputDtypeWarning,
+    ProbabilityOutputWarning,
+    attack_dtype,
+    attack_mode,
+    check_logits,
+    checked_logits,
+    match_input_dtype,
+    model_device,
+    model_dtype,
+    model_errors,
+    require_graph,
+    round_toward,
+)
 from .loading import (
     ExportedModel,
     ModelLoadError,
@@ -19,28 +32,38 @@ from .loading import (
     load_weights,
     read_state_dict,
 )
-from .wrappers import BPDA, EOT, Normalize
+from .wrappers import BPDA, EOT, CastInput, Normalize, SelectOutput
 
 __all__ = [
     "AdaptedModel",
     "BPDA",
     "BlackBoxError",
+    "CastInput",
     "EOT",
     "ExportedModel",
+    "InputDtypeWarning",
     "LabelBlackBox",
     "ModelLoadError",
     "ModelSpecError",
     "Normalize",
     "ProbabilityOutputWarning",
     "ScoreBlackBox",
+    "SelectOutput",
     "adapt_for_attack",
+    "attack_dtype",
     "attack_mode",
     "check_logits",
+    "checked_logits",
     "is_stochastic",
     "load",
     "load_exported",
     "load_weights",
+    "match_input_dtype",
     "model_device",
+    "model_dtype",
+    "model_errors",
     "non_differentiable",
     "read_state_dict",
+    "require_graph",
+    "round_toward",
 ]

@@ -2,17 +2,20 @@
 
 Attacks work in *input space* (e.g. pixels in [0, 1]); any normalisation belongs to the model, as
 a module such as :class:`Normalize`. :class:`EOT` averages a randomised model over draws;
-:class:`BPDA` gives a non-differentiable transform a usable backward pass.
+:class:`BPDA` gives a non-differentiable transform a usable backward pass. :class:`SelectOutput`
+makes a model that returns a tuple, list or dict return the logits; :class:`CastInput` feeds a
+model inputs in its own dtype.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["BPDA", "EOT", "Normalize"]
+__all__ = ["BPDA", "EOT", "CastInput", "Normalize", "SelectOutput"]
 
 
 class Normalize(nn.Module):
@@ -95,3 +98,85 @@ class BPDA(nn.Module):
         with torch.no_grad():
             exact = self.transform(x)
         return approx + (exact - approx).detach()
+
+
+class SelectOutput(nn.Module):
+    """A model that returns a tuple, list or dict, seen as one that returns the logits.
+
+    ``SelectOutput(model, key)(x)`` is ``model(x)[key]`` for a tuple, list or dict output, and
+    ``getattr(model(x), key)`` for an object with the logits as an attribute (e.g. a Hugging
+    Face ``ModelOutput``: ``key="logits"``). advex needs ``model(x)`` to be a
+    ``(batch, classes)`` tensor, and says so when it is not; wrap the model with this::
+
+        model = SelectOutput(net, 0)          # net(x) returns (logits, features)
+        model = SelectOutput(net, "logits")   # net(x) returns {"logits": ..., "aux": ...}
+
+    Gradients flow through the selected output; the rest is discarded.
+    """
+
+    def __init__(self, model: nn.Module, key: int | str) -> None:
+        super().__init__()
+        if isinstance(key, bool) or not isinstance(key, int | str):
+            raise TypeError(f"SelectOutput: key must be an int or a str, got {key!r}")
+        self.model = model
+        self.key = key
+        self.training = getattr(model, "training", False)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        out = self.model(x)
+        if isinstance(out, Mapping) or (
+            isinstance(out, Sequence) and not isinstance(out, str) and isinstance(self.key, int)
+        ):
+            try:
+                return out[self.key]
+            except (KeyError, IndexError) as err:
+                have = list(out) if isinstance(out, Mapping) else f"{len(out)} items"
+                raise TypeError(
+                    f"SelectOutput: the model's output has no {self.key!r} (it has {have})"
+                ) from err
+        if isinstance(self.key, str) and hasattr(out, self.key):
+            return getattr(out, self.key)
+        raise TypeError(
+            f"SelectOutput: cannot select {self.key!r} from a {type(out).__name__} output"
+        )
+
+    def extra_repr(self) -> str:
+        return f"key={self.key!r}"
+
+
+class CastInput(nn.Module):
+    """Feed ``model`` its inputs in ``dtype`` (its weights' floating dtype), and return its
+    logits in the inputs' dtype.
+
+    Attacks and evaluations wrap a model in this when the data's floating dtype differs from
+    the model's (float64 / float16 / bfloat16 data for a float32 model, float32 data for a
+    float64 model), with an :class:`~advex.models.InputDtypeWarning`. Both casts are
+    differentiable, so the attack runs in the data's dtype from start to end: ``x_adv`` comes
+    back in that dtype, and ``success`` is the prediction of ``CastInput(model, dtype)`` on it.
+    Logits of float16 / bfloat16 inputs stay in the model's dtype (attacks run those inputs in
+    the model's dtype, see :func:`~advex.models.attack_dtype`).
+
+    >>> logits = CastInput(model, torch.float32)(x.double())   # float64 logits
+    """
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        if not dtype.is_floating_point:
+            raise TypeError(f"CastInput: dtype must be a floating dtype, got {dtype}")
+        self.model = model
+        self.dtype = dtype
+        self.training = getattr(model, "training", False)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        out = self.model(x.to(self.dtype))
+        if (
+            isinstance(out, torch.Tensor)
+            and out.is_floating_point()
+            and out.dtype != x.dtype
+            and x.dtype not in (torch.float16, torch.bfloat16)
+        ):
+            out = out.to(x.dtype)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"dtype={self.dtype}"
