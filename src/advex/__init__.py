@@ -1,7 +1,8 @@
 """advex: create adversarial examples, measure robustness, harden models (PyTorch-native).
 
 Submodules load on first use: ``advex.attacks``, ``advex.evaluate``, ``advex.defenses``,
-``advex.data``, ``advex.zoo``, ``advex.report``, ``advex.threats``, ``advex.models``, ``advex.training``.
+``advex.data``, ``advex.zoo``, ``advex.report``, ``advex.threats``, ``advex.models``,
+``advex.training``.
 """
 
 from __future__ import annotations
