@@ -39,7 +39,9 @@ __all__ = [
     "check_label_range",
     "check_labels",
     "check_num_classes",
+    "check_positive_int",
     "check_target",
+    "class_labels",
 ]
 
 
@@ -82,6 +84,27 @@ def check_labels(y: Any, x: torch.Tensor, name: str = "y") -> torch.Tensor:
             f"{name} must have shape ({x.shape[0]},) to match x's batch, got {tuple(y.shape)}"
         )
     return y.detach().to(device=x.device, dtype=torch.long)
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    """``value`` as an ``int``; raise ``ValueError`` unless it is an integer >= 1 (``2.0`` is
+    accepted, ``True`` and ``2.5`` are not). For counts such as ``epochs`` or ``batch_size``."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or int(value) != value
+        or int(value) < 1
+    ):
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def class_labels(y: torch.Tensor, n: int, what: str = "data") -> torch.Tensor:
+    """``y`` as ``int64`` class labels; raise ``ValueError`` unless it is 1-D with ``n`` entries
+    (one per sample of the ``x`` it belongs to). ``what`` names the data in the message."""
+    if y.dim() != 1 or y.shape[0] != n:
+        raise ValueError(f"{what}: y must have shape ({n},), got {tuple(y.shape)}")
+    return y.long()
 
 
 def check_num_classes(num_classes: int, *, name: str = "model") -> None:

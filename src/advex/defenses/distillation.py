@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._io import derive_seed64, write_json
+from ..core.validate import check_positive_int
 from ..training import DerivedSeeds, Trainer, optimizer_settings
-from .training import _as_xy, _positive_int, clean_accuracy
+from .training import clean_accuracy, labelled_xy
 
 __all__ = ["DefensiveDistillation", "DistillationResult", "TemperatureLoss", "distill"]
 
@@ -113,10 +114,10 @@ class DefensiveDistillation:
         t = float(temperature)
         if not t > 0 or t != t or t == float("inf"):
             raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
-        _positive_int(epochs, "epochs")
+        check_positive_int(epochs, "epochs")
         if teacher_epochs is not None:
-            _positive_int(teacher_epochs, "teacher_epochs")
-        _positive_int(batch_size, "batch_size")
+            check_positive_int(teacher_epochs, "teacher_epochs")
+        check_positive_int(batch_size, "batch_size")
         lr = optimizer_settings(optimizer, schedule, lr, weight_decay)
         if build is None:
             if arch is None:
@@ -212,7 +213,7 @@ class DefensiveDistillation:
         """Train teacher (unless given) and student; return the deployed student.
         ``card_extra`` is merged into the saved card (e.g. data provenance)."""
         t0 = time.perf_counter()
-        x, y = _as_xy(train_data, "train_data")
+        x, y = labelled_xy(train_data, "train_data")
         log: list[dict] = []
         teacher = self.teacher
         if teacher is None:
@@ -226,7 +227,7 @@ class DefensiveDistillation:
         student.eval()
         acc = t_acc = None
         if val_data is not None:
-            xv, yv = _as_xy(val_data, "val_data")
+            xv, yv = labelled_xy(val_data, "val_data")
             acc = clean_accuracy(student, xv, yv)
             t_acc = clean_accuracy(teacher, xv, yv)
         result = DistillationResult(

@@ -53,16 +53,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._io import atomic_write, write_json
+from ..core.validate import check_positive_int, class_labels
 from ..threats import ThreatModel
 from ..training import (
     SCHEDULES,
     DerivedSeeds,
     Trainer,
     TrainingInterrupted,
+    as_xy,
     lr_at,
     optimizer_settings,
 )
-from ..training import as_xy as _as_xy_any
 
 __all__ = [
     "AdversarialTrainer",
@@ -80,6 +81,7 @@ __all__ = [
     "trades_loss",
     "mart_loss",
     "clean_accuracy",
+    "labelled_xy",
     "plot_training_curve",
 ]
 
@@ -92,12 +94,11 @@ _DEFAULT_BETA = {"trades": 6.0, "mart": 6.0}
 # --------------------------------------------------------------------------------------------
 
 
-def _as_xy(data: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x, y)`` with class labels ``y`` (1-D, as int64)."""
-    x, y = _as_xy_any(data, what)
-    if y.dim() != 1:
-        raise ValueError(f"{what}: y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
-    return x, y.long()
+def labelled_xy(data: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` of ``data`` (see :func:`advex.training.as_xy`) with class labels ``y``
+    (1-D, as int64)."""
+    x, y = as_xy(data, what)
+    return x, class_labels(y, int(x.shape[0]), what)
 
 
 def _kl_per_sample(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
@@ -434,13 +435,13 @@ class AdversarialTrainer:
             raise ValueError(f"eps must be a finite number >= 0, got {eps}")
         if method != "standard" and eps == 0:
             raise ValueError(f"method {method!r} needs eps > 0 (use method='standard' for eps=0)")
-        _positive_int(epochs, "epochs")
-        _positive_int(batch_size, "batch_size")
-        _positive_int(eval_every, "eval_every")
-        _positive_int(eval_n, "eval_n")
-        _positive_int(eval_steps, "eval_steps")
-        _positive_int(final_eval_steps, "final_eval_steps")
-        _positive_int(guard_n, "guard_n")
+        check_positive_int(epochs, "epochs")
+        check_positive_int(batch_size, "batch_size")
+        check_positive_int(eval_every, "eval_every")
+        check_positive_int(eval_n, "eval_n")
+        check_positive_int(eval_steps, "eval_steps")
+        check_positive_int(final_eval_steps, "final_eval_steps")
+        check_positive_int(guard_n, "guard_n")
         if not 0 <= float(eps_warmup_epochs) <= int(epochs):
             raise ValueError(
                 f"eps_warmup_epochs must be in [0, epochs={epochs}], got {eps_warmup_epochs}"
@@ -451,7 +452,7 @@ class AdversarialTrainer:
             attack_steps = 1
         elif attack_steps is None:
             attack_steps = 40
-        _positive_int(attack_steps, "attack_steps")
+        check_positive_int(attack_steps, "attack_steps")
         if attack_step_size is not None and not float(attack_step_size) > 0:
             raise ValueError(f"attack_step_size must be > 0, got {attack_step_size}")
         if beta is None:
@@ -617,13 +618,13 @@ class AdversarialTrainer:
         training; the last completed epoch's checkpoint remains and ``resume=True`` continues
         from it). ``card_extra`` is merged into the model card (e.g. data provenance).
         """
-        xtr, ytr = _as_xy(train_data, "train_data")
+        xtr, ytr = labelled_xy(train_data, "train_data")
         self.threat.check_inputs(xtr, name="train_data x")
         device = next(self.model.parameters()).device
         xtr, ytr = xtr.to(device), ytr.to(device)
         xval = yval = None
         if val_data is not None:
-            xval, yval = _as_xy(val_data, "val_data")
+            xval, yval = labelled_xy(val_data, "val_data")
             self.threat.check_inputs(xval, name="val_data x")
             xval, yval = xval.to(device), yval.to(device)
         guard = None
@@ -835,11 +836,6 @@ def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: in
     finally:
         model.train(was)
     return correct / len(y)
-
-
-def _positive_int(v, name: str) -> None:
-    if isinstance(v, bool) or not isinstance(v, int | float) or int(v) != v or int(v) < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
 
 
 def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -9,12 +9,12 @@ and robust accuracy as a function of ε.
 >>> ev.robust_accuracy, ev.robust_accuracy_ci, ev.verdict
 """
 
+from ..report.examples import Examples
 from ._data import as_batches
 from .budget import BudgetedAttack
 from .checks import Check, masking_checks, verdict
 from .curve import RobustnessCurve, check_eps_list, rebudget, robustness_curve
 from .ensemble import Evaluation, StageResult, clopper_pearson, evaluate
-from .examples import Examples
 from .presets import PRESETS, Preset, Stage, get_preset
 from .robust import AttackStats, EvaluationResult, named_attacks, robust_accuracy
 

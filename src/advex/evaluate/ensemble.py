@@ -352,14 +352,14 @@ def evaluate(
 
     state = None
     if out_dir is not None:
-        from ..report.jsonio import _advex_version, jsonable
+        from ..report.jsonio import advex_version, jsonable
 
         data_fp: dict[str, Any] = {"n": batches.n, "batch_size": batches.batch_size}
         if isinstance(batches.source, tuple):
             data_fp["hash"] = tensor_hash(*batches.source)
         fingerprint = jsonable(
             {
-                "advex_version": _advex_version(),
+                "advex_version": advex_version(),
                 "model": model_hash(model),
                 "data": data_fp,
                 "threat": thr.to_dict(),

@@ -24,8 +24,8 @@ from ..attacks.base import Attack
 from ..core.result import AttackResult
 from ..core.validate import check_batch, check_classes, check_label_range
 from ..models.guards import attack_mode, checked_logits, match_input_dtype
+from ..report.examples import ExampleKeeper, Examples
 from ._data import as_batches, check_target_spec, model_device, resolve_target
-from .examples import Examples, _Keeper
 
 __all__ = ["robust_accuracy", "EvaluationResult", "AttackStats", "named_attacks"]
 
@@ -328,8 +328,8 @@ def robust_accuracy(
     times = dict.fromkeys(names, 0.0)
     results: dict[str, list[AttackResult]] = {n: [] for n in names}
     attacked_index: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    keep_worst = _Keeper(keep_examples)
-    keep_each = {n: _Keeper(keep_examples) for n in names}
+    keep_worst = ExampleKeeper(keep_examples)
+    keep_each = {n: ExampleKeeper(keep_examples) for n in names}
     n_skipped = 0
     offset = 0
     n_seen = 0

@@ -7,6 +7,7 @@
 >>> save_html(evaluation, "out/report.html")   # self-contained report of advex.evaluate.evaluate
 """
 
+from .examples import ExampleKeeper, Examples
 from .figures import auto_amplify, save_curve, save_triptych
 from .html import render_html, save_html
 from .jsonio import SCHEMA, jsonable, metadata, read_json, to_json
@@ -14,6 +15,8 @@ from .table import format_curve, format_table
 
 __all__ = [
     "SCHEMA",
+    "ExampleKeeper",
+    "Examples",
     "auto_amplify",
     "format_curve",
     "format_table",

@@ -21,6 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from .examples import Examples  # noqa: E402
+
 __all__ = ["save_triptych", "save_curve", "auto_amplify"]
 
 _GREEN = "#1a7f37"
@@ -61,8 +63,6 @@ def _as_examples(examples: Any, x: torch.Tensor | None, class_names, max_rows: i
             raise ValueError(
                 "an AttackResult needs the clean batch: save_triptych(result, path, x=x)"
             )
-        from advex.evaluate.examples import Examples
-
         examples = Examples.from_result(examples, x, n=max_rows, class_names=class_names)
     for attr in ("x", "x_adv", "y", "clean_pred", "adv_pred"):
         if not hasattr(examples, attr):
@@ -115,7 +115,7 @@ def save_triptych(
     succeeded, green when the model held).
 
     Args:
-        examples: :class:`advex.evaluate.Examples`, an ``EvaluationResult`` (its worst-case
+        examples: :class:`advex.report.Examples`, an ``EvaluationResult`` (its worst-case
             examples) or an :class:`~advex.core.result.AttackResult` (then pass ``x=``).
         path: output PNG path (parent directories are created).
         class_names: names of the classes (default: the examples' own, else the indices).

@@ -14,12 +14,13 @@ import torch
 
 from .._io import atomic_write, jsonable
 
-__all__ = ["metadata", "jsonable", "to_json", "read_json", "SCHEMA"]
+__all__ = ["advex_version", "metadata", "jsonable", "to_json", "read_json", "SCHEMA"]
 
 SCHEMA = "advex-results/1"
 
 
-def _advex_version() -> str:
+def advex_version() -> str:
+    """The installed advex version (``"unknown"`` if it cannot be read)."""
     try:
         import advex
 
@@ -36,7 +37,7 @@ def metadata(
         threat = threat.to_dict()
     return {
         "schema": SCHEMA,
-        "advex_version": _advex_version(),
+        "advex_version": advex_version(),
         "torch_version": torch.__version__,
         "numpy_version": np.__version__,
         "python_version": platform.python_version(),
