@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,10 +12,9 @@ import torch
 from torch import nn
 
 from ..attacks.base import Attack
-from ..core.validate import check_batch, check_classes, check_label_range
-from ..models.guards import attack_mode, checked_logits, match_input_dtype
-from ._data import as_batches, check_target_spec, model_device, resolve_target
+from ._data import as_batches, check_target_spec, model_device
 from .budget import BudgetedAttack
+from .loop import BatchLoop, CleanBatch, attack_points
 
 __all__ = ["robustness_curve", "RobustnessCurve", "rebudget", "check_eps_list"]
 
@@ -224,100 +221,56 @@ def robustness_curve(
     dev = model_device(model, device)
     E = len(eps)
     t_start = time.perf_counter()
-    n_skipped = 0
-    offset = 0
-    ys, preds = [], []
-    first_all: dict[str, list[torch.Tensor]] = {ln.name: [] for ln in lines}
     raw_robust = {ln.name: [0] * E for ln in lines}  # independent mode: counts per ε
     grads = {ln.name: [0] * E for ln in lines}
     times = {ln.name: [0.0] * E for ln in lines}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=batches.total, desc="robustness curve", unit="batch", file=sys.stderr, leave=False
-        )
     # the one validation (advex.core.validate): every point against every attack's threat
     threats = [(ln.instance if ln.instance is not None else ln.at(eps[-1])).threat for ln in lines]
-    model_name = type(model).__name__
-    all_labels = batches.labels
-    ctx = attack_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext()
-    try:
-        with ctx:
-            for xb, yb in batches:
-                b = int(xb.shape[0])
-                xb = xb.detach()
-                yb, _ = check_batch(xb, yb, threats)
-                if offset == 0:  # inputs in another dtype than the model's: cast, warn once
-                    model = match_input_dtype(model, xb)
-                y_all = yb
-                tb = resolve_target(target, yb, offset)
-                offset += b
-                if tb is not None:
-                    keep = (tb != yb.to(tb.device)).cpu()
-                    n_skipped += int((~keep).sum())
-                    xb, yb, tb = xb[keep], yb[keep], tb[keep.to(tb.device)]
-                    b = int(xb.shape[0])
-                if b == 0:
-                    if bar is not None:
-                        bar.update(1)
-                    continue
-                xb, yb = xb.to(dev), yb.to(device=dev, dtype=torch.long)
-                tb = None if tb is None else tb.to(device=dev, dtype=torch.long)
-                logits = checked_logits(model, xb, name=model_name)
-                num_classes = int(logits.shape[1])
-                if all_labels is not None:  # fail at the first batch, not the last
-                    check_label_range(all_labels, num_classes, "y")
-                    all_labels = None
-                check_label_range(y_all, num_classes, "y")
-                tb = check_classes(num_classes, yb, tb, name=model_name)
-                cpred = logits.argmax(1)
-                correct = cpred == yb
-                for ln in lines:
-                    first = torch.full((b,), E, dtype=torch.long, device=dev)
-                    first[~correct] = -1
-                    if ln.minimum_norm:
-                        _min_norm_line(ln, model, xb, yb, tb, correct, first, eps, grads, times)
-                    else:
-                        for j, e in enumerate(eps):
-                            if e == 0:
-                                if independent:
-                                    raw_robust[ln.name][j] += int(correct.sum())
-                                continue
-                            mask = correct if independent else correct & (first == E)
-                            pool = mask.nonzero().squeeze(1)
-                            if pool.numel() == 0:
-                                continue
-                            atk = ln.at(e)
-                            t0 = time.perf_counter()
-                            res = atk(model, xb[pool], yb[pool], None if tb is None else tb[pool])
-                            times[ln.name][j] += time.perf_counter() - t0
-                            grads[ln.name][j] += int(res.gradients.sum())
-                            s = res.success.to(dev)
-                            hit = pool[s]
-                            first[hit] = torch.minimum(first[hit], torch.full_like(hit, j))
+    loop = BatchLoop(
+        model,
+        batches,
+        threats,
+        target=target,
+        device=dev,
+        progress=progress,
+        desc="robustness curve",
+    )
+    with loop:
+        for batch in loop:
+            b = len(batch)
+            correct = batch.correct
+            for ln in lines:
+                first = torch.full((b,), E, dtype=torch.long, device=dev)
+                first[~correct] = -1
+                if ln.minimum_norm:
+                    _min_norm_line(ln, loop.model, batch, first, eps, grads, times)
+                else:
+                    for j, e in enumerate(eps):
+                        if e == 0:
                             if independent:
-                                raw_robust[ln.name][j] += int(pool.numel() - s.sum())
-                    first_all[ln.name].append(first.cpu())
-                ys.append(yb.cpu())
-                preds.append(cpred.cpu())
-                if bar is not None:
-                    bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-    if not ys:
-        if n_skipped:
-            raise ValueError(
-                f"data is empty after skipping the {n_skipped} point(s) whose label equals the "
-                "target: nothing to evaluate"
-            )
-        raise ValueError("data is empty: no (x, y) batch had any point to evaluate")
-    y = torch.cat(ys)
-    clean_pred = torch.cat(preds)
+                                raw_robust[ln.name][j] += int(correct.sum())
+                            continue
+                        mask = correct if independent else correct & (first == E)
+                        pool = mask.nonzero().squeeze(1)
+                        if pool.numel() == 0:
+                            continue
+                        res, seconds = attack_points(ln.at(e), loop.model, batch, pool)
+                        times[ln.name][j] += seconds
+                        grads[ln.name][j] += int(res.gradients.sum())
+                        s = res.success.to(dev)
+                        hit = pool[s]
+                        first[hit] = torch.minimum(first[hit], torch.full_like(hit, j))
+                        if independent:
+                            raw_robust[ln.name][j] += int(pool.numel() - s.sum())
+                loop.record(**{f"first/{ln.name}": first})
+            loop.record(y=batch.y, clean_pred=batch.logits.argmax(1))
+            loop.tick()
+    loop.check_not_empty()
+    n_skipped = loop.n_skipped
+    y = loop.column("y")
+    clean_pred = loop.column("clean_pred")
     n = int(y.shape[0])
-    broken_at = {k: torch.cat(v) for k, v in first_all.items()}
+    broken_at = {ln.name: loop.column(f"first/{ln.name}") for ln in lines}
     robust: dict[str, list[float]] = {}
     for ln in lines:
         fa = broken_at[ln.name]
@@ -357,14 +310,13 @@ def robustness_curve(
     )
 
 
-def _min_norm_line(ln, model, xb, yb, tb, correct, first, eps, grads, times) -> None:
+def _min_norm_line(ln, model, batch: CleanBatch, first, eps, grads, times) -> None:
     """One minimum-norm run; fooled at ε iff successful with norm ≤ ε."""
-    pool = correct.nonzero().squeeze(1)
+    pool = batch.correct.nonzero().squeeze(1)
     if pool.numel() == 0:
         return
-    t0 = time.perf_counter()
-    res = ln.instance(model, xb[pool], yb[pool], None if tb is None else tb[pool])
-    times[ln.name][0] += time.perf_counter() - t0
+    res, seconds = attack_points(ln.instance, model, batch, pool)
+    times[ln.name][0] += seconds
     grads[ln.name][0] += int(res.gradients.sum())
     s = res.success.to(first.device)
     norms = res.norms.to(first.device).float()

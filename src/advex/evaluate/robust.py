@@ -9,9 +9,7 @@ every point, for a fraction of the cost.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,10 +20,9 @@ from torch import nn
 
 from ..attacks.base import Attack
 from ..core.result import AttackResult
-from ..core.validate import check_batch, check_classes, check_label_range
-from ..models.guards import attack_mode, checked_logits, match_input_dtype
 from ..report.examples import ExampleKeeper, Examples
-from ._data import as_batches, check_target_spec, model_device, resolve_target
+from ._data import as_batches, check_target_spec, model_device
+from .loop import BatchLoop, attack_points
 
 __all__ = ["robust_accuracy", "EvaluationResult", "AttackStats", "named_attacks"]
 
@@ -256,10 +253,6 @@ def _frac(a: int, b: int) -> float:
     return a / b if b else float("nan")
 
 
-def _null_ctx():
-    return contextlib.nullcontext()
-
-
 def robust_accuracy(
     model: nn.Module,
     data: Any,
@@ -320,153 +313,111 @@ def robust_accuracy(
     names = list(named)
     t_start = time.perf_counter()
 
-    cols: dict[str, list[torch.Tensor]] = {
-        k: [] for k in ("index", "y", "target", "clean_pred", "clean_conf", "broken_by")
-    }
-    cols.update({"adv_pred": [], "adv_conf": []})
-    per_attack = {k: {n: [] for n in names} for k in ("success", "norms", "attacked", "grad", "q")}
     times = dict.fromkeys(names, 0.0)
     results: dict[str, list[AttackResult]] = {n: [] for n in names}
     attacked_index: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     keep_worst = ExampleKeeper(keep_examples)
     keep_each = {n: ExampleKeeper(keep_examples) for n in names}
-    n_skipped = 0
-    offset = 0
-    n_seen = 0
     n_robust = 0
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=batches.total,
-            desc="robust accuracy",
-            unit="batch",
-            file=sys.stderr,
-            leave=False,
-        )
     threats = [a.threat for a in named.values()]
-    model_name = type(model).__name__
-    all_labels = batches.labels  # the whole data's labels, when known up front
-    ctx = attack_mode(model) if isinstance(model, nn.Module) else _null_ctx()
-    try:
-        with ctx:
-            for xb, yb in batches:
-                b = int(xb.shape[0])
-                # the one validation: the same errors as the attacks, for every point
-                xb = xb.detach()
-                yb, _ = check_batch(xb, yb, threats)
-                if offset == 0:  # inputs in another dtype than the model's: cast, warn once
-                    model = match_input_dtype(model, xb)
-                gidx = torch.arange(offset, offset + b)
-                y_all = yb
-                tb = resolve_target(target, yb, offset)
-                offset += b
-                if tb is not None:
-                    keep = (tb != yb.to(tb.device)).cpu()
-                    n_skipped += int((~keep).sum())
-                    if not bool(keep.all()):
-                        xb, yb, tb, gidx = xb[keep], yb[keep], tb[keep.to(tb.device)], gidx[keep]
-                        b = int(xb.shape[0])
-                if b == 0:
-                    if bar is not None:
-                        bar.update(1)
-                    continue
-                xb, yb = xb.to(dev), yb.to(device=dev, dtype=torch.long)
-                tb = None if tb is None else tb.to(device=dev, dtype=torch.long)
-                logits = checked_logits(model, xb, name=model_name)
-                num_classes = int(logits.shape[1])
-                if all_labels is not None:  # fail at the first batch, not the last
-                    check_label_range(all_labels, num_classes, "y")
-                    all_labels = None
-                check_label_range(y_all, num_classes, "y")
-                tb = check_classes(num_classes, yb, tb, name=model_name)
-                cconf, cpred = logits.float().softmax(1).max(1)
-                correct = cpred == yb
-                broken_by = torch.full((b,), -1, dtype=torch.long, device=dev)
-                adv_pred, adv_conf = cpred.clone(), cconf.clone()
-                for k, name in enumerate(names):
-                    atk = named[name]
-                    succ = torch.zeros(b, dtype=torch.bool, device=dev)
-                    norms = torch.full((b,), float("nan"), device=dev)
-                    attacked = torch.zeros(b, dtype=torch.bool, device=dev)
-                    grads = torch.zeros(b, dtype=torch.long, device=dev)
-                    qs = torch.zeros(b, dtype=torch.long, device=dev)
-                    pool_mask = correct if independent else correct & (broken_by < 0)
-                    pool = pool_mask.nonzero().squeeze(1)
-                    if pool.numel():
-                        t0 = time.perf_counter()
-                        res = atk(model, xb[pool], yb[pool], None if tb is None else tb[pool])
-                        times[name] += time.perf_counter() - t0
-                        attacked[pool] = True
-                        s = res.success.to(dev)
-                        succ[pool] = s
-                        norms[pool[s]] = res.norms.to(dev)[s].float()
-                        grads[pool] = res.gradients.to(dev)
-                        qs[pool] = res.queries.to(dev)
-                        newly = pool[s & (broken_by[pool] < 0)]
-                        if newly.numel():
-                            broken_by[newly] = k
-                            pos = s & (broken_by[pool] == k)
-                            adv_pred[newly] = res.adv_pred.to(dev)[pos]
-                            adv_conf[newly] = res.adv_conf.to(dev)[pos]
-                        if keep_results:
-                            results[name].append(res.cpu())
-                            attacked_index[name].append(gidx[pool.cpu()])
-                        example = dict(
-                            x=xb[pool],
-                            x_adv=res.x_adv,
-                            y=res.y,
-                            target=res.target,
-                            clean_pred=res.clean_pred,
-                            clean_conf=res.clean_conf,
-                            adv_pred=res.adv_pred,
-                            adv_conf=res.adv_conf,
-                            norms=res.norms,
-                            attack=[name] * int(pool.numel()),
-                            index=gidx[pool.cpu()],
-                        )
-                        keep_each[name].add(res.success, **example)
-                        # worst-case examples: the adversarial that first broke each point;
-                        # points that survive every attack come with the last attack's attempt
-                        first = s & (broken_by[pool] == k)
-                        cand = first
-                        if k == len(names) - 1:
-                            cand = first | (broken_by[pool] < 0)
-                        keep_worst.add(first, select=cand, **example)
-                    per_attack["success"][name].append(succ.cpu())
-                    per_attack["norms"][name].append(norms.cpu())
-                    per_attack["attacked"][name].append(attacked.cpu())
-                    per_attack["grad"][name].append(grads.cpu())
-                    per_attack["q"][name].append(qs.cpu())
-                cols["index"].append(gidx)
-                cols["y"].append(yb.cpu())
-                cols["target"].append(None if tb is None else tb.cpu())
-                cols["clean_pred"].append(cpred.cpu())
-                cols["clean_conf"].append(cconf.cpu())
-                cols["broken_by"].append(broken_by.cpu())
-                cols["adv_pred"].append(adv_pred.cpu())
-                cols["adv_conf"].append(adv_conf.cpu())
-                n_seen += b
-                n_robust += int((correct & (broken_by < 0)).sum())
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(robust=f"{n_robust / n_seen:.1%}", n=n_seen)
-    finally:
-        if bar is not None:
-            bar.close()
-
-    if n_seen == 0:
-        if n_skipped:
-            raise ValueError(
-                f"data is empty after skipping the {n_skipped} point(s) whose label equals the "
-                "target: nothing to evaluate"
+    loop = BatchLoop(
+        model,
+        batches,
+        threats,
+        target=target,
+        device=dev,
+        progress=progress,
+        desc="robust accuracy",
+    )
+    with loop:
+        for batch in loop:
+            b = len(batch)
+            xb, yb, tb, gidx = batch.x, batch.y, batch.target, batch.index
+            cconf, cpred = batch.logits.float().softmax(1).max(1)
+            correct = cpred == yb
+            broken_by = torch.full((b,), -1, dtype=torch.long, device=dev)
+            adv_pred, adv_conf = cpred.clone(), cconf.clone()
+            for k, name in enumerate(names):
+                succ = torch.zeros(b, dtype=torch.bool, device=dev)
+                norms = torch.full((b,), float("nan"), device=dev)
+                attacked = torch.zeros(b, dtype=torch.bool, device=dev)
+                grads = torch.zeros(b, dtype=torch.long, device=dev)
+                qs = torch.zeros(b, dtype=torch.long, device=dev)
+                pool_mask = correct if independent else correct & (broken_by < 0)
+                pool = pool_mask.nonzero().squeeze(1)
+                if pool.numel():
+                    res, seconds = attack_points(named[name], loop.model, batch, pool)
+                    times[name] += seconds
+                    attacked[pool] = True
+                    s = res.success.to(dev)
+                    succ[pool] = s
+                    norms[pool[s]] = res.norms.to(dev)[s].float()
+                    grads[pool] = res.gradients.to(dev)
+                    qs[pool] = res.queries.to(dev)
+                    newly = pool[s & (broken_by[pool] < 0)]
+                    if newly.numel():
+                        broken_by[newly] = k
+                        pos = s & (broken_by[pool] == k)
+                        adv_pred[newly] = res.adv_pred.to(dev)[pos]
+                        adv_conf[newly] = res.adv_conf.to(dev)[pos]
+                    if keep_results:
+                        results[name].append(res.cpu())
+                        attacked_index[name].append(gidx[pool.cpu()])
+                    example = dict(
+                        x=xb[pool],
+                        x_adv=res.x_adv,
+                        y=res.y,
+                        target=res.target,
+                        clean_pred=res.clean_pred,
+                        clean_conf=res.clean_conf,
+                        adv_pred=res.adv_pred,
+                        adv_conf=res.adv_conf,
+                        norms=res.norms,
+                        attack=[name] * int(pool.numel()),
+                        index=gidx[pool.cpu()],
+                    )
+                    keep_each[name].add(res.success, **example)
+                    # worst-case examples: the adversarial that first broke each point;
+                    # points that survive every attack come with the last attack's attempt
+                    first = s & (broken_by[pool] == k)
+                    cand = first
+                    if k == len(names) - 1:
+                        cand = first | (broken_by[pool] < 0)
+                    keep_worst.add(first, select=cand, **example)
+                loop.record(
+                    **{
+                        f"success/{name}": succ,
+                        f"norms/{name}": norms,
+                        f"attacked/{name}": attacked,
+                        f"grad/{name}": grads,
+                        f"q/{name}": qs,
+                    }
+                )
+            loop.record(
+                index=gidx,
+                y=yb,
+                target=tb,
+                clean_pred=cpred,
+                clean_conf=cconf,
+                broken_by=broken_by,
+                adv_pred=adv_pred,
+                adv_conf=adv_conf,
             )
-        raise ValueError("data is empty: no (x, y) batch had any point to evaluate")
+            n_robust += int((correct & (broken_by < 0)).sum())
+            n_seen = loop.n_seen + b
+            loop.tick(robust=f"{n_robust / n_seen:.1%}", n=n_seen)
+    loop.check_not_empty()
+    n_skipped = loop.n_skipped
 
-    cat = {k: torch.cat(v) for k, v in cols.items() if k != "target"}
-    tgt = None if target is None else torch.cat(cols["target"])
-    pa = {k: {n: torch.cat(v[n]) for n in names} for k, v in per_attack.items()}
+    cat = {
+        k: loop.column(k)
+        for k in ("index", "y", "clean_pred", "clean_conf", "broken_by", "adv_pred", "adv_conf")
+    }
+    tgt = None if target is None else loop.column("target")
+    pa = {
+        k: {n: loop.column(f"{k}/{n}") for n in names}
+        for k in ("success", "norms", "attacked", "grad", "q")
+    }
     correct_all = cat["clean_pred"] == cat["y"]
     n = int(cat["y"].shape[0])
 
