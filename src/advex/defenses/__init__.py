@@ -4,7 +4,7 @@
 - defensive distillation: :class:`DefensiveDistillation`, :func:`distill`;
 - input transforms (feature squeezing + detector, JPEG, random resize/pad, noise), which declare
   themselves non-differentiable or stochastic so evaluations use BPDA / EOT
-  (:func:`adapt_for_attack`);
+  (:func:`advex.models.adapt_for_attack`);
 - randomized smoothing certification: :class:`SmoothedClassifier`.
 
 >>> from advex.defenses import AdversarialTrainer

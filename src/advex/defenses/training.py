@@ -373,8 +373,8 @@ class AdversarialTrainer:
         progress: show a progress bar.
         channels_last: run convolutions on channels-last (NHWC) tensors while training;
             ``None`` (default) turns it on for 4-D image inputs to a model with ``Conv2d``
-            layers (1.2–1.5× faster on CPU for the zoo CNNs). The model is handed back in
-            the default memory format; the numbers are the same up to float rounding.
+            layers (faster on the CPU; measured in docs/defenses.md). The model is handed back
+            in the default memory format; the numbers are the same up to float rounding.
 
     Cost per training point and epoch: ``attack_steps`` forward+backward passes for the
     inner maximisation (1 for fgsm-rs, 0 for standard) plus one (two for TRADES/MART) for the

@@ -7,14 +7,15 @@ An *input transform* is an ``nn.Module`` mapping a batch of inputs to a batch of
 
 - ``differentiable: bool``: False when its autograd gradient is zero or useless (rounding,
   quantisation, JPEG). Gradient attacks must then go through BPDA (Athalye et al. 2018):
-  :func:`adapt_for_attack` wraps every such module in :class:`advex.BPDA`, using the module's
-  ``approximation`` (a callable, or None for the identity) on the backward pass.
+  :func:`advex.models.adapt_for_attack` wraps every such module in :class:`advex.BPDA`, using
+  the module's ``approximation`` (a callable, or None for the identity) on the backward pass.
 - ``stochastic: bool``: True when two forward passes on the same input differ (random noise,
   random resizing). Attacks must then average over draws: set ``attack.eot_samples`` (EOT).
 
-Modules without the attributes count as differentiable and deterministic. :func:`is_stochastic`
-and :func:`non_differentiable` read the markers of a whole model; :func:`adapt_for_attack` returns
-an attackable view of a model without changing it.
+Modules without the attributes count as differentiable and deterministic. The model seam
+(:mod:`advex.models`, re-exported here) reads them: :func:`is_stochastic` and
+:func:`non_differentiable` for a whole model; :func:`adapt_for_attack` returns an attackable
+view of a model without changing it.
 
 >>> defended = nn.Sequential(JPEGCompression(quality=75), model)
 >>> view = adapt_for_attack(defended)          # JPEG wrapped in BPDA, model shared

@@ -7,7 +7,7 @@ label ``>= 0`` per point), batches from a loader as they come.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,9 +188,6 @@ def _safe_len(obj) -> int | None:
         return len(obj)
     except TypeError:
         return None
-
-
-TargetSpec = int | torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
 
 
 def check_target_spec(target: Any) -> None:

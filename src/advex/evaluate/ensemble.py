@@ -318,13 +318,13 @@ def evaluate(
         restart: discard a state in ``out_dir`` that belongs to a different run.
         checks: run the gradient-masking checks on the first ``probe`` points.
         adapt: attack models declaring non-differentiable / random transforms through BPDA /
-            EOT (``eot_samples`` draws), see :func:`advex.defenses.transforms.adapt_for_attack`.
+            EOT (``eot_samples`` draws), see :func:`advex.models.adapt_for_attack`.
         keep_examples: (x, x_adv) pairs kept for the report's triptychs.
         progress: progress bar with ETA over batches (stderr).
         channels_last: attack a private copy of the model converted to the channels-last
             memory format (``None``: automatically for models with ``Conv2d`` layers on the CPU,
-            where it makes forward passes up to 2× faster; ``False``: never). The caller's
-            model is never converted; the copy costs its memory once.
+            where forward passes are cheaper, see docs/evaluation.md; ``False``: never). The
+            caller's model is never converted; the copy costs its memory once.
 
     Returns:
         :class:`Evaluation`.

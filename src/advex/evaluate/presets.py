@@ -15,12 +15,11 @@ forward; early exit stops a point as soon as it is broken):
   success (≤ 25 g), APGD-T 9 targets × 100 steps (900 g), FAB-T 9 targets × 100
   steps but stopped after 3 targets (300 g + 600 f) unless they broke a point, Square with
   1,000 queries for every point and the paper's 10,000 for the 10 % of points closest to
-  success after them (about 1,900 f on average), or for all points if the first 1,000 broke
-  10 % of them. A point these stages break is one the gradient stages before them missed
-  (masking, a misleading loss); on the TRADES CNN the points AutoAttack's Square breaks and
-  the first 1,000 queries do not are the 1st, 2nd and 4th closest to success of 189.
-  Against the real AutoAttack: ``benchmarks/autoattack_compare.py``. L1: no Square (it has
-  no L1 version), the other three stages in L1.
+  success after them (1,000 + 10 % × 9,000 = 1,900 f on average), or for all points if the
+  first 1,000 broke 10 % of them. A point these stages break is one the gradient stages
+  before them missed (masking, a misleading loss). Why screening keeps AutoAttack's strength,
+  and the comparison with the real AutoAttack (``benchmarks/autoattack_compare.py``):
+  docs/evaluation.md. L1: no Square (it has no L1 version), the other three stages in L1.
 - ``autoattack``: AutoAttack's standard version budget for budget: APGD-CE 100 steps, APGD-T 9
   targets × 100 steps, FAB-T 9 targets × 100 steps (900 g + 1,800 f), Square 5,000 queries
   (5,000 f).

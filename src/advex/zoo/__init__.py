@@ -1,8 +1,8 @@
 """Reference models, trained deterministically by advex itself and cached on disk.
 
-Nothing is ever downloaded: the first :func:`load` of a named model trains it locally (seconds
-for ``digits-mlp``, well under a minute for ``mnist-smallcnn`` on a laptop CPU) and stores it
-as ``model.safetensors`` + ``card.json`` under :func:`cache_dir`. Later loads read the cache.
+Nothing is ever downloaded: the first :func:`load` of a named model trains it locally (with
+:class:`advex.training.Trainer`; times in docs/data-and-zoo.md) and stores it as
+``model.safetensors`` + ``card.json`` under :func:`cache_dir`. Later loads read the cache.
 
 >>> import advex.zoo
 >>> model = advex.zoo.load("mnist-smallcnn")     # eval mode, returns logits
