@@ -107,3 +107,15 @@ def test_no_private_names_across_modules(path):
             if n.startswith("_") and not n.startswith("__"):
                 bad.append(f"line {line}: imports private {n} from advex.{target}")
     assert not bad, f"{rel}: " + "; ".join(bad)
+
+
+def test_the_doc_shows_every_layer_in_order():
+    """docs/architecture.md's picture lists the layers of this test, top to bottom."""
+    doc = (SRC.parents[1] / "docs" / "architecture.md").read_text(encoding="utf-8")
+    picture = doc.split("## Layers", 1)[1].split("```", 2)[1]
+    # the tree's entries: the words before the description on each line
+    heads = [line.strip().removeprefix("└─").strip().split("  ")[0] for line in picture.split("\n")]
+    order = [{w.split()[0] for w in head.split("/") if w.strip()} for head in heads if head]
+    for k, layer in enumerate(LAYERS):
+        assert layer & order[k], f"layer {k} ({sorted(layer)}) is not row {k} of the picture"
+    assert all(leaf in picture for leaf in LEAVES)
