@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from ..core.validate import check_batch, check_classes, check_label_range
 from ..models.guards import attack_mode, checked_logits, match_input_dtype
 from ._data import as_batches, check_target_spec, model_device, resolve_target
 from .examples import Examples, _Keeper
+from .progress import StageProgress
 
 __all__ = ["robust_accuracy", "EvaluationResult", "AttackStats", "named_attacks"]
 
@@ -268,7 +268,7 @@ def robust_accuracy(
     batch_size: int = 256,
     target: Any = None,
     device: Any = None,
-    progress: bool = False,
+    progress: bool | StageProgress = False,
     keep_examples: int = 8,
     independent: bool = False,
     keep_results: bool = True,
@@ -294,7 +294,9 @@ def robust_accuracy(
             skipped (counted in ``n_skipped``). Targeted, "broken" means "classified as the
             target", and robust accuracy is the share of points correct and never pushed there.
         device: where to run (default: the device of the model's weights).
-        progress: show a progress bar over batches (on stderr).
+        progress: show a progress bar on stderr that advances per attack of every batch and
+            counts the model's forward passes while an attack runs; or a
+            :class:`~advex.evaluate.progress.StageProgress` to advance (not closed here).
         keep_examples: how many (x, x_adv) pairs to keep for figures (worst case and per
             attack).
         independent: also run every attack on every correctly classified point, to report each
@@ -334,17 +336,12 @@ def robust_accuracy(
     offset = 0
     n_seen = 0
     n_robust = 0
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=batches.total,
-            desc="robust accuracy",
-            unit="batch",
-            file=sys.stderr,
-            leave=False,
-        )
+    bar, own_bar = None, False
+    if isinstance(progress, StageProgress):
+        bar = progress
+    elif progress:
+        bar = StageProgress(batches.total, len(names), "robust accuracy", leave=False)
+        own_bar = True
     threats = [a.threat for a in named.values()]
     model_name = type(model).__name__
     all_labels = batches.labels  # the whole data's labels, when known up front
@@ -370,7 +367,7 @@ def robust_accuracy(
                         b = int(xb.shape[0])
                 if b == 0:
                     if bar is not None:
-                        bar.update(1)
+                        bar.skip(len(names))
                     continue
                 xb, yb = xb.to(dev), yb.to(device=dev, dtype=torch.long)
                 tb = None if tb is None else tb.to(device=dev, dtype=torch.long)
@@ -394,9 +391,12 @@ def robust_accuracy(
                     qs = torch.zeros(b, dtype=torch.long, device=dev)
                     pool_mask = correct if independent else correct & (broken_by < 0)
                     pool = pool_mask.nonzero().squeeze(1)
+                    if bar is not None:
+                        bar.start(name)
                     if pool.numel():
                         t0 = time.perf_counter()
-                        res = atk(model, xb[pool], yb[pool], None if tb is None else tb[pool])
+                        with bar.watch(model) if bar is not None else _null_ctx():
+                            res = atk(model, xb[pool], yb[pool], None if tb is None else tb[pool])
                         times[name] += time.perf_counter() - t0
                         attacked[pool] = True
                         s = res.success.to(dev)
@@ -439,6 +439,8 @@ def robust_accuracy(
                     per_attack["attacked"][name].append(attacked.cpu())
                     per_attack["grad"][name].append(grads.cpu())
                     per_attack["q"][name].append(qs.cpu())
+                    if bar is not None:
+                        bar.done()
                 cols["index"].append(gidx)
                 cols["y"].append(yb.cpu())
                 cols["target"].append(None if tb is None else tb.cpu())
@@ -449,11 +451,10 @@ def robust_accuracy(
                 cols["adv_conf"].append(adv_conf.cpu())
                 n_seen += b
                 n_robust += int((correct & (broken_by < 0)).sum())
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(robust=f"{n_robust / n_seen:.1%}", n=n_seen)
+                if own_bar:
+                    bar.set_info(n=n_seen, robust=f"{n_robust / n_seen:.1%}")
     finally:
-        if bar is not None:
+        if own_bar:
             bar.close()
 
     if n_seen == 0:
