@@ -41,6 +41,7 @@ def reference(mnist_model, data, tmp_path_factory):
 def test_interrupted_run_resumes_to_identical_results(mnist_model, data, reference, tmp_path):
     ref, ref_dir = reference
     assert 0.2 < ref.robust_accuracy < ref.clean_accuracy  # a run where the attacks do work
+
     def fail_after_two(computed):
         if computed >= 2:
             raise RuntimeError(f"injected failure after {computed} batch(es)")
