@@ -60,7 +60,7 @@ class StageProgress:
         self._last = now
         parts = [f"{k}={v}" for k, v in self.info.items()]
         if self.stage:
-            parts.insert(0, f"{self.stage}: {self.passes} passes")
+            parts.insert(0, f"{self.stage}: {self.passes} model calls")
         self.bar.set_postfix_str(", ".join(parts), refresh=False)
         self.bar.refresh()
 
