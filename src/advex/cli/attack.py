@@ -8,13 +8,13 @@ from pathlib import Path
 import click
 
 from .common import (
+    ModelData,
+    RunSettings,
     build_attack,
     command_line,
     common_options,
     echo_files,
     find_attack,
-    load_data,
-    load_model,
     prepare_out,
     run_errors,
     targets_for,
@@ -75,21 +75,23 @@ def attack(
     from advex.evaluate import robust_accuracy
     from advex.report import format_table, save_triptych, to_json
 
-    out_dir = prepare_out(out, "attack", force)
-    ds = load_data(data_spec, split, n)
+    source = ModelData(model_spec, weights, normalize, data_spec, split, n)
+    run = RunSettings(batch_size, out, force, seed, progress)
+    out_dir = prepare_out(run.out, "attack", run.force)
+    ds = source.load_data()
     atk = build_attack(
-        attack_name, eps=eps, norm=norm.lower(), seed=seed, params=params, bounds=ds.bounds
+        attack_name, eps=eps, norm=norm.lower(), seed=run.seed, params=params, bounds=ds.bounds
     )
-    model = load_model(model_spec, weights, normalize)
-    tgt = targets_for(ds, targeted, target, seed)
+    model = source.load_model()
+    tgt = targets_for(ds, targeted, target, run.seed)
     res = run_errors(
         robust_accuracy,
         model,
         ds,
         {atk.name: atk},
         target=tgt,
-        batch_size=batch_size,
-        progress=progress,
+        batch_size=run.batch_size,
+        progress=run.progress,
         keep_examples=8,
     )
     click.echo(format_table(res))
@@ -111,14 +113,9 @@ def attack(
     if ex is not None:
         files.append(save_triptych(ex, out_dir / "triptych.png"))
     to_json(
-        {
-            "model": model_spec,
-            "data": {"spec": data_spec, "split": split, "n": res.n},
-            "attack": repr(atk),
-            "evaluation": res,
-        },
+        {**source.meta(res.n), "attack": repr(atk), "evaluation": res},
         out_dir / "results.json",
-        seed=seed,
+        seed=run.seed,
         threat=atk.threat,
         command=command_line(),
     )
