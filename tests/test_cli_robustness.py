@@ -280,3 +280,21 @@ def test_progress_moves_per_attack_within_a_batch():
     # one batch, two ticks: one per attack, each after counting that attack's forward passes
     assert [name for name, _ in ticks] == ["fgsm", "pgd"]
     assert all(passes > 0 for _, passes in ticks) and bar.bar.n == 2
+
+
+def test_verdict_wording_judges_the_evaluation():
+    from advex.report.table import verdict_text
+
+    assert verdict_text("PASS").startswith("evaluation: trustworthy")
+    assert verdict_text("SUSPECT").startswith("evaluation: suspect") and "checks" in verdict_text(
+        "SUSPECT"
+    )
+    assert verdict_text("UNCHECKED").startswith("evaluation: unchecked")
+    model = _tiny_model()
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    y = model(x).argmax(1)
+    from advex.attacks.gradient import FGSM
+
+    ev = evaluate(model, (x, y), eps=0.05, preset=[FGSM(eps=0.05)], checks=False)
+    assert ev.verdict == "UNCHECKED"  # the machine value is unchanged
+    assert "verdict         evaluation: unchecked" in ev.summary()
