@@ -41,8 +41,17 @@ def reference(mnist_model, data, tmp_path_factory):
 def test_interrupted_run_resumes_to_identical_results(mnist_model, data, reference, tmp_path):
     ref, ref_dir = reference
     assert 0.2 < ref.robust_accuracy < ref.clean_accuracy  # a run where the attacks do work
-    with pytest.raises(RuntimeError, match="injected failure after 2 batch"):
-        evaluate(mnist_model, data, out_dir=tmp_path, _fail_after_batches=2, **KW)
+
+    def fail_after_two(computed):
+        if computed >= 2:
+            raise RuntimeError(f"injected failure after {computed} batch(es)")
+
+    ensemble._after_batch_hook = fail_after_two
+    try:
+        with pytest.raises(RuntimeError, match="injected failure after 2 batch"):
+            evaluate(mnist_model, data, out_dir=tmp_path, **KW)
+    finally:
+        ensemble._after_batch_hook = None
     state = tmp_path / "state"
     assert sorted(p.name for p in state.glob("batch_*.json")) == [
         "batch_00000.json",

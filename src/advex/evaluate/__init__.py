@@ -14,7 +14,7 @@ from ._data import as_batches
 from .budget import BudgetedAttack
 from .checks import Check, masking_checks, verdict
 from .curve import RobustnessCurve, check_eps_list, rebudget, robustness_curve
-from .ensemble import Evaluation, StageResult, clopper_pearson, evaluate
+from .ensemble import EvaluateOptions, Evaluation, StageResult, clopper_pearson, evaluate
 from .presets import PRESETS, Preset, Stage, get_preset
 from .robust import AttackStats, EvaluationResult, named_attacks, robust_accuracy
 
@@ -23,6 +23,7 @@ __all__ = [
     "AttackStats",
     "BudgetedAttack",
     "Check",
+    "EvaluateOptions",
     "Evaluation",
     "EvaluationResult",
     "Examples",

@@ -11,9 +11,10 @@ and ends with the same numbers.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,15 +25,17 @@ from torch import nn
 from .._stats import clopper_pearson
 from ..core.validate import check_batch
 from ..models.guards import match_input_dtype
+from ..report.table import verdict_text
 from ..threats import ThreatModel
 from ._data import as_batches, model_device
 from .checks import Check, masking_checks, verdict
 from .examples import Examples
 from .presets import Preset, derive_seed, get_preset
+from .progress import StageProgress
 from .robust import robust_accuracy
 from .state import RunState, model_hash, tensor_hash
 
-__all__ = ["evaluate", "Evaluation", "StageResult", "clopper_pearson"]
+__all__ = ["evaluate", "EvaluateOptions", "Evaluation", "StageResult", "clopper_pearson"]
 
 #: keys holding timings or dates: they differ between two runs with identical results
 TIMING_KEYS = ("time_s", "wall_time_s", "checks_time_s", "date", "resumed_batches")
@@ -181,7 +184,7 @@ class Evaluation:
         lines = [
             f"clean accuracy  {self.clean_accuracy:7.2%}   (n = {self.n})",
             f"robust accuracy {self.robust_accuracy:7.2%}   95% CI [{lo:.2%}, {hi:.2%}]",
-            f"verdict         {self.verdict}",
+            f"verdict         {verdict_text(self.verdict)}",
             "",
             f"{'stage':<12}{'robust after':>13}{'broke':>7}{'attacked':>10}"
             f"{'grads':>10}{'queries':>10}{'time':>9}",
@@ -204,6 +207,53 @@ class Evaluation:
             f"robust_accuracy={self.robust_accuracy:.4f}, verdict={self.verdict!r}, "
             f"stages={self.stage_names})"
         )
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """How :func:`evaluate` runs (not what it measures): batching, the resumable state, checks,
+    adaptations, examples kept, device and display. Pass one as ``options=``, or give any field
+    as a keyword argument of :func:`evaluate` (which overrides the same field of ``options``).
+
+    Args:
+        batch_size: points per batch (for tensors and datasets; a DataLoader keeps its own).
+        out_dir: write the run state here as it goes (resumable; see :mod:`.state`).
+        restart: discard a state in ``out_dir`` that belongs to a different run (or is
+            unreadable).
+        checks: run the gradient-masking checks on the first ``probe`` points.
+        probe: points used by the masking checks.
+        adapt: attack models declaring non-differentiable / random transforms through BPDA /
+            EOT (``eot_samples`` draws), see :func:`advex.models.adapt.adapt_for_attack`.
+        eot_samples: EOT draws for models declaring random transforms.
+        keep_examples: (x, x_adv) pairs kept for the report's triptychs.
+        device: where to run (default: the device of the model's weights).
+        progress: a progress bar on stderr advancing per attack stage of every batch, with the
+            model's forward passes counted within a stage.
+        channels_last: attack a private copy of the model converted to the channels-last
+            memory format (``None``: automatically for models with ``Conv2d`` layers on the CPU,
+            where it makes forward passes up to 2× faster; ``False``: never). The caller's
+            model is never converted; the copy costs its memory once.
+
+    >>> opts = EvaluateOptions(batch_size=500, out_dir="run/", progress=True)
+    >>> ev = evaluate(model, (x, y), eps=0.3, options=opts)
+    """
+
+    batch_size: int = 100
+    out_dir: str | Path | None = None
+    restart: bool = False
+    checks: bool = True
+    probe: int = 200
+    adapt: bool = True
+    eot_samples: int = 16
+    keep_examples: int = 8
+    device: Any = None
+    progress: bool = False
+    channels_last: bool | None = None
+
+
+#: test hook: called with the number of batches computed so far after each computed batch (the
+#: resume tests raise from it to simulate a run killed halfway); None in normal use
+_after_batch_hook: Callable[[int], None] | None = None
 
 
 def _resolve_threat(threat, eps, norm, bounds, preset: Preset) -> ThreatModel:
@@ -286,18 +336,8 @@ def evaluate(
     preset: Any = "standard",
     bounds: tuple[float, float] | None = None,
     seed: int = 0,
-    batch_size: int = 100,
-    out_dir: str | Path | None = None,
-    restart: bool = False,
-    checks: bool = True,
-    probe: int = 200,
-    adapt: bool = True,
-    eot_samples: int = 16,
-    keep_examples: int = 8,
-    device: Any = None,
-    progress: bool = False,
-    channels_last: bool | None = None,
-    _fail_after_batches: int | None = None,
+    options: EvaluateOptions | None = None,
+    **run_options: Any,
 ) -> Evaluation:
     """Robust accuracy under an ensemble of attacks, with a gradient-masking verdict.
 
@@ -313,25 +353,23 @@ def evaluate(
             :class:`~advex.evaluate.presets.Preset` (``PRESETS["standard"].scaled(0.1)`` for a
             cheaper run), or a list / dict of attacks run in that order.
         seed: every batch's attack seeds derive from ``(seed, batch index, stage)``.
-        batch_size: points per batch (for tensors and datasets; a DataLoader keeps its own).
-        out_dir: write the run state here as it goes (resumable; see :mod:`.state`).
-        restart: discard a state in ``out_dir`` that belongs to a different run.
-        checks: run the gradient-masking checks on the first ``probe`` points.
-        adapt: attack models declaring non-differentiable / random transforms through BPDA /
-            EOT (``eot_samples`` draws), see :func:`advex.models.adapt_for_attack`.
-        keep_examples: (x, x_adv) pairs kept for the report's triptychs.
-        progress: progress bar with ETA over batches (stderr).
-        channels_last: attack a private copy of the model converted to the channels-last
-            memory format (``None``: automatically for models with ``Conv2d`` layers on the CPU,
-            where forward passes are cheaper, see docs/evaluation.md; ``False``: never). The
-            caller's model is never converted; the copy costs its memory once.
+        options: how to run (:class:`EvaluateOptions`: batch size, resumable ``out_dir``,
+            ``restart``, ``checks``/``probe``, ``adapt``/``eot_samples``, ``keep_examples``,
+            ``device``, ``progress``, ``channels_last``).
+        **run_options: any field of :class:`EvaluateOptions` given directly
+            (``batch_size=500, out_dir="run/"``); it overrides the same field of ``options``.
 
     Returns:
         :class:`Evaluation`.
 
-    >>> ev = evaluate(model, (x, y), eps=0.3, preset="standard")
+    >>> ev = evaluate(model, (x, y), eps=0.3, preset="standard", batch_size=500)
     >>> ev.robust_accuracy, ev.verdict, ev.to_json("results.json")
     """
+    opts = _options(options, run_options)
+    batch_size, out_dir, restart = opts.batch_size, opts.out_dir, opts.restart
+    checks, probe, adapt, eot_samples = opts.checks, opts.probe, opts.adapt, opts.eot_samples
+    keep_examples, device, progress = opts.keep_examples, opts.device, opts.progress
+    channels_last = opts.channels_last
     t_start = time.perf_counter()
     spec = get_preset(preset)
     if bounds is None:
@@ -380,11 +418,7 @@ def evaluate(
     n_probe = 0
     resumed = 0
     computed = 0
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=batches.total, desc="evaluate", unit="batch", file=sys.stderr)
+    bar = StageProgress(batches.total, len(stages), "evaluate") if progress else None
     offset = 0
     try:
         for k, (xb, yb) in enumerate(batches):
@@ -420,6 +454,7 @@ def evaluate(
                     adaptations,
                     dev,
                     keep_examples,
+                    bar=bar,
                 )
                 record["hash"] = bhash
                 if state is not None:
@@ -430,10 +465,11 @@ def evaluate(
                 ex_parts.append((record, tensors))
             offset += b
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix(n=offset, robust=f"{_robust_count(records) / offset:.1%}")
-            if _fail_after_batches is not None and computed >= _fail_after_batches:
-                raise RuntimeError(f"injected failure after {computed} batch(es)")
+                if loaded is not None:
+                    bar.skip(len(stages))
+                bar.set_info(n=offset, robust=f"{_robust_count(records) / offset:.1%}")
+            if _after_batch_hook is not None and loaded is None:
+                _after_batch_hook(computed)
     finally:
         if bar is not None:
             bar.close()
@@ -526,6 +562,21 @@ def evaluate(
     )
 
 
+def _options(options: EvaluateOptions | None, run_options: dict[str, Any]) -> EvaluateOptions:
+    if options is None:
+        options = EvaluateOptions()
+    elif not isinstance(options, EvaluateOptions):
+        raise TypeError(f"options must be an EvaluateOptions, got {type(options).__name__}")
+    unknown = sorted(set(run_options) - set(EvaluateOptions.__dataclass_fields__))
+    if unknown:
+        raise TypeError(
+            f"evaluate() got unexpected keyword argument(s) {', '.join(unknown)}; valid: eps, "
+            "norm, preset, bounds, seed, options, "
+            + ", ".join(EvaluateOptions.__dataclass_fields__)
+        )
+    return dataclasses.replace(options, **run_options) if run_options else options
+
+
 def _fast_layout(view: Any, channels_last: bool | None, dev: torch.device) -> tuple[Any, str]:
     """A channels-last copy of ``view`` when asked (or, with None, for a CPU conv model), and
     the layout used (part of a resumable run's fingerprint: float rounding differs)."""
@@ -554,7 +605,7 @@ def _robust_count(records) -> int:
     )
 
 
-def _run_batch(view, xb, yb, k, offset, spec, thr, seed, stages, adaptations, dev, keep):
+def _run_batch(view, xb, yb, k, offset, spec, thr, seed, stages, adaptations, dev, keep, bar=None):
     attacks = {
         s.name: s.build(thr, derive_seed(seed, k, j), spec.budget_scale)
         for j, s in enumerate(stages)
@@ -570,6 +621,7 @@ def _run_batch(view, xb, yb, k, offset, spec, thr, seed, stages, adaptations, de
         device=dev,
         keep_examples=keep,
         keep_results=False,
+        progress=bar if bar is not None else False,
     )
     names = list(attacks)
     bb = res.broken_by

@@ -19,7 +19,6 @@ The caller then runs its attacks with :func:`attack_points` on the points still 
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from ..core.result import AttackResult
 from ..core.validate import check_batch, check_classes, check_label_range
 from ..models.guards import attack_mode, checked_logits, match_input_dtype
 from ._data import Batches, resolve_target
+from .progress import StageProgress
 
 __all__ = ["BatchLoop", "CleanBatch", "attack_points"]
 
@@ -84,8 +84,9 @@ class BatchLoop:
         *,
         target: Any,
         device: torch.device,
-        progress: bool = False,
+        progress: bool | StageProgress = False,
         desc: str = "evaluating",
+        stages: int = 1,
     ) -> None:
         self.model = model
         self.batches = batches
@@ -94,13 +95,15 @@ class BatchLoop:
         self.device = device
         self.n_skipped = 0
         self.n_seen = 0
-        self.bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(
-                total=batches.total, desc=desc, unit="batch", file=sys.stderr, leave=False
-            )
+        self.stages = max(1, int(stages))
+        self.bar: StageProgress | None = None
+        self._own_bar = False
+        if isinstance(progress, StageProgress):  # a caller's bar: advance it, don't close it
+            self.bar = progress
+        elif progress:
+            self.bar = StageProgress(batches.total, self.stages, desc, leave=False)
+            self._own_bar = True
+        self._pending = self.stages  # stages of the current batch not yet ticked off
         self._columns: dict[str, list[Any]] = {}
         self._stack = contextlib.ExitStack()
 
@@ -113,7 +116,7 @@ class BatchLoop:
         try:
             self._stack.close()
         finally:
-            if self.bar is not None:
+            if self._own_bar:
                 self.bar.close()
 
     def __iter__(self) -> Iterator[CleanBatch]:
@@ -155,11 +158,28 @@ class BatchLoop:
             self.n_seen += b
 
     def tick(self, **postfix: Any) -> None:
-        """Advance the progress bar by one batch (with ``postfix`` shown beside it)."""
-        if self.bar is not None:
-            self.bar.update(1)
-            if postfix:
-                self.bar.set_postfix(**postfix)
+        """Close a batch on the progress bar (with ``postfix`` shown beside it); a batch whose
+        stages did not run (no point to attack) ticks them all off at once."""
+        if self.bar is None:
+            return
+        if self._pending:
+            self.bar.skip(self._pending)
+        self._pending = self.stages
+        if postfix and self._own_bar:
+            self.bar.set_info(**postfix)
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """One attack stage of the current batch: shown by name on the progress bar, with the
+        model's forward passes counted while it runs, and ticked off at the end."""
+        if self.bar is None:
+            yield
+            return
+        self.bar.start(name)
+        with self.bar.watch(self.model):
+            yield
+        self.bar.done()
+        self._pending -= 1
 
     def record(self, **columns: Any) -> None:
         """Keep this batch's value of each per-point column (tensors are moved to the CPU)."""

@@ -23,6 +23,7 @@ from ..core.result import AttackResult
 from ..report.examples import ExampleKeeper, Examples
 from ._data import as_batches, check_target_spec, model_device
 from .loop import BatchLoop, attack_points
+from .progress import StageProgress
 
 __all__ = ["robust_accuracy", "EvaluationResult", "AttackStats", "named_attacks"]
 
@@ -261,7 +262,7 @@ def robust_accuracy(
     batch_size: int = 256,
     target: Any = None,
     device: Any = None,
-    progress: bool = False,
+    progress: bool | StageProgress = False,
     keep_examples: int = 8,
     independent: bool = False,
     keep_results: bool = True,
@@ -287,7 +288,9 @@ def robust_accuracy(
             skipped (counted in ``n_skipped``). Targeted, "broken" means "classified as the
             target", and robust accuracy is the share of points correct and never pushed there.
         device: where to run (default: the device of the model's weights).
-        progress: show a progress bar over batches (on stderr).
+        progress: show a progress bar on stderr that advances per attack of every batch and
+            counts the model's forward passes while an attack runs; or a
+            :class:`~advex.evaluate.progress.StageProgress` to advance (not closed here).
         keep_examples: how many (x, x_adv) pairs to keep for figures (worst case and per
             attack).
         independent: also run every attack on every correctly classified point, to report each
@@ -328,6 +331,7 @@ def robust_accuracy(
         device=dev,
         progress=progress,
         desc="robust accuracy",
+        stages=len(names),
     )
     with loop:
         for batch in loop:
@@ -346,7 +350,8 @@ def robust_accuracy(
                 pool_mask = correct if independent else correct & (broken_by < 0)
                 pool = pool_mask.nonzero().squeeze(1)
                 if pool.numel():
-                    res, seconds = attack_points(named[name], loop.model, batch, pool)
+                    with loop.stage(name):
+                        res, seconds = attack_points(named[name], loop.model, batch, pool)
                     times[name] += seconds
                     attacked[pool] = True
                     s = res.success.to(dev)

@@ -21,11 +21,39 @@ from torch import nn
 
 from .._io import atomic_write
 
-__all__ = ["RunState", "model_hash", "tensor_hash", "FingerprintMismatch"]
+__all__ = ["RunState", "model_hash", "tensor_hash", "FingerprintMismatch", "CorruptState"]
 
 
 class FingerprintMismatch(ValueError):
     """The output directory holds the state of a different run."""
+
+
+class CorruptState(ValueError):
+    """A file of a run's saved state cannot be read (truncated or damaged); the message names
+    the file and how to start over."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = Path(path)
+        super().__init__(
+            f"the saved evaluation state {self.path} is unreadable ({reason}); delete it, or "
+            "rerun with restart=True (CLI: --restart) to discard the saved state and start over"
+        )
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise CorruptState(path, f"{type(err).__name__}: {err}") from err
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own SafetensorError (not a ValueError)
+        raise CorruptState(path, f"{type(err).__name__}: {err}") from err
 
 
 def tensor_hash(*tensors: torch.Tensor) -> str:
@@ -57,7 +85,7 @@ class RunState:
         self.fingerprint = fingerprint
         fp_path = self.dir / "fingerprint.json"
         if fp_path.exists() and not restart:
-            old = json.loads(fp_path.read_text(encoding="utf-8"))
+            old = _read_json(fp_path)
             if old != fingerprint:
                 keys = set(old) | set(fingerprint)
                 diff = sorted(k for k in keys if old.get(k) != fingerprint.get(k))
@@ -80,12 +108,14 @@ class RunState:
         js, st = self._paths(k)
         if not js.exists():
             return None
-        record = json.loads(js.read_text(encoding="utf-8"))
+        record = _read_json(js)
+        if not isinstance(record, dict):
+            raise CorruptState(js, "not a JSON object")
         tensors: dict[str, torch.Tensor] = {}
-        if record.get("has_examples") and st.exists():
-            from safetensors.torch import load_file
-
-            tensors = load_file(str(st))
+        if record.get("has_examples"):
+            if not st.exists():
+                raise CorruptState(st, "missing, though its batch record lists examples")
+            tensors = _read_tensors(st)
         return record, tensors
 
     def save_batch(self, k: int, record: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
@@ -100,7 +130,7 @@ class RunState:
 
     def load_json(self, name: str) -> Any:
         p = self.dir / name
-        return json.loads(p.read_text(encoding="utf-8")) if p.exists() else None
+        return _read_json(p) if p.exists() else None
 
     def save_json(self, name: str, obj: Any) -> None:
         atomic_write(self.dir / name, json.dumps(obj, allow_nan=True).encode())

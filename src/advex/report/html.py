@@ -26,11 +26,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .._io import atomic_write  # noqa: E402
+from .table import verdict_text  # noqa: E402
 
 __all__ = ["save_html", "render_html", "figures"]
 
 _GREEN, _RED, _BLUE, _GREY = "#1a7f37", "#cf222e", "#0969da", "#57606a"
 _SYM = {"linf": "∞", "l2": "2", "l1": "1"}
+#: the badge says what the verdict judges: the evaluation, not the model
+_BADGE_TEXT = {"PASS": "trustworthy", "SUSPECT": "suspect", "UNCHECKED": "unchecked"}
 
 _CSS = """
 body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:0;background:#f6f8fa;
@@ -180,8 +183,9 @@ def render_html(ev, *, title: str | None = None, meta: dict[str, Any] | None = N
         f"<div class='card'><div class='k'>robust accuracy</div><div class='v'>"
         f"{_pct(ev.robust_accuracy)}</div><div class='s'>95% CI [{_pct(lo)}, {_pct(hi)}] "
         f"({_esc(ev.ci_method)})</div></div>",
-        f"<div class='card'><div class='k'>verdict</div><div class='v'><span class='badge "
-        f"{badge}'>{_esc(ev.verdict)}</span></div><div class='s'>"
+        f"<div class='card'><div class='k'>evaluation</div><div class='v'><span class='badge "
+        f"{badge}'>{_esc(_BADGE_TEXT.get(ev.verdict, ev.verdict))}</span></div>"
+        f"<div class='s'>{_esc(verdict_text(ev.verdict))}; "
         f"{sum(not c.passed for c in ev.checks)} of {len(ev.checks)} masking checks fired"
         "</div></div>",
         f"<div class='card'><div class='k'>passes</div><div class='v'>"

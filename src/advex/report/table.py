@@ -46,13 +46,38 @@ def _render(rows: list[Sequence[str]], headers: Sequence[str]) -> str:
     return "\n".join([line(headers), sep, *(line(r) for r in rows)])
 
 
+#: what each machine value of ``Evaluation.verdict`` says, for people: the verdict judges the
+#: *evaluation* (did the attacks work as intended), never the model
+VERDICT_TEXT = {
+    "PASS": "evaluation: trustworthy (no gradient-masking check fired)",
+    "SUSPECT": "evaluation: suspect — see checks (robust accuracy may be overestimated)",
+    "UNCHECKED": "evaluation: unchecked (masking checks disabled)",
+}
+
+
+def verdict_text(verdict: str) -> str:
+    """The sentence shown to people for a verdict (``"PASS"`` → "evaluation: trustworthy …")."""
+    return VERDICT_TEXT.get(str(verdict), f"evaluation: {verdict}")
+
+
+def target_label(res: Any) -> str:
+    """``" -> 3"`` for a run targeting class 3 everywhere, ``" -> random targets"`` for a run
+    with per-point targets, ``""`` for an untargeted run."""
+    target = getattr(res, "target", None)
+    if not getattr(res, "targeted", False) or target is None or not len(target):
+        return ""
+    classes = target.unique()
+    return f" -> {int(classes[0])}" if classes.numel() == 1 else " -> random targets"
+
+
 def _rows(res: Any, label: str | None) -> list[list[str]]:
     rows = []
     prefix = f"{label}: " if label else ""
+    suffix = target_label(res)
     for name, s in res.attacks.items():
         rows.append(
             [
-                prefix + name,
+                prefix + name + (suffix if "->" not in name else ""),
                 _pct(res.clean_accuracy),
                 _pct(s.robust_accuracy),
                 _pct(s.success_rate),

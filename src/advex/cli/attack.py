@@ -1,0 +1,150 @@
+"""``advex attack``: run one attack on a dataset; write results.json, adversarial.safetensors
+and a triptych."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .common import (
+    ModelData,
+    RunSettings,
+    build_attack,
+    command_line,
+    common_options,
+    echo_files,
+    find_attack,
+    prepare_out,
+    run_errors,
+    targets_for,
+    warn_clean_accuracy,
+)
+
+__all__ = ["attack", "save_adversarial"]
+
+
+@click.command(short_help="Run one attack; write results.json, the adversarials and a triptych.")
+@click.option(
+    "--attack",
+    "attack_name",
+    default="pgd",
+    show_default=True,
+    help="Attack name (see `advex list`), case-insensitive.",
+)
+@click.option(
+    "--eps",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Perturbation budget (required by fixed-budget attacks; a minimum-norm attack given "
+    "--eps counts only adversarials within it).",
+)
+@common_options
+def attack(
+    attack_name,
+    eps,
+    model_spec,
+    weights,
+    normalize,
+    data_spec,
+    split,
+    n,
+    norm,
+    targeted,
+    target,
+    params,
+    batch_size,
+    out,
+    force,
+    seed,
+    progress,
+) -> None:
+    """Run one attack on a dataset; write results.json, adversarial.safetensors and
+    triptych.png.
+
+    adversarial.safetensors holds one row per attacked point (correctly classified, not
+    skipped): x_adv, index (position in the data), label, target (targeted runs),
+    clean_pred, adv_pred, success and norm (distance to the original in the threat norm).
+
+    \b
+    Example:
+      advex attack --model mnist-smallcnn --attack pgd --eps 0.3 --n 100 --out out/
+      advex attack --attack pgd --eps 0.3 --target 3 --param steps=100
+      advex attack --model mypkg.nets:make_cnn --weights cnn.safetensors --attack fgsm --eps 0.1
+    """
+    from advex.evaluate import robust_accuracy
+    from advex.report import format_table, save_triptych, to_json
+
+    source = ModelData(model_spec, weights, normalize, data_spec, split, n)
+    run = RunSettings(batch_size, out, force, seed, progress)
+    out_dir = prepare_out(run.out, "attack", run.force)
+    ds = source.load_data()
+    atk = build_attack(
+        attack_name, eps=eps, norm=norm.lower(), seed=run.seed, params=params, bounds=ds.bounds
+    )
+    model = source.load_model()
+    tgt = targets_for(ds, targeted, target, run.seed)
+    res = run_errors(
+        robust_accuracy,
+        model,
+        ds,
+        {atk.name: atk},
+        target=tgt,
+        batch_size=run.batch_size,
+        progress=run.progress,
+        keep_examples=8,
+    )
+    click.echo(format_table(res))
+    if res.n_skipped:
+        click.echo(f"({res.n_skipped} points whose label is the target were skipped)")
+    warn_clean_accuracy(res.clean_accuracy, res.n)
+    if eps is None and find_attack(attack_name).minimum_norm:
+        click.echo(
+            f"note: {atk.name} is a minimum-norm attack run without a budget: it looks for the "
+            "smallest adversarial at any norm, so robust accuracy near 0% means every point has "
+            "an adversarial somewhere, not that the model is weak at a given ε. Read the median "
+            "norm, or pass --eps to count only adversarials within that budget."
+        )
+    files = [out_dir / "results.json"]
+    adv = save_adversarial(res, atk.name, out_dir / "adversarial.safetensors")
+    if adv is not None:
+        files.append(adv)
+    ex = res.attack_examples.get(atk.name)
+    if ex is not None:
+        files.append(save_triptych(ex, out_dir / "triptych.png"))
+    to_json(
+        {**source.meta(res.n), "attack": repr(atk), "evaluation": res},
+        out_dir / "results.json",
+        seed=run.seed,
+        threat=atk.threat,
+        command=command_line(),
+    )
+    echo_files(out_dir, files)
+
+
+def save_adversarial(res, name: str, path: Path) -> Path | None:
+    """Write the adversarial examples of attack ``name`` in ``res`` (an ``EvaluationResult``
+    kept with its results) as safetensors: ``x_adv`` (N, ...) and per point ``index`` (position
+    in the data), ``label``, ``target`` (targeted runs only), ``clean_pred``, ``adv_pred``,
+    ``success`` (uint8) and ``norm``. ``None`` (nothing written) when no point was attacked."""
+    import torch
+    from safetensors.torch import save
+
+    from advex._io import atomic_write
+
+    result = res.results.get(name)
+    if result is None or int(result.x_adv.shape[0]) == 0:
+        return None
+    tensors = {
+        "x_adv": result.x_adv.detach().cpu().contiguous(),
+        "index": res.attacked_index[name].cpu().long().contiguous(),
+        "label": result.y.cpu().long().contiguous(),
+        "clean_pred": result.clean_pred.cpu().long().contiguous(),
+        "adv_pred": result.adv_pred.cpu().long().contiguous(),
+        "success": result.success.cpu().to(torch.uint8).contiguous(),
+        "norm": result.norms.detach().cpu().float().contiguous(),
+    }
+    if result.target is not None:
+        tensors["target"] = result.target.cpu().long().contiguous()
+    atomic_write(path, save(tensors, metadata={"attack": name, "format": "advex-adversarial/1"}))
+    return path
