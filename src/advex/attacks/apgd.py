@@ -14,8 +14,8 @@ import torch
 from ..core.goals import Goal
 from ..core.losses import get_loss
 from ..threats import L1, ThreatModel, project_l1_box
-from .base import ModelCaller, closest_share
-from .gradient import FixedBudgetAttack, _check_steps, _loss_name, fixed_threat
+from .base import ModelCaller, check_steps, closest_share, loss_name
+from .fixed import FixedBudgetAttack, fixed_threat
 
 __all__ = ["APGD", "checkpoints", "project_l1_box"]
 
@@ -99,11 +99,16 @@ class APGD(FixedBudgetAttack):
         mask: torch.Tensor | None = None,
         threat: ThreatModel | None = None,
         seed: int | None = 0,
+        eot_samples: int = 1,
     ) -> None:
-        super().__init__(fixed_threat(eps, norm, bounds, mask, threat, "APGD"), seed=seed)
-        self.steps = _check_steps("steps", steps)
-        self.restarts = _check_steps("restarts", restarts)
-        self.n_target_classes = _check_steps("n_target_classes", n_target_classes)
+        super().__init__(
+            fixed_threat(eps, norm, bounds, mask, threat, "APGD"),
+            seed=seed,
+            eot_samples=eot_samples,
+        )
+        self.steps = check_steps("steps", steps)
+        self.restarts = check_steps("restarts", restarts)
+        self.n_target_classes = check_steps("n_target_classes", n_target_classes)
         if not 0.0 < rho <= 1.0:
             raise ValueError(f"rho must be in (0, 1], got {rho}")
         if not 0.0 <= momentum <= 1.0:
@@ -111,7 +116,7 @@ class APGD(FixedBudgetAttack):
         self.targeted = bool(targeted)
         if loss is None:
             loss = "dlr" if self.targeted else "ce"
-        self.loss = _loss_name(loss)
+        self.loss = loss_name(loss)
         self._loss = get_loss(loss)
         self.rho = float(rho)
         self.momentum = float(momentum)
@@ -130,7 +135,7 @@ class APGD(FixedBudgetAttack):
         best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device, dtype=x.dtype)
         found = done.clone()
         if self.targeted and not goal.targeted:
-            k = min(self.n_target_classes, self._num_classes - 1)
+            k = min(self.n_target_classes, clean_logits.shape[1] - 1)
             others = clean_logits.scatter(1, goal.y[:, None], float("-inf"))
             ranked = others.argsort(1, descending=True)[:, :k]
             passes = [(j, r) for j in range(k) for r in range(self.restarts)]
