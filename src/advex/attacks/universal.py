@@ -29,12 +29,13 @@ class UniversalPerturbation(Attack):
     decision boundary, and update ``v ← Π_ε(v + Δv)``; stop when the fooling rate (share of
     points whose prediction changes) reaches ``1 − delta`` or after ``max_epochs`` sweeps.
 
-    The minimal perturbation is the paper's: DeepFool (Moosavi-Dezfooli et al. 2016), the
-    iteration of :class:`~advex.attacks.deepfool.DeepFool` (:func:`~advex.attacks.deepfool.
-    deepfool`) — at most ``inner_steps`` linearised steps against the ``candidates`` most
-    likely classes, with overshoot ``overshoot`` (exact DeepFool for L2 and L∞; for L1 the
-    norm's sparse step scaled by the dual norm); ``Δv`` is the point it reaches minus
-    ``x + v``. Batched deviation: the points of a mini-batch of
+    The minimal perturbation is the paper's: DeepFool (Moosavi-Dezfooli et al. 2016), the one
+    implementation of :func:`advex.attacks.deepfool.deepfool` — at most ``inner_steps``
+    linearised steps against the ``candidates`` most likely classes, with overshoot
+    ``overshoot`` (exact DeepFool for L2 and L∞; for L1 the norm's sparse step scaled by the
+    dual norm). ``Δv`` is the perturbation it accumulates, not cut by the box of the point it
+    was computed on (``clip_perturbation=False``: ``v`` serves other points too). Batched
+    deviation: the points of a mini-batch of
     ``batch_size`` get their ``Δv`` in parallel against the same ``v``, and ``v`` moves by their
     sum (what sequential updates would add, before projection); ``batch_size=1`` is exactly
     Algorithm 1. On MNIST the sum is as good as sequential updates and the mean much worse.
