@@ -46,6 +46,9 @@ class FixedBudgetAttack(Attack):
     ...     def __init__(self, eps=None, norm="linf", *, threat=None, seed=0, eot_samples=1):
     ...         t = fixed_threat(eps, norm, (0.0, 1.0), None, threat, "MyAttack")
     ...         super().__init__(t, seed=seed, eot_samples=eot_samples)
+    ...     def _attack(self, caller, x, goal, done, clean_logits):
+    ...         return x.clone()  # the adversarial batch; rows with done set unchanged
+    >>> MyAttack(eps=0.1).run_eps(model, x, y, eps=[0.05, 0.1])
     """
 
     def at_eps(self, eps: float) -> FixedBudgetAttack:
