@@ -17,7 +17,8 @@ from .cw import CW
 from .deepfool import DeepFool
 from .ead import EAD
 from .fab import FAB, FABT
-from .gradient import BIM, FGSM, MIFGSM, PGD, FixedBudgetAttack
+from .fixed import FixedBudgetAttack
+from .gradient import BIM, FGSM, MIFGSM, PGD
 from .jsma import JSMA
 from .lbfgs import LBFGS
 from .square import Square

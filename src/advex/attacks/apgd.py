@@ -8,14 +8,15 @@ APGD-T runs the targeted DLR loss against the most likely wrong classes in turn.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 
 import torch
 
 from ..core.goals import Goal
 from ..core.losses import get_loss
 from ..threats import L1, ThreatModel, project_l1_box
-from .base import ModelCaller, closest_share
-from .gradient import FixedBudgetAttack, _check_steps, _loss_name, fixed_threat
+from .base import ModelCaller, check_steps, closest_share, loss_name
+from .fixed import FixedBudgetAttack, fixed_threat
 
 __all__ = ["APGD", "checkpoints", "project_l1_box"]
 
@@ -28,6 +29,31 @@ def checkpoints(steps: int) -> list[int]:
         p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
     w = {math.ceil(round(q * steps, 6)) for q in p[1:]}
     return sorted(v for v in w if 0 < v < steps)
+
+
+@dataclass
+class _RunState:
+    """Per-row state of one APGD run; every field is subset together when fooled rows leave."""
+
+    idx: torch.Tensor  # rows in the attacked batch
+    xa: torch.Tensor  # their clean points
+    cur: torch.Tensor  # the iterate x_k
+    prev: torch.Tensor  # x_{k-1} (momentum)
+    eta: torch.Tensor  # step size η
+    bx: torch.Tensor  # point of highest loss so far
+    bl: torch.Tensor  # its loss
+    bg: torch.Tensor  # its gradient
+    last_loss: torch.Tensor
+    n_up: torch.Tensor  # steps that increased the loss since the last checkpoint
+    bl_ck: torch.Tensor  # best loss at the last checkpoint
+    halved_ck: torch.Tensor  # whether η was halved at the last checkpoint
+    topk: torch.Tensor  # l1-APGD: share of coordinates a step moves
+    sp_old: torch.Tensor  # l1-APGD: sparsity of the best point at the last checkpoint
+    lgoal: Goal  # the goal the loss is written against
+    sgoal: Goal  # the goal that counts as success
+
+    def keep(self, keep: torch.Tensor) -> _RunState:
+        return _RunState(**{f.name: getattr(self, f.name)[keep] for f in fields(self)})
 
 
 class APGD(FixedBudgetAttack):
@@ -99,11 +125,16 @@ class APGD(FixedBudgetAttack):
         mask: torch.Tensor | None = None,
         threat: ThreatModel | None = None,
         seed: int | None = 0,
+        eot_samples: int = 1,
     ) -> None:
-        super().__init__(fixed_threat(eps, norm, bounds, mask, threat, "APGD"), seed=seed)
-        self.steps = _check_steps("steps", steps)
-        self.restarts = _check_steps("restarts", restarts)
-        self.n_target_classes = _check_steps("n_target_classes", n_target_classes)
+        super().__init__(
+            fixed_threat(eps, norm, bounds, mask, threat, "APGD"),
+            seed=seed,
+            eot_samples=eot_samples,
+        )
+        self.steps = check_steps("steps", steps)
+        self.restarts = check_steps("restarts", restarts)
+        self.n_target_classes = check_steps("n_target_classes", n_target_classes)
         if not 0.0 < rho <= 1.0:
             raise ValueError(f"rho must be in (0, 1], got {rho}")
         if not 0.0 <= momentum <= 1.0:
@@ -111,7 +142,7 @@ class APGD(FixedBudgetAttack):
         self.targeted = bool(targeted)
         if loss is None:
             loss = "dlr" if self.targeted else "ce"
-        self.loss = _loss_name(loss)
+        self.loss = loss_name(loss)
         self._loss = get_loss(loss)
         self.rho = float(rho)
         self.momentum = float(momentum)
@@ -130,7 +161,7 @@ class APGD(FixedBudgetAttack):
         best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device, dtype=x.dtype)
         found = done.clone()
         if self.targeted and not goal.targeted:
-            k = min(self.n_target_classes, self._num_classes - 1)
+            k = min(self.n_target_classes, clean_logits.shape[1] - 1)
             others = clean_logits.scatter(1, goal.y[:, None], float("-inf"))
             ranked = others.argsort(1, descending=True)[:, :k]
             passes = [(j, r) for j in range(k) for r in range(self.restarts)]
@@ -157,24 +188,24 @@ class APGD(FixedBudgetAttack):
         d = cur[0].numel()
         m = idx.numel()
         ones = torch.ones(m, dtype=x.dtype, device=x.device)
-        # per-row state; every tensor here is subset together when fooled rows leave
-        s = {
-            "idx": idx,
-            "xa": x[idx],
-            "cur": cur,
-            "prev": cur,
-            "eta": ones * (eps if l1 else 2.0 * eps),
-            "bx": cur,
-            "bl": ones * float("-inf"),
-            "bg": torch.zeros_like(cur),
-            "last_loss": ones * float("-inf"),
-            "n_up": torch.zeros(m, dtype=torch.long, device=x.device),
-            "bl_ck": ones * float("-inf"),
-            "halved_ck": torch.zeros(m, dtype=torch.bool, device=x.device),
-            "topk": ones * 0.2,
-            "sp_old": ones * d,
-        }
-        goals = {"lgoal": lgoal, "sgoal": sgoal}
+        s = _RunState(
+            idx=idx,
+            xa=x[idx],
+            cur=cur,
+            prev=cur,
+            eta=ones * (eps if l1 else 2.0 * eps),
+            bx=cur,
+            bl=ones * float("-inf"),
+            bg=torch.zeros_like(cur),
+            last_loss=ones * float("-inf"),
+            n_up=torch.zeros(m, dtype=torch.long, device=x.device),
+            bl_ck=ones * float("-inf"),
+            halved_ck=torch.zeros(m, dtype=torch.bool, device=x.device),
+            topk=ones * 0.2,
+            sp_old=ones * d,
+            lgoal=lgoal,
+            sgoal=sgoal,
+        )
         ck = set(checkpoints(steps)) if not l1 else set(range(0, steps, max(int(0.04 * steps), 1)))
         ck.discard(0)
         ck_prev = 0
@@ -183,19 +214,19 @@ class APGD(FixedBudgetAttack):
             last = i == steps
             if i > 0:
                 new = self._step(s, g, first=i == 1)
-                s["prev"], s["cur"] = s["cur"], new
-            cur = s["cur"]
+                s.prev, s.cur = s.cur, new
+            cur = s.cur
             if last:
-                logits = caller.logits(cur, s["idx"])
-                obj = self._loss(logits, goals["lgoal"])
+                logits = caller.logits(cur, s.idx)
+                obj = self._loss(logits, s.lgoal)
             else:
-                x_leaf, logits = caller.forward_with_graph(cur, s["idx"])
+                x_leaf, logits = caller.forward_with_graph(cur, s.idx)
                 with torch.enable_grad():
-                    obj = self._loss(logits, goals["lgoal"])
+                    obj = self._loss(logits, s.lgoal)
             lossv = obj.detach()
-            succ = goals["sgoal"].is_success(logits.detach())
+            succ = s.sgoal.is_success(logits.detach())
             if bool(succ.any()):
-                bi = s["idx"][succ]
+                bi = s.idx[succ]
                 best_x[bi] = cur[succ].detach()
                 best_loss[bi] = lossv[succ]
                 found[bi] = True
@@ -203,70 +234,69 @@ class APGD(FixedBudgetAttack):
                 break
             if bool(succ.any()):
                 keep = ~succ
-                g = caller.input_grad(obj[keep], x_leaf, s["idx"][keep])[keep]
-                s = {k: v[keep] for k, v in s.items()}
-                goals = {k: v[keep] for k, v in goals.items()}
+                g = caller.input_grad(obj[keep], x_leaf, s.idx[keep])[keep]
+                s = s.keep(keep)
                 lossv = lossv[keep]
             else:
-                g = caller.input_grad(obj, x_leaf, s["idx"])
+                g = caller.input_grad(obj, x_leaf, s.idx)
             g = threat.apply_mask(g)
-            cur = s["cur"].detach()
-            s["cur"] = cur
+            cur = s.cur.detach()
+            s.cur = cur
             shape = (-1,) + (1,) * (cur.dim() - 1)
-            better = lossv > s["bl"]
-            s["bx"] = torch.where(better.view(shape), cur, s["bx"])
-            s["bg"] = torch.where(better.view(shape), g, s["bg"])
-            s["bl"] = torch.where(better, lossv, s["bl"])
+            better = lossv > s.bl
+            s.bx = torch.where(better.view(shape), cur, s.bx)
+            s.bg = torch.where(better.view(shape), g, s.bg)
+            s.bl = torch.where(better, lossv, s.bl)
             if i > 0:
-                s["n_up"] = s["n_up"] + (lossv > s["last_loss"]).long()
-            s["last_loss"] = lossv
+                s.n_up = s.n_up + (lossv > s.last_loss).long()
+            s.last_loss = lossv
             if i in ck:
                 reset = self._checkpoint(s, i - ck_prev, eps, d, l1)
                 ck_prev = i
                 if bool(reset.any()):
                     r = reset.view(shape)
-                    s["cur"] = torch.where(r, s["bx"], s["cur"])
-                    g = torch.where(r, s["bg"], g)
-                    s["last_loss"] = torch.where(reset, s["bl"], s["last_loss"])
+                    s.cur = torch.where(r, s.bx, s.cur)
+                    g = torch.where(r, s.bg, g)
+                    s.last_loss = torch.where(reset, s.bl, s.last_loss)
         # rows never fooled: keep the run's point of highest loss if it beats earlier runs
-        rows = s["idx"]
+        rows = s.idx
         if rows.numel():
-            better = ~found[rows] & (s["bl"] > best_loss[rows])
+            better = ~found[rows] & (s.bl > best_loss[rows])
             if bool(better.any()):
-                best_x[rows[better]] = s["bx"][better]
-                best_loss[rows[better]] = s["bl"][better]
+                best_x[rows[better]] = s.bx[better]
+                best_loss[rows[better]] = s.bl[better]
 
-    def _checkpoint(self, s, span: int, eps: float, d: int, l1: bool) -> torch.Tensor:
+    def _checkpoint(self, s: _RunState, span: int, eps: float, d: int, l1: bool) -> torch.Tensor:
         """Update the step sizes at a checkpoint; returns the rows to reset to their best."""
         if l1:
-            sp = ((s["bx"] - s["xa"]).abs().reshape(s["bx"].shape[0], -1) > 0).sum(1)
-            sp = sp.to(s["eta"].dtype)
-            reduced = sp / s["sp_old"].clamp_min(1) < 0.95
-            s["topk"] = (sp / d / 1.5).clamp(1.0 / d, 1.0)
-            s["eta"] = torch.where(reduced, torch.full_like(s["eta"], eps), s["eta"] / 1.5)
-            s["eta"] = s["eta"].clamp(eps / 10, eps)
-            s["sp_old"] = sp
+            sp = ((s.bx - s.xa).abs().reshape(s.bx.shape[0], -1) > 0).sum(1)
+            sp = sp.to(s.eta.dtype)
+            reduced = sp / s.sp_old.clamp_min(1) < 0.95
+            s.topk = (sp / d / 1.5).clamp(1.0 / d, 1.0)
+            s.eta = torch.where(reduced, torch.full_like(s.eta, eps), s.eta / 1.5)
+            s.eta = s.eta.clamp(eps / 10, eps)
+            s.sp_old = sp
             return reduced
-        cond1 = s["n_up"].to(s["eta"].dtype) < self.rho * span
-        cond2 = ~s["halved_ck"] & (s["bl"] <= s["bl_ck"])
+        cond1 = s.n_up.to(s.eta.dtype) < self.rho * span
+        cond2 = ~s.halved_ck & (s.bl <= s.bl_ck)
         halve = cond1 | cond2
-        s["eta"] = torch.where(halve, s["eta"] / 2, s["eta"])
-        s["halved_ck"] = halve
-        s["bl_ck"] = s["bl"]
-        s["n_up"] = torch.zeros_like(s["n_up"])
+        s.eta = torch.where(halve, s.eta / 2, s.eta)
+        s.halved_ck = halve
+        s.bl_ck = s.bl
+        s.n_up = torch.zeros_like(s.n_up)
         return halve
 
-    def _step(self, s, g: torch.Tensor, first: bool) -> torch.Tensor:
+    def _step(self, s: _RunState, g: torch.Tensor, first: bool) -> torch.Tensor:
         threat = self.threat
-        cur, xa = s["cur"], s["xa"]
+        cur, xa = s.cur, s.xa
         shape = (-1,) + (1,) * (cur.dim() - 1)
-        eta = s["eta"].view(shape)
+        eta = s.eta.view(shape)
         if isinstance(threat.lp, L1):
             lo, hi = threat.box.bounds_for(cur)
             movable = ~(((cur <= lo) & (g < 0)) | ((cur >= hi) & (g > 0)))
             a = (g.abs() * movable).reshape(cur.shape[0], -1)
             d = a.shape[1]
-            k = (s["topk"] * d).ceil().long().clamp(1, d)
+            k = (s.topk * d).ceil().long().clamp(1, d)
             thresh = a.sort(1, descending=True).values.gather(1, (k - 1)[:, None])
             pick = (a >= thresh) & (a > 0)
             direction = g.sign().reshape(a.shape) * pick
@@ -277,4 +307,4 @@ class APGD(FixedBudgetAttack):
         if first:
             return z
         a = self.momentum
-        return threat.project(cur + a * (z - cur) + (1 - a) * (cur - s["prev"]), xa)
+        return threat.project(cur + a * (z - cur) + (1 - a) * (cur - s.prev), xa)

@@ -1,9 +1,17 @@
-"""The one attack interface: ``attack(model, x, y, target=None) -> AttackResult``.
+"""The one attack interface and lifecycle.
+
+An attack is built with its hyperparameters (``__init__``), optionally fitted to data
+(:meth:`Attack.fit`, a no-op for attacks that learn nothing), then called on batches:
+``attack.attack(model, x, y, target=None) -> AttackResult`` (``attack(model, x, y)`` is the
+same call).
 
 :class:`Attack` does everything that is the same for every attack, once: input validation, eval
-mode with frozen weights (restored afterwards), the clean forward pass, the goal, early exit for
-points that are already misclassified, pass counting, and the final re-prediction on ``x_adv``
-from which ``success`` is computed. Subclasses implement :meth:`Attack._attack` only.
+mode with frozen weights (restored afterwards), EOT over a randomised model, the clean forward
+pass, the goal, early exit for points that are already misclassified, pass counting, and the
+final re-prediction on ``x_adv`` from which ``success`` is computed. Subclasses implement
+:meth:`Attack._attack` only. Nothing is stored on the attack during a call: what a call needs
+(the model caller, the goal, the number of classes) travels in its arguments, so one attack
+object can serve several calls and threads at once.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ import copy
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -21,7 +29,13 @@ from torch import nn
 from ..core.goals import Goal
 from ..core.losses import get_loss
 from ..core.result import AttackResult
-from ..core.validate import check_batch, check_classes, check_labels, check_target
+from ..core.validate import (
+    check_batch,
+    check_classes,
+    check_inputs,
+    check_labels,
+    check_target,
+)
 from ..models.guards import (
     attack_dtype,
     attack_mode,
@@ -37,7 +51,20 @@ from ..threats import Norm, ThreatModel
 
 # check_labels / check_target live in advex.core.validate (the one validation of every entry
 # point); they stay importable from here
-__all__ = ["Attack", "ModelCaller", "check_labels", "check_target"]
+__all__ = [
+    "Attack",
+    "ModelCaller",
+    "Prologue",
+    "check_eot_samples",
+    "check_labels",
+    "check_positive",
+    "check_steps",
+    "check_target",
+    "closest_share",
+    "loss_name",
+    "make_threat",
+    "resolve_loss",
+]
 
 
 class ModelCaller:
@@ -98,12 +125,45 @@ class ModelCaller:
         return logits.detach(), obj.detach(), g
 
 
+@dataclass(frozen=True, eq=False)
+class Prologue:
+    """What the base prologue hands to an attack for one call (never stored on the attack).
+
+    ``caller`` runs and counts the model (in eval mode, EOT-wrapped when asked), ``x`` is the
+    detached batch, ``goal`` its labels (and targets), ``done`` the points already successful
+    on the clean pass, ``clean_logits`` that pass; :attr:`num_classes` is its width.
+    """
+
+    caller: ModelCaller
+    x: torch.Tensor
+    goal: Goal
+    done: torch.Tensor
+    clean_logits: torch.Tensor
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.clean_logits.shape[1])
+
+
 class Attack(ABC):
     """Base class of every advex attack.
 
-    Subclasses set :attr:`name`, keep their hyperparameters as attributes, and implement
-    :meth:`_attack`, which receives the clean batch, the :class:`Goal` and a boolean mask of
-    points already successful (they are never attacked), and returns the adversarial batch.
+    The lifecycle: build with hyperparameters, :meth:`fit` to data (a no-op unless the attack
+    learns something), then :meth:`attack` batches. Subclasses set :attr:`name`, keep their
+    hyperparameters as attributes, and implement :meth:`_attack`, which receives the model
+    caller, the clean batch, the :class:`Goal`, a boolean mask of points already successful
+    (they are never attacked) and the clean logits (whose width is the number of classes), and
+    returns the adversarial batch. Attacks that learn from data (universal perturbations,
+    patches, generators) also override :meth:`fit`, using :meth:`_prologue` as :meth:`attack`
+    does.
+
+    Args (of the base, accepted by every attack):
+        threat: the :class:`~advex.threats.ThreatModel` (built by each attack from its
+            ``eps`` / ``norm`` / ``bounds`` / ``mask`` / ``threat`` arguments).
+        seed: seed of the attack's random choices (None: torch's global generator).
+        eot_samples: Expectation over Transformation (Athalye et al. 2018): at every model call
+            average the logits of this many random draws of a randomised model (1 = off), i.e.
+            attack :class:`~advex.models.EOT` ``(model, eot_samples)``.
     """
 
     # -- declarations, read by advex.attacks.registry (the CLI, presets, `advex list`) -------
@@ -120,11 +180,11 @@ class Attack(ABC):
     minimum_norm: bool = False
     #: whether the attack can only run targeted (e.g. JSMA, L-BFGS as in their papers)
     targeted_only: bool = False
-    #: Expectation over Transformation: average the logits of this many random draws of a
-    #: randomised model at every model call (1 = off). Set it as an attribute on any attack.
+    #: EOT draws per model call (1 = off); a constructor argument of every attack, and may be
+    #: set on an instance (``attack.eot_samples = 16``)
     eot_samples: int = 1
 
-    def __init__(self, threat: ThreatModel, *, seed: int | None = 0) -> None:
+    def __init__(self, threat: ThreatModel, *, seed: int | None = 0, eot_samples: int = 1) -> None:
         norm = getattr(threat, "norm", None)
         if isinstance(norm, str) and norm not in self.norms:
             raise ValueError(
@@ -132,51 +192,115 @@ class Attack(ABC):
             )
         self.threat = threat
         self.seed = seed
+        self.eot_samples = check_eot_samples(eot_samples)
 
     # -- public API --------------------------------------------------------------------------
-    def __call__(
+    def fit(self, model: nn.Module, data: Any, y: torch.Tensor | None = None) -> Attack:
+        """Learn what the attack needs from ``data``; returns ``self``.
+
+        ``data`` is a batch of inputs ``x`` (labels in ``y``, optional) or an ``(x, y)`` pair.
+        The default validates the data (:mod:`advex.core.validate`) and learns nothing: most
+        attacks work point by point. Attacks that learn from data (universal perturbations,
+        patches, generators) override it and run the base prologue (:meth:`_prologue`), so
+        validation, eval mode, EOT and pass counting are the same as in :meth:`attack`.
+
+        >>> attack = PGD(eps=0.3).fit(model, (x_train, y_train))   # a no-op: returns attack
+        """
+        self._fit_data(model, data, y)
+        return self
+
+    def attack(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: Any = None
     ) -> AttackResult:
-        """Attack ``model`` on the batch ``x`` with labels ``y`` (and optional ``target``)."""
-        if not isinstance(model, nn.Module) and not callable(model):
-            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        """Attack ``model`` on the batch ``x`` with labels ``y`` (and optional ``target``).
+
+        Args:
+            model: the classifier (an ``nn.Module`` or a callable returning logits
+                ``(B, classes)``); left as found (mode, ``requires_grad``, gradients).
+            x: inputs ``(B, ...)`` inside the threat's bounds (float; float16 / bfloat16 are
+                attacked in the model's dtype and rounded back toward ``x``).
+            y: true labels ``(B,)``.
+            target: None (untargeted), a class for every point, or target classes ``(B,)``.
+
+        Returns:
+            an :class:`~advex.core.result.AttackResult`: ``x_adv`` (caller's dtype and device),
+            ``success`` re-predicted on ``x_adv``, per-point norms, passes and queries.
+
+        ``attack(model, x, y)`` (``__call__``) is the same method.
+        """
+        _check_model(model)
         wide = attack_dtype(model, x)
         if wide is not None:  # float16 / bfloat16 x, float32 / float64 model
             return self._attack_half(model, x, y, target, wide)
-        y, _ = check_batch(x, y, self.threat)
+        with attack_mode(model) if isinstance(model, nn.Module) else _null():
+            p = self._prologue(model, x, y, target)
+            if p.goal.target is None and self.targeted_only:
+                raise ValueError(f"{self.name} is a targeted attack: pass target=")
+            x_adv = self._attack(p.caller, p.x, p.goal, p.done, p.clean_logits).detach()
+            x_adv = self.threat.finalize(x_adv, p.x)  # containment in the caller's dtype
+            if x_adv.shape != p.x.shape:  # pragma: no cover - programming error guard
+                raise RuntimeError(f"{self.name} returned shape {tuple(x_adv.shape)}")
+            adv_logits = p.caller.logits(x_adv)
+        return self._result(p.x, x_adv, p.goal, p.clean_logits, adv_logits, p.caller)
+
+    __call__ = attack
+
+    # -- the prologue, shared by attack() and by fit() of attacks that learn ---------------------
+    def _prologue(
+        self, model: Any, x: torch.Tensor, y: torch.Tensor | None, target: Any = None
+    ) -> Prologue:
+        """Validate the batch, run the clean pass and build the goal (call it with ``model``
+        already in :func:`~advex.models.guards.attack_mode`). ``y=None`` (for :meth:`fit`)
+        takes the model's predictions as the labels, so no point is ``done``."""
+        if y is None:
+            check_inputs(x, self.threat)
+        else:
+            y, _ = check_batch(x, y, self.threat)
         x0 = x.detach()
         name = type(model).__name__
-        with attack_mode(model) if isinstance(model, nn.Module) else _null():
-            model = match_input_dtype(model, x0)
-            if int(self.eot_samples) > 1:
-                model = EOT(model, self.eot_samples)
-            caller = ModelCaller(model, x0.shape[0], x0.device)
-            with model_errors(x0, name=name):
-                clean_logits = caller.logits(x0)
-            check_logits(clean_logits, name=name, batch_size=x0.shape[0])
-            num_classes = clean_logits.shape[1]
-            target = check_classes(num_classes, y, target, name=name)
-            if target is None and self.targeted_only:
-                raise ValueError(f"{self.name} is a targeted attack: pass target=")
-            goal = Goal(y, target)
-            done = goal.is_success(clean_logits)
-            self._num_classes = num_classes
-            x_adv = self._attack(caller, x0, goal, done, clean_logits).detach()
-            x_adv = self.threat.finalize(x_adv, x0)  # containment in the caller's dtype
-            if x_adv.shape != x0.shape:  # pragma: no cover - programming error guard
-                raise RuntimeError(f"{self.name} returned shape {tuple(x_adv.shape)}")
-            adv_logits = caller.logits(x_adv)
-        return self._result(x0, x_adv, goal, clean_logits, adv_logits, caller)
+        model = match_input_dtype(model, x0)
+        eot = check_eot_samples(self.eot_samples)
+        if eot > 1:
+            model = EOT(model, eot)
+        caller = ModelCaller(model, x0.shape[0], x0.device)
+        with model_errors(x0, name=name):
+            clean_logits = caller.logits(x0)
+        check_logits(clean_logits, name=name, batch_size=x0.shape[0])
+        if y is None:
+            y = clean_logits.argmax(1)
+        target = check_classes(clean_logits.shape[1], y, target, name=name)
+        goal = Goal(y, target)
+        return Prologue(caller, x0, goal, goal.is_success(clean_logits), clean_logits)
+
+    def _fit_data(
+        self, model: Any, data: Any, y: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(x, y)`` of :meth:`fit`'s arguments, validated; ``x`` in the dtype the attack runs
+        in (a float16 / bfloat16 batch is fitted in the model's wider dtype)."""
+        _check_model(model)
+        if isinstance(data, tuple | list):
+            if len(data) != 2 or y is not None:
+                raise TypeError("fit(model, data): data is x, or an (x, y) pair (not both y=)")
+            data, y = data
+        check_inputs(data, self.threat)
+        if y is not None:
+            y = check_labels(y, data)
+        wide = attack_dtype(model, data)
+        return (data if wide is None else data.to(wide)), y
 
     def _attack_half(self, model, x, y, target, wide: torch.dtype) -> AttackResult:
-        """Attack half-precision ``x`` in the model's dtype ``wide``, round ``x_adv`` back
-        toward ``x`` (never past the budget) and re-predict on the rounded points."""
+        """Attack half-precision ``x`` in the model's dtype ``wide``, bring ``x_adv`` back to
+        ``x``'s dtype with the threat's :meth:`~advex.threats.LpBall.finalize` (rounding toward
+        ``x``: never past the budget) and re-predict on the rounded points."""
         warn_half_input(x.dtype, wide)
         x_low = x.detach()
-        res = self(model, x_low.to(wide), y, target)
-        x_adv = round_toward(res.x_adv, x_low)
+        res = self.attack(model, x_low.to(wide), y, target)
+        x_adv = self.threat.finalize(res.x_adv, x_low)
+        if x_adv.dtype != x_low.dtype:  # a threat whose finalize keeps the dtype
+            x_adv = round_toward(x_adv, x_low)
         with attack_mode(model, warn=False) if isinstance(model, nn.Module) else _null():
-            view = EOT(model, self.eot_samples) if int(self.eot_samples) > 1 else model
+            eot = check_eot_samples(self.eot_samples)
+            view = EOT(model, eot) if eot > 1 else model
             with torch.no_grad():
                 logits = match_input_dtype(view, x_adv, warn=False)(x_adv)
         conf, pred = logits.float().softmax(1).max(1)
@@ -292,6 +416,48 @@ class _null:
         return False
 
 
+def _check_model(model: Any) -> None:
+    if not isinstance(model, nn.Module) and not callable(model):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+
+
+# -- argument checks shared by the attacks' constructors ---------------------------------------
+
+
+def check_steps(name: str, value: Any) -> int:
+    """``value`` as an int; raises ``ValueError`` unless it is an integer >= 1 (a bool is not)."""
+    if isinstance(value, bool) or int(value) != value or int(value) < 1:
+        raise ValueError(f"{name} must be >= 1 (an integer), got {value!r}")
+    return int(value)
+
+
+def check_eot_samples(value: Any) -> int:
+    """The number of EOT draws: an integer >= 1 (1 = no EOT)."""
+    try:
+        ok = not isinstance(value, bool) and int(value) == value and int(value) >= 1
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ValueError(f"eot_samples must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def check_positive(name: str, value: Any, *, integer: bool = False, allow_zero: bool = False):
+    """``value`` as a float (an int with ``integer=True``); raises ``ValueError`` unless it is
+    > 0 (>= 0 with ``allow_zero=True``)."""
+    v = int(value) if integer else float(value)
+    if integer and v != value:
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if math.isnan(v) or v < 0 or (v == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return v
+
+
+def loss_name(loss: Any) -> str:
+    """How a loss argument is reported: its name, or a callable's ``__name__``."""
+    return loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
+
+
 def closest_share(score: torch.Tensor, share: float) -> torch.Tensor:
     """Boolean mask of the ``ceil(share · n)`` entries of highest ``score`` (the points closest
     to success); the restart and screening rules of APGD and Square keep these."""
@@ -330,4 +496,5 @@ def make_threat(
 
 
 def resolve_loss(loss):
+    """The loss function for a loss argument (a name or a callable ``(logits, goal)``)."""
     return get_loss(loss)

@@ -9,114 +9,26 @@ costing passes.
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 
 from ..core.goals import Goal
 from ..core.losses import margin
 from ..threats import ThreatModel
-from .base import Attack, ModelCaller, make_threat
+from .base import Attack, ModelCaller, check_positive
+from .minnorm import (
+    UNBOUNDED,
+    Plateau,
+    RowAdam,
+    confident_success,
+    flat,
+    min_norm_threat,
+    per_sample,
+    search_update,
+    warn_never_adversarial,
+)
 
 __all__ = ["CW"]
-
-_BIG = 1e10  # "no upper bound found yet" (Carlini's 1e10)
-_GROWTH = 10.0  # c's factor after a failed round while no success has been seen
-
-
-# -- helpers shared with EAD -----------------------------------------------------------------
-
-
-def _shape(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Reshape a per-sample vector (B,) to broadcast against a batch like ``like``."""
-    return v.reshape((-1,) + (1,) * (like.dim() - 1))
-
-
-def _flat(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(t.shape[0], -1)
-
-
-def _success(logits: torch.Tensor, goal: Goal, kappa: float) -> torch.Tensor:
-    """Success with confidence: the goal is met and the C&W margin is at least κ."""
-    ok = goal.is_success(logits)
-    if kappa > 0:
-        ok &= margin(logits, goal) >= kappa
-    return ok
-
-
-def _search_update(
-    const: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, succeeded: torch.Tensor
-) -> None:
-    """Carlini & Wagner's per-sample binary search over ``c`` (in place).
-
-    A success at ``c`` lowers the upper bound (try a smaller ``c``: smaller perturbation); a
-    failure raises the lower bound and bisects, or multiplies ``c`` by 10 while no success has
-    been seen yet.
-    """
-    upper.copy_(torch.where(succeeded, torch.minimum(upper, const), upper))
-    lower.copy_(torch.where(succeeded, lower, torch.maximum(lower, const)))
-    bounded = upper < 1e9
-    const.copy_(torch.where(bounded, (lower + upper) / 2, const * _GROWTH))
-
-
-class _Plateau:
-    """Abort-early per sample, on window minima: every ``every`` steps a sample stops when the
-    lowest loss of the last window is not below ``tol`` × that of the window before. (The
-    papers compare single values, which Adam's and FISTA's oscillations make noisy.)"""
-
-    def __init__(self, like: torch.Tensor, every: int, tol: float) -> None:
-        self.prev = torch.full_like(like, math.inf)
-        self.low = torch.full_like(like, math.inf)
-        self.every, self.tol = every, tol
-
-    def stop(self, act: torch.Tensor, loss: torch.Tensor, step: int) -> torch.Tensor | None:
-        """Record the losses of rows ``act``; at a window's end, the rows that stop (or None)."""
-        self.low[act] = torch.minimum(self.low[act], loss)
-        if step % self.every != self.every - 1:
-            return None
-        stop = self.low[act] > self.prev[act] * self.tol
-        self.prev[act] = self.low[act]
-        self.low[act] = math.inf
-        return stop if bool(stop.any()) else None
-
-
-def _warn_never_adversarial(attack: str, upper: torch.Tensor, const: torch.Tensor) -> None:
-    """After the search over ``c`` (``const`` as :func:`_search_update` left it): say how many
-    points were never adversarial at any ``c`` tried, and the largest ``c`` they got (the last
-    round's: ``c`` only grew for them). A minimum-norm attack that leaves points unsolved
-    reports them as robust; often the search simply stopped before ``c`` was large enough
-    (a robust model needs a much larger ``c`` than an undefended one)."""
-    never = upper >= 1e9
-    if bool(never.any()):
-        k, n = int(never.sum()), int(never.numel())
-        warnings.warn(
-            f"{attack}: {k} of {n} attacked points never became adversarial; the largest c they "
-            f"were tried at is {float(const[never].max()) / _GROWTH:.3g} (c grows 10x per failed "
-            "round). Add binary_search_steps or raise initial_const before reading them as "
-            "robust.",
-            stacklevel=5,  # the caller of attack(model, x, y)
-        )
-
-
-def _check_positive(name: str, value, *, integer: bool = False, allow_zero: bool = False):
-    v = int(value) if integer else float(value)
-    if integer and v != value:
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if math.isnan(v) or v < 0 or (v == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return v
-
-
-def _min_norm_threat(threat, norm, bounds, mask, attack) -> ThreatModel:
-    t = make_threat(None, norm, bounds, mask, threat, need_eps=False, attack=attack)
-    if t.norm != norm:
-        raise ValueError(f"{attack} measures perturbations in {norm}, but threat.norm={t.norm!r}")
-    if t.eps is not None:
-        raise ValueError(
-            f"{attack} is a minimum-norm attack: pass a threat without eps and use "
-            "result.at_eps(eps, x) for a fixed-budget result"
-        )
-    return t
 
 
 def _tanh_to_x(w: torch.Tensor, lo, hi) -> torch.Tensor:
@@ -129,33 +41,6 @@ def _x_to_tanh(x: torch.Tensor, lo, hi, margin: float) -> torch.Tensor:
     ``margin·(hi − lo)/2`` inside it, where the tanh is not saturated."""
     u = ((x - lo) / (hi - lo) * 2 - 1).clamp(-1 + margin, 1 - margin)
     return torch.atanh(u)
-
-
-class _Adam:
-    """Adam (Kingma & Ba 2015) on a batch of rows, with per-row step counts, so that rows can
-    leave the batch or restart independently."""
-
-    def __init__(self, like: torch.Tensor, lr: float, b1=0.9, b2=0.999, eps=1e-8) -> None:
-        self.lr, self.b1, self.b2, self.eps = lr, b1, b2, eps
-        self.m = torch.zeros_like(like)
-        self.v = torch.zeros_like(like)
-        self.t = torch.zeros(like.shape[0], dtype=like.dtype, device=like.device)
-
-    def step(self, param: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        self.t += 1
-        self.m.mul_(self.b1).add_(grad, alpha=1 - self.b1)
-        self.v.mul_(self.b2).addcmul_(grad, grad, value=1 - self.b2)
-        mhat = self.m / _shape(1 - self.b1**self.t, grad)
-        vhat = self.v / _shape(1 - self.b2**self.t, grad)
-        return param - self.lr * mhat / (vhat.sqrt() + self.eps)
-
-    def reset(self, rows: torch.Tensor) -> None:
-        self.m[rows] = 0
-        self.v[rows] = 0
-        self.t[rows] = 0
-
-    def keep(self, keep: torch.Tensor) -> None:
-        self.m, self.v, self.t = self.m[keep], self.v[keep], self.t[keep]
 
 
 # -- the attack ------------------------------------------------------------------------------
@@ -260,16 +145,19 @@ class CW(Attack):
         mask: torch.Tensor | None = None,
         threat: ThreatModel | None = None,
         seed: int | None = 0,
+        eot_samples: int = 1,
     ) -> None:
         norm = str(norm).lower().replace("∞", "inf")
         norm = {"2": "l2", "inf": "linf", "li": "linf", "l_inf": "linf"}.get(norm, norm)
         if norm not in ("l2", "linf"):
             raise ValueError(f"CW: norm must be 'l2' or 'linf', got {norm!r}")
-        super().__init__(_min_norm_threat(threat, norm, bounds, mask, "CW"), seed=seed)
+        super().__init__(
+            min_norm_threat(threat, norm, bounds, mask, "CW"), seed=seed, eot_samples=eot_samples
+        )
         self.norm = norm
-        self.confidence = _check_positive("confidence", confidence, allow_zero=True)
-        self.max_iterations = _check_positive("max_iterations", max_iterations, integer=True)
-        self.start_margin = _check_positive("start_margin", start_margin)
+        self.confidence = check_positive("confidence", confidence, allow_zero=True)
+        self.max_iterations = check_positive("max_iterations", max_iterations, integer=True)
+        self.start_margin = check_positive("start_margin", start_margin)
         if not self.start_margin < 1:
             raise ValueError(f"start_margin must be in (0, 1), got {start_margin!r}")
         if norm == "l2":
@@ -282,15 +170,15 @@ class CW(Attack):
             given = [k for k, v in bad.items() if v is not None]
             if given:
                 raise ValueError(f"CW: {', '.join(given)} only apply to norm='linf'")
-            self.learning_rate = _check_positive(
+            self.learning_rate = check_positive(
                 "learning_rate", 1e-2 if learning_rate is None else learning_rate
             )
-            self.binary_search_steps = _check_positive(
+            self.binary_search_steps = check_positive(
                 "binary_search_steps",
                 9 if binary_search_steps is None else binary_search_steps,
                 integer=True,
             )
-            self.initial_const = _check_positive(
+            self.initial_const = check_positive(
                 "initial_const", 1e-3 if initial_const is None else initial_const
             )
             self.abort_early = True if abort_early is None else bool(abort_early)
@@ -307,13 +195,13 @@ class CW(Attack):
             ]
             if given:
                 raise ValueError(f"CW: {', '.join(given)} only apply to norm='l2'")
-            self.learning_rate = _check_positive(
+            self.learning_rate = check_positive(
                 "learning_rate", 5e-3 if learning_rate is None else learning_rate
             )
-            self.initial_const = _check_positive(
+            self.initial_const = check_positive(
                 "initial_const", 1e-5 if initial_const is None else initial_const
             )
-            self.largest_const = _check_positive(
+            self.largest_const = check_positive(
                 "largest_const", 20.0 if largest_const is None else largest_const
             )
             if self.largest_const <= self.initial_const:
@@ -359,7 +247,7 @@ class CW(Attack):
         w0 = _x_to_tanh(xs, lo, hi, self.start_margin)
         const = torch.full((n,), self.initial_const, dtype=xs.dtype, device=xs.device)
         lower = torch.zeros_like(const)
-        upper = torch.full_like(const, _BIG)
+        upper = torch.full_like(const, UNBOUNDED)
         best_l2 = torch.full_like(const, math.inf)
         best_x = xs.clone()
         best_w = w0.clone()  # the w of best_x: warm starts resume from it exactly
@@ -371,8 +259,8 @@ class CW(Attack):
             act = torch.arange(n, device=xs.device)  # rows of xs still optimised this round
             # warm start (optional): resume from the best adversarial found so far
             w = best_w.clone() if self.warm_start else w0.clone()
-            adam = _Adam(w, self.learning_rate)
-            plateau = _Plateau(const, check_every, 0.9999) if self.abort_early else None
+            adam = RowAdam(w, self.learning_rate)
+            plateau = Plateau(const, check_every, 0.9999) if self.abort_early else None
             succeeded = torch.zeros(n, dtype=torch.bool, device=xs.device)
             for it in range(self.max_iterations):
                 xa, ga, ca = xs[act], gs[act], const[act]
@@ -381,10 +269,10 @@ class CW(Attack):
                     xp, lambda z, ga=ga: margin(z, ga, kappa), rows[act]
                 )
                 delta = xp - xa
-                l2sq = _flat(delta).pow(2).sum(1)
+                l2sq = flat(delta).pow(2).sum(1)
                 loss = l2sq + ca * (kappa - marg).clamp_min(0)
                 # bookkeeping on the evaluated point
-                ok = _success(logits, ga, kappa)
+                ok = confident_success(logits, ga, kappa)
                 if bool(ok.any()):
                     succeeded[act[ok]] = True
                     better = ok & (l2sq < best_l2[act])
@@ -397,7 +285,7 @@ class CW(Attack):
                     break
                 # f = max(κ − margin, 0): no pull towards the goal once the margin reaches κ
                 pull = (marg < kappa).to(g.dtype) * ca
-                gx = 2 * delta - _shape(pull, g) * g
+                gx = 2 * delta - per_sample(pull, g) * g
                 w = adam.step(w, self._grad_w(w, gx))
                 if stop is not None:
                     keep = ~stop
@@ -405,8 +293,8 @@ class CW(Attack):
                         break
                     act, w = act[keep], w[keep]
                     adam.keep(keep)
-            _search_update(const, lower, upper, succeeded)
-        _warn_never_adversarial("CW-L2", upper, const)
+            search_update(const, lower, upper, succeeded)
+        warn_never_adversarial("CW-L2", upper, const)
         return best_x
 
     # -- L∞ ------------------------------------------------------------------------------------
@@ -419,7 +307,7 @@ class CW(Attack):
         tau_min = span / 256
         act = torch.arange(n, device=xs.device)
         w = _x_to_tanh(xs, lo, hi, self.start_margin)
-        adam = _Adam(w, self.learning_rate)
+        adam = RowAdam(w, self.learning_rate)
         const = torch.full((n,), self.initial_const, dtype=xs.dtype, device=xs.device)
         tau = torch.full_like(const, span)
         iters = torch.zeros(n, dtype=torch.long, device=xs.device)  # steps at the current c
@@ -431,14 +319,14 @@ class CW(Attack):
                 xp, lambda z, ga=ga: margin(z, ga, kappa), rows[act]
             )
             delta = xp - xa
-            c, t = const[act], _shape(tau[act], xp)
+            c, t = const[act], per_sample(tau[act], xp)
             over = (delta.abs() - t).clamp_min(0)
-            loss = c * (kappa - marg) + _flat(over).sum(1)
-            solved = (loss < 1e-4 * c) & _success(logits, ga, kappa)
+            loss = c * (kappa - marg) + flat(over).sum(1)
+            solved = (loss < 1e-4 * c) & confident_success(logits, ga, kappa)
             # not solved: one Adam step; solved: keep this point as the new warm start
-            gx = (delta.abs() > t).to(xp.dtype) * delta.sign() - _shape(c, g) * g
+            gx = (delta.abs() > t).to(xp.dtype) * delta.sign() - per_sample(c, g) * g
             stepped = adam.step(w, self._grad_w(w, gx))
-            sv = _shape(solved, w)
+            sv = per_sample(solved, w)
             w = torch.where(sv, w, stepped)
             adam.m = torch.where(sv, torch.zeros_like(w), adam.m)
             adam.v = torch.where(sv, torch.zeros_like(w), adam.v)
@@ -447,7 +335,7 @@ class CW(Attack):
             if bool(solved.any()):
                 si = act[solved]
                 best_x[si] = xp[solved]
-                size = _flat(delta[solved]).abs().amax(1)
+                size = flat(delta[solved]).abs().amax(1)
                 tau[si] = torch.minimum(tau[si], size) * self.decrease_factor
                 iters[si] = 0
                 if self.reduce_const:

@@ -9,17 +9,16 @@ import torch
 from ..core.goals import Goal
 from ..core.losses import margin
 from ..threats import ThreatModel
-from .base import Attack, ModelCaller
-from .cw import (
-    _BIG,
-    _check_positive,
-    _flat,
-    _min_norm_threat,
-    _Plateau,
-    _search_update,
-    _shape,
-    _success,
-    _warn_never_adversarial,
+from .base import Attack, ModelCaller, check_positive
+from .minnorm import (
+    UNBOUNDED,
+    Plateau,
+    confident_success,
+    flat,
+    min_norm_threat,
+    per_sample,
+    search_update,
+    warn_never_adversarial,
 )
 
 __all__ = ["EAD"]
@@ -86,20 +85,23 @@ class EAD(Attack):
         mask: torch.Tensor | None = None,
         threat: ThreatModel | None = None,
         seed: int | None = 0,
+        eot_samples: int = 1,
     ) -> None:
-        super().__init__(_min_norm_threat(threat, "l1", bounds, mask, "EAD"), seed=seed)
-        self.beta = _check_positive("beta", beta, allow_zero=True)
+        super().__init__(
+            min_norm_threat(threat, "l1", bounds, mask, "EAD"), seed=seed, eot_samples=eot_samples
+        )
+        self.beta = check_positive("beta", beta, allow_zero=True)
         rule = str(decision_rule).upper()
         if rule not in ("EN", "L1"):
             raise ValueError(f"decision_rule must be 'EN' or 'L1', got {decision_rule!r}")
         self.decision_rule = rule
-        self.confidence = _check_positive("confidence", confidence, allow_zero=True)
-        self.learning_rate = _check_positive("learning_rate", learning_rate)
-        self.max_iterations = _check_positive("max_iterations", max_iterations, integer=True)
-        self.binary_search_steps = _check_positive(
+        self.confidence = check_positive("confidence", confidence, allow_zero=True)
+        self.learning_rate = check_positive("learning_rate", learning_rate)
+        self.max_iterations = check_positive("max_iterations", max_iterations, integer=True)
+        self.binary_search_steps = check_positive(
             "binary_search_steps", binary_search_steps, integer=True
         )
-        self.initial_const = _check_positive("initial_const", initial_const)
+        self.initial_const = check_positive("initial_const", initial_const)
         self.fista = bool(fista)
         self.abort_early = bool(abort_early)
 
@@ -125,7 +127,7 @@ class EAD(Attack):
         n = xs.shape[0]
         const = torch.full((n,), self.initial_const, dtype=xs.dtype, device=xs.device)
         lower = torch.zeros_like(const)
-        upper = torch.full_like(const, _BIG)
+        upper = torch.full_like(const, UNBOUNDED)
         best_dist = torch.full_like(const, math.inf)
         best_x = xs.clone()
         check_every = max(self.max_iterations // 10, 1)
@@ -133,7 +135,7 @@ class EAD(Attack):
         for _ in range(self.binary_search_steps):
             act = torch.arange(n, device=xs.device)
             xk, yk = xs.clone(), xs.clone()
-            plateau = _Plateau(const, check_every, 0.999999) if self.abort_early else None
+            plateau = Plateau(const, check_every, 0.999999) if self.abort_early else None
             succeeded = torch.zeros(n, dtype=torch.bool, device=xs.device)
             for k in range(steps):
                 xa, ga, ca = xs[act], gs[act], const[act]
@@ -142,7 +144,7 @@ class EAD(Attack):
                     yk, lambda z, ga=ga: margin(z, ga, kappa), rows[act]
                 )
                 x_eval = yk  # ISTA: y is the iterate x_k, judged from this very pass
-                grad = 2 * (yk - xa) - _shape(ca, g) * g  # margin is capped at κ: f's hinge
+                grad = 2 * (yk - xa) - per_sample(ca, g) * g  # margin is capped at κ: f's hinge
                 x_new = self._shrink(yk - lr * self.threat.apply_mask(grad), xa)
                 if self.fista:
                     yk = (x_new + (k / (k + 3)) * (x_new - xk)).clamp(lo, hi)
@@ -152,12 +154,12 @@ class EAD(Attack):
                 else:
                     yk = x_new
                 xk = x_new
-                delta = _flat(x_eval - xa)
+                delta = flat(x_eval - xa)
                 l1 = delta.abs().sum(1)
                 en = delta.pow(2).sum(1) + beta * l1
                 marg = margin(logits, ga, kappa)
                 loss = ca * (kappa - marg) + en
-                ok = _success(logits, ga, kappa)
+                ok = confident_success(logits, ga, kappa)
                 if bool(ok.any()):
                     succeeded[act[ok]] = True
                     dist = en if self.decision_rule == "EN" else l1
@@ -171,6 +173,6 @@ class EAD(Attack):
                     if not bool(keep.any()):
                         break
                     act, xk, yk = act[keep], xk[keep], yk[keep]
-            _search_update(const, lower, upper, succeeded)
-        _warn_never_adversarial("EAD", upper, const)
+            search_update(const, lower, upper, succeeded)
+        warn_never_adversarial("EAD", upper, const)
         return best_x

@@ -94,9 +94,10 @@ class FAB(Attack):
         mask: torch.Tensor | None = None,
         threat: ThreatModel | None = None,
         seed: int | None = 0,
+        eot_samples: int = 1,
     ) -> None:
         t = make_threat(eps, norm, bounds, mask, threat, need_eps=False, attack=type(self).__name__)
-        super().__init__(t, seed=seed)
+        super().__init__(t, seed=seed, eot_samples=eot_samples)
         _check_int("steps", steps, 1)
         _check_int("restarts", restarts, 1)
         _check_int("final_search", final_search, 0)
@@ -212,7 +213,7 @@ class FAB(Attack):
         other = None if classes is None else classes[idx]
         for _ in range(self.steps):
             if mode == "all":  # every boundary z_l = z_y, l ≠ y
-                c = self._num_classes
+                c = clean_logits.shape[1]
                 ar = torch.arange(c, device=x.device).expand(cur.shape[0], c)
                 others = ar[ar != y[:, None]].reshape(cur.shape[0], c - 1)
                 pairs = torch.stack([others, y[:, None].expand_as(others)], dim=2)

@@ -3,130 +3,23 @@
 The loop is norm-generic: a norm contributes only its steepest-ascent direction and its
 projection (:mod:`advex.threats.norms`), so PGD in L∞, L2 and L1 is one piece of code.
 
-Every fixed-budget attack derives from :class:`FixedBudgetAttack`, which adds
-:meth:`FixedBudgetAttack.run_eps`: several budgets in one call, where points fooled at a small ε
-are reused at every larger ε instead of being attacked again.
+Every fixed-budget attack derives from :class:`~advex.attacks.fixed.FixedBudgetAttack` (the
+family base, in :mod:`advex.attacks.fixed`; importable from here too).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from dataclasses import replace
-from typing import Any
 
 import torch
-from torch import nn
 
 from ..core.goals import Goal
 from ..core.losses import get_loss
-from ..core.result import AttackResult
 from ..threats import ThreatModel
-from .base import Attack, ModelCaller, check_labels, make_threat
+from .base import ModelCaller, check_steps, loss_name
+from .fixed import FixedBudgetAttack, fixed_threat
 
 __all__ = ["FixedBudgetAttack", "FGSM", "PGD", "BIM", "MIFGSM", "IterativeGradientAttack"]
-
-
-def _loss_name(loss) -> str:
-    return loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
-
-
-def fixed_threat(eps, norm, bounds, mask, threat, attack: str) -> ThreatModel:
-    """``make_threat`` for fixed-budget attacks, with a clear error for a list of budgets."""
-    if isinstance(eps, list | tuple | torch.Tensor) and not (
-        isinstance(eps, torch.Tensor) and eps.dim() == 0
-    ):
-        raise TypeError(
-            f"{attack}: eps must be one number; for several budgets in one call use "
-            f"{attack}(eps=...).run_eps(model, x, y, eps=[...])"
-        )
-    return make_threat(eps, norm, bounds, mask, threat, attack=attack)
-
-
-def _check_steps(name: str, value) -> int:
-    if isinstance(value, bool) or int(value) != value or int(value) < 1:
-        raise ValueError(f"{name} must be >= 1 (an integer), got {value!r}")
-    return int(value)
-
-
-class FixedBudgetAttack(Attack):
-    """Base of attacks with a fixed budget ε (FGSM, PGD, BIM, MI-FGSM, APGD).
-
-    Adds :meth:`run_eps`; a copy at another budget is :meth:`Attack.with_budget`.
-    """
-
-    def at_eps(self, eps: float) -> FixedBudgetAttack:
-        """Deprecated name of :meth:`with_budget`."""
-        return self.with_budget(eps)
-
-    def run_eps(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        eps: Iterable[float],
-        target: Any = None,
-    ) -> dict[float, AttackResult]:
-        """Attack at every budget of ``eps`` in one call; returns ``{ε: AttackResult}``.
-
-        Budgets run in increasing order. A point fooled at ε is fooled at every larger ε (the
-        balls are nested), so its adversarial is reused and only the points still robust are
-        attacked at the next budget. Each result covers the whole batch; its ``gradients`` and
-        ``queries`` count the passes spent *at that ε* (0 for reused points), so the total cost
-        is the sum over the returned results.
-
-        Each budget runs ``self.with_budget(ε)``: step sizes follow ε by the one rule of
-        :meth:`~advex.attacks.base.Attack.with_budget`.
-
-        >>> curve = PGD(eps=0.3).run_eps(model, x, y, eps=[0.1, 0.2, 0.3])
-        >>> {e: r.robust_accuracy for e, r in curve.items()}
-        """
-        budgets = sorted({float(e) for e in eps})
-        if not budgets:
-            raise ValueError("run_eps needs at least one eps")
-        for e in budgets:
-            if math.isnan(e) or e < 0:
-                raise ValueError(f"eps must be >= 0, got {e}")
-        self.threat.check_inputs(x)
-        y = check_labels(y, x)
-        if target is not None and not isinstance(target, torch.Tensor):
-            target = torch.full_like(y, int(target))
-        elif isinstance(target, torch.Tensor) and target.dim() == 0:
-            target = torch.full_like(y, int(target))
-        out: dict[float, AttackResult] = {}
-        prev: AttackResult | None = None
-        for e in budgets:
-            attack = self.with_budget(e)
-            if prev is None:
-                res = attack(model, x, y, target)
-            else:
-                todo = (~prev.success).nonzero().squeeze(1)
-                sub = None
-                if todo.numel():
-                    sub_target = None if target is None else target[todo]
-                    sub = attack(model, x[todo], y[todo], sub_target)
-                res = _merge(prev, sub, todo, attack)
-            out[e] = res
-            prev = res
-        return out
-
-
-def _merge(
-    prev: AttackResult, sub: AttackResult | None, todo: torch.Tensor, attack: Attack
-) -> AttackResult:
-    """``prev`` with the rows ``todo`` replaced by ``sub``; reused rows cost nothing."""
-    kw: dict[str, Any] = {}
-    for name in ("x_adv", "success", "norms", "adv_pred", "adv_conf", "clean_pred", "clean_conf"):
-        t = getattr(prev, name).clone()
-        if sub is not None:
-            t[todo] = getattr(sub, name)
-        kw[name] = t
-    for name in ("gradients", "queries"):
-        t = torch.zeros_like(getattr(prev, name))
-        if sub is not None:
-            t[todo] = getattr(sub, name)
-        kw[name] = t
-    return replace(prev, threat=attack.threat, params=attack.params(), attack=attack.name, **kw)
 
 
 class FGSM(FixedBudgetAttack):
@@ -161,9 +54,14 @@ class FGSM(FixedBudgetAttack):
         mask: torch.Tensor | None = None,
         threat: ThreatModel | None = None,
         seed: int | None = 0,
+        eot_samples: int = 1,
     ) -> None:
-        super().__init__(fixed_threat(eps, norm, bounds, mask, threat, "FGSM"), seed=seed)
-        self.loss = _loss_name(loss)
+        super().__init__(
+            fixed_threat(eps, norm, bounds, mask, threat, "FGSM"),
+            seed=seed,
+            eot_samples=eot_samples,
+        )
+        self.loss = loss_name(loss)
         self._loss = get_loss(loss)
 
     def _attack(self, caller, x, goal, done, clean_logits):
@@ -198,10 +96,11 @@ class IterativeGradientAttack(FixedBudgetAttack):
         loss,
         early_stop: bool,
         seed: int | None,
+        eot_samples: int = 1,
     ) -> None:
-        super().__init__(threat, seed=seed)
-        self.steps = _check_steps("steps", steps)
-        self.restarts = _check_steps("restarts", restarts)
+        super().__init__(threat, seed=seed, eot_samples=eot_samples)
+        self.steps = check_steps("steps", steps)
+        self.restarts = check_steps("restarts", restarts)
         if step_size is not None and not step_size > 0:
             raise ValueError(f"step_size must be > 0, got {step_size}")
         self._auto_step = step_size is None
@@ -209,7 +108,7 @@ class IterativeGradientAttack(FixedBudgetAttack):
         if self._auto_step:
             self.step_size = self._default_step_size(threat.eps)
         self.random_start = bool(random_start)
-        self.loss = _loss_name(loss)
+        self.loss = loss_name(loss)
         self._loss = get_loss(loss)
         self.early_stop = bool(early_stop)
 
@@ -349,6 +248,7 @@ class PGD(IterativeGradientAttack):
         mask: torch.Tensor | None = None,
         threat: ThreatModel | None = None,
         seed: int | None = 0,
+        eot_samples: int = 1,
     ) -> None:
         super().__init__(
             fixed_threat(eps, norm, bounds, mask, threat, type(self).__name__),
@@ -359,6 +259,7 @@ class PGD(IterativeGradientAttack):
             loss=loss,
             early_stop=early_stop,
             seed=seed,
+            eot_samples=eot_samples,
         )
 
 
@@ -417,6 +318,7 @@ class MIFGSM(IterativeGradientAttack):
         mask: torch.Tensor | None = None,
         threat: ThreatModel | None = None,
         seed: int | None = 0,
+        eot_samples: int = 1,
     ) -> None:
         if not (decay >= 0 and math.isfinite(decay)):
             raise ValueError(f"decay (momentum μ) must be a finite number >= 0, got {decay}")
@@ -430,6 +332,7 @@ class MIFGSM(IterativeGradientAttack):
             loss=loss,
             early_stop=early_stop,
             seed=seed,
+            eot_samples=eot_samples,
         )
 
     def _default_step_size(self, eps: float) -> float:

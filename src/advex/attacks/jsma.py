@@ -76,10 +76,11 @@ class JSMA(Attack):
         mask: torch.Tensor | None = None,
         threat: ThreatModel | None = None,
         seed: int | None = 0,
+        eot_samples: int = 1,
         chunk: int = 8,
     ) -> None:
         t = make_threat(None, "l2", bounds, mask, threat, need_eps=False, attack="JSMA")
-        super().__init__(t, seed=seed)
+        super().__init__(t, seed=seed, eot_samples=eot_samples)
         theta = float(theta)
         if not math.isfinite(theta) or theta == 0:
             raise ValueError(f"theta must be a finite non-zero change, got {theta}")
@@ -104,7 +105,7 @@ class JSMA(Attack):
         if idx.numel() == 0:
             return x_adv
         threat = self.threat
-        c = self._num_classes
+        c = clean_logits.shape[1]
         if c < 2:
             raise ValueError("JSMA needs a model with at least 2 classes")
         xa, ga = x[idx], goal[idx]

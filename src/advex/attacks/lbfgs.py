@@ -11,8 +11,8 @@ from scipy.optimize import fmin_l_bfgs_b
 
 from ..core.goals import Goal
 from ..threats import ThreatModel
-from .base import Attack, ModelCaller
-from .cw import _check_positive, _flat, _min_norm_threat
+from .base import Attack, ModelCaller, check_positive
+from .minnorm import flat, min_norm_threat
 
 __all__ = ["LBFGS"]
 
@@ -65,11 +65,14 @@ class LBFGS(Attack):
         mask: torch.Tensor | None = None,
         threat: ThreatModel | None = None,
         seed: int | None = 0,
+        eot_samples: int = 1,
     ) -> None:
-        super().__init__(_min_norm_threat(threat, "l2", bounds, mask, "LBFGS"), seed=seed)
-        self.initial_const = _check_positive("initial_const", initial_const)
-        self.search_steps = _check_positive("search_steps", search_steps, integer=True)
-        self.max_iterations = _check_positive("max_iterations", max_iterations, integer=True)
+        super().__init__(
+            min_norm_threat(threat, "l2", bounds, mask, "LBFGS"), seed=seed, eot_samples=eot_samples
+        )
+        self.initial_const = check_positive("initial_const", initial_const)
+        self.search_steps = check_positive("search_steps", search_steps, integer=True)
+        self.max_iterations = check_positive("max_iterations", max_iterations, integer=True)
 
     def _attack(self, caller, x, goal, done, clean_logits):
         out = x.clone()
@@ -116,7 +119,7 @@ class LBFGS(Attack):
                 x_leaf, logits = caller.forward_with_graph(xp, rows)
                 with torch.enable_grad():
                     r = x_leaf - xs
-                    obj = c_dev * _flat(r).pow(2).sum(1) + F.cross_entropy(
+                    obj = c_dev * flat(r).pow(2).sum(1) + F.cross_entropy(
                         logits, target, reduction="none"
                     )
                 g = caller.input_grad(obj, x_leaf, rows)
@@ -136,7 +139,7 @@ class LBFGS(Attack):
             xp = self.threat.clamp(xp)
             logits = caller.logits(xp, rows)
             ok = gs.is_success(logits)
-            l2 = _flat(xp - xs).norm(dim=1)
+            l2 = flat(xp - xs).norm(dim=1)
             better = ok & (l2 < best_l2)
             best_l2 = torch.where(better, l2, best_l2)
             best_x[better] = xp[better]

@@ -15,7 +15,7 @@ from ..core.goals import Goal
 from ..core.losses import cross_entropy, get_loss, margin
 from ..threats import LInf, ThreatModel
 from .base import ModelCaller, closest_share
-from .gradient import FixedBudgetAttack, fixed_threat
+from .fixed import FixedBudgetAttack, fixed_threat
 
 __all__ = ["Square", "p_schedule"]
 
@@ -189,6 +189,7 @@ class Square(FixedBudgetAttack):
         mask: torch.Tensor | None = None,
         threat: ThreatModel | None = None,
         seed: int | None = 0,
+        eot_samples: int = 1,
     ) -> None:
         t = fixed_threat(eps, norm, bounds, mask, threat, attack="Square")
         if t.norm not in ("linf", "l2"):
@@ -196,7 +197,7 @@ class Square(FixedBudgetAttack):
                 f"Square supports linf and l2, got norm={t.norm!r} (the paper has no L1 version; "
                 "use a gradient attack such as PGD(norm='l1') for L1)"
             )
-        super().__init__(t, seed=seed)
+        super().__init__(t, seed=seed, eot_samples=eot_samples)
         if isinstance(n_queries, bool) or int(n_queries) != n_queries or int(n_queries) < 1:
             raise ValueError(f"n_queries must be an integer >= 1, got {n_queries}")
         if not 0.0 < float(p_init) <= 1.0:

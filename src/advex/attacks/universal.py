@@ -3,15 +3,18 @@ whole data set."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..models.guards import attack_mode, check_logits
+from ..core.goals import Goal
+from ..models.guards import attack_mode
 from ..threats import ThreatModel
-from .base import Attack, ModelCaller, check_labels, make_threat
-from .gradient import _check_steps
+from .base import Attack, ModelCaller, check_steps, make_threat
+from .deepfool import deepfool
 
 __all__ = ["UniversalPerturbation"]
 
@@ -26,20 +29,24 @@ class UniversalPerturbation(Attack):
     decision boundary, and update ``v ← Π_ε(v + Δv)``; stop when the fooling rate (share of
     points whose prediction changes) reaches ``1 − delta`` or after ``max_epochs`` sweeps.
 
-    The minimal perturbation is the paper's: DeepFool (Moosavi-Dezfooli et al. 2016), written
-    here for the three norms — at most ``inner_steps`` linearised steps against the
-    ``candidates`` most likely classes, with overshoot ``overshoot``; the step towards class k
-    is ``|f_k| / ⟨w_k, d_k⟩ · d_k`` with ``d_k`` the norm's steepest direction of ``w_k``
-    (exact DeepFool for L2 and L∞). Batched deviation: the points of a mini-batch of
+    The minimal perturbation is the paper's: DeepFool (Moosavi-Dezfooli et al. 2016), the one
+    implementation of :func:`advex.attacks.deepfool.deepfool` — at most ``inner_steps``
+    linearised steps against the ``candidates`` most likely classes, with overshoot
+    ``overshoot`` (exact DeepFool for L2 and L∞; for L1 the norm's sparse step scaled by the
+    dual norm). ``Δv`` is the perturbation it accumulates, not cut by the box of the point it
+    was computed on (``clip_perturbation=False``: ``v`` serves other points too). Batched
+    deviation: the points of a mini-batch of
     ``batch_size`` get their ``Δv`` in parallel against the same ``v``, and ``v`` moves by their
     sum (what sequential updates would add, before projection); ``batch_size=1`` is exactly
     Algorithm 1. On MNIST the sum is as good as sequential updates and the mean much worse.
 
-    ``fit(model, x, y)`` learns ``perturbation_`` (one sample's shape) and ``fooling_rate_``
-    (on the points fitted). Calling the attack applies the learned perturbation (fitting it
-    first on the same batch if the attack was never fitted) and returns an
-    :class:`~advex.core.result.AttackResult`; points already misclassified are left unchanged.
-    Untargeted only, as in the paper.
+    The lifecycle of :class:`~advex.attacks.base.Attack`: ``fit(model, x, y)`` (or
+    ``fit(model, (x, y))``) learns ``perturbation_`` (one sample's shape) and ``fooling_rate_``
+    (on the points fitted), through the base prologue (validation, eval mode, EOT, pass
+    counting). ``attack(model, x, y)`` then applies the learned perturbation and returns an
+    :class:`~advex.core.result.AttackResult` (success re-predicted, passes counted); points
+    already misclassified are left unchanged. An attack never fitted fits first on the batch it
+    is called on (its passes are counted in that result). Untargeted only, as in the paper.
 
     Args:
         eps: ξ, the budget of ``v`` (0.3). norm: ``"linf"`` (default) | ``"l2"`` | ``"l1"``.
@@ -77,21 +84,23 @@ class UniversalPerturbation(Attack):
         mask: torch.Tensor | None = None,
         threat: ThreatModel | None = None,
         seed: int | None = 0,
+        eot_samples: int = 1,
     ) -> None:
         super().__init__(
             make_threat(eps, norm, bounds, mask, threat, attack="UniversalPerturbation"),
             seed=seed,
+            eot_samples=eot_samples,
         )
         if not 0.0 <= delta < 1.0:
             raise ValueError(f"delta must be in [0, 1), got {delta}")
         if not (overshoot >= 0 and math.isfinite(overshoot)):
             raise ValueError(f"overshoot must be a finite number >= 0, got {overshoot}")
         self.delta = float(delta)
-        self.max_epochs = _check_steps("max_epochs", max_epochs)
-        self.batch_size = _check_steps("batch_size", batch_size)
-        self.inner_steps = _check_steps("inner_steps", inner_steps)
+        self.max_epochs = check_steps("max_epochs", max_epochs)
+        self.batch_size = check_steps("batch_size", batch_size)
+        self.inner_steps = check_steps("inner_steps", inner_steps)
         self.overshoot = float(overshoot)
-        if _check_steps("candidates", candidates) < 2:
+        if check_steps("candidates", candidates) < 2:
             raise ValueError(f"candidates must be >= 2 (the label and one other), got {candidates}")
         self.candidates = int(candidates)
         self.perturbation_: torch.Tensor | None = None
@@ -100,28 +109,21 @@ class UniversalPerturbation(Attack):
 
     # -- public ---------------------------------------------------------------------------------
     def fit(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None
+        self, model: nn.Module, data: Any, y: torch.Tensor | None = None
     ) -> UniversalPerturbation:
-        """Learn ``perturbation_`` on ``x``; returns ``self``.
+        """Learn ``perturbation_`` on ``data`` (``x``, with labels ``y``, or an ``(x, y)``
+        pair); returns ``self``.
 
         Fooling means the prediction changes (the paper's definition). With ``y``, only the
         points the model classifies correctly are used, so fooling equals misclassification.
         """
-        self.threat.check_inputs(x)
-        x0 = x.detach()
-        with attack_mode(model) if isinstance(model, nn.Module) else _nullctx():
-            caller = ModelCaller(model, x0.shape[0], x0.device)
-            clean = caller.logits(x0)
-            check_logits(clean, name=type(model).__name__)
-            labels = clean.argmax(1)
-            use = torch.ones_like(labels, dtype=torch.bool)
-            if y is not None:
-                use = labels == check_labels(y, x0)
-                if not bool(use.any()):
-                    raise ValueError("the model misclassifies every point given to fit()")
-            rows = use.nonzero().squeeze(1)
-            self._num_classes = clean.shape[1]
-            self._fit(caller, x0[rows], labels[rows], rows, clean[rows])
+        x, y = self._fit_data(model, data, y)
+        with attack_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext():
+            p = self._prologue(model, x, y)
+            rows = (~p.done).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                raise ValueError("the model misclassifies every point given to fit()")
+            self._fit(p.caller, p.x[rows], p.goal.y[rows], rows, p.clean_logits[rows])
         return self
 
     def _attack(self, caller: ModelCaller, x, goal, done, clean_logits):
@@ -167,7 +169,20 @@ class UniversalPerturbation(Attack):
                 if not bool(todo.any()):
                     continue
                 t = todo.nonzero().squeeze(1)
-                dv = self._deepfool(caller, xv[t], labels[b][t], idx[b][t], logits[t])
+                xt = xv[t]
+                reached = deepfool(
+                    caller,
+                    xt,
+                    Goal(labels[b][t]),
+                    logits[t],
+                    threat,
+                    max_iter=self.inner_steps,
+                    overshoot=self.overshoot,
+                    candidates=self.candidates,
+                    idx=idx[b][t],
+                    clip_perturbation=False,
+                )
+                dv = reached - xt
                 v = threat.lp.project(threat.apply_mask(v + dv.sum(0, keepdim=True)), threat.eps)
             pred = torch.cat(
                 [
@@ -181,54 +196,3 @@ class UniversalPerturbation(Attack):
         self.perturbation_ = v[0].detach().clone()
         self.fooling_rate_ = rate
         self.epochs_ = epochs
-
-    def _deepfool(self, caller, xv, labels, idx, logits) -> torch.Tensor:
-        """Batched DeepFool from ``xv`` (all currently classified as ``labels``): returns the
-        overshot minimal perturbation of every row (rows not flipped after ``inner_steps``
-        return the perturbation reached)."""
-        threat = self.threat
-        lo, hi = threat.box.bounds_for(xv)
-        m = xv.shape[0]
-        k = min(self.candidates, self._num_classes) - 1
-        others = logits.scatter(1, labels[:, None], float("-inf"))
-        cand = others.topk(k, dim=1).indices  # (m, k)
-        r_tot = torch.zeros_like(xv)
-        rows = torch.arange(m, device=xv.device)
-        scale = 1.0 + self.overshoot
-        for it in range(self.inner_steps):
-            cur = (xv[rows] + scale * r_tot[rows]).clamp(lo, hi)
-            rep = cur.repeat_interleave(k, 0)
-            rep_idx = idx[rows].repeat_interleave(k)
-            x_leaf, z = caller.forward_with_graph(rep, rep_idx)
-            lab = labels[rows].repeat_interleave(k)
-            if it > 0:
-                flipped = z.detach()[::k].argmax(1) != labels[rows]
-                if bool(flipped.all()):
-                    break
-            else:
-                flipped = torch.zeros_like(rows, dtype=torch.bool)
-            with torch.enable_grad():
-                f = z.gather(1, cand[rows].reshape(-1, 1)).squeeze(1) - z.gather(
-                    1, lab[:, None]
-                ).squeeze(1)
-            keep_rep = (~flipped).repeat_interleave(k)
-            w = caller.input_grad(f[keep_rep], x_leaf, rep_idx[keep_rep])[keep_rep]
-            rows = rows[~flipped]
-            f = f.detach()[keep_rep]
-            w = threat.apply_mask(w)
-            d = threat.lp.steepest(w)
-            dot = (w * d).reshape(w.shape[0], -1).sum(1).clamp_min(1e-12)
-            dist = (f.abs() / dot).view(-1, k)
-            best = dist.argmin(1)
-            pick = torch.arange(rows.numel(), device=xv.device) * k + best
-            step = ((f.abs()[pick] + 1e-4) / dot[pick]).view((-1,) + (1,) * (xv.dim() - 1))
-            r_tot[rows] = r_tot[rows] + step * d[pick]
-        return scale * r_tot
-
-
-class _nullctx:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False

@@ -136,8 +136,8 @@ def check_randomness(model, x) -> Check:
         f"{pred_changed:.0%} of predictions changed): the model is randomised"
         if fired
         else "identical inputs give identical outputs",
-        "use EOT: average gradients over random draws (attack.eot_samples = 16, or "
-        "advex.EOT(model, 16))"
+        "use EOT: average gradients over random draws (build the attack with eot_samples=16, "
+        "e.g. PGD(eps=..., eot_samples=16), or attack advex.EOT(model, 16))"
         if fired
         else "",
         {"max_logit_difference": diff, "share_predictions_changed": pred_changed},
@@ -272,8 +272,7 @@ def masking_checks(
     checks: list[Check] = []
 
     def pgd(e, s=seed):
-        atk = PGD(threat=threat.with_eps(e), steps=steps, seed=s)
-        atk.eot_samples = int(eot_samples)
+        atk = PGD(threat=threat.with_eps(e), steps=steps, seed=s, eot_samples=int(eot_samples))
         return atk(model, x, y)
 
     # one eval-mode section for every probe (a train-mode model is warned about once, not
@@ -308,8 +307,7 @@ def _attack_checks(model, x, y, threat, pgd, seed, restarts, eot_samples=1) -> l
     big = {"linf": hi - lo, "l2": (hi - lo) * math.sqrt(d), "l1": (hi - lo) * d}
     big_eps = big[threat.norm]
     checks.append(check_unbounded(_robust_acc(pgd(big_eps)), big_eps))
-    fgsm_attack = FGSM(threat=threat, seed=seed)
-    fgsm_attack.eot_samples = int(eot_samples)
+    fgsm_attack = FGSM(threat=threat, seed=seed, eot_samples=int(eot_samples))
     fgsm = fgsm_attack(model, x, y)
     checks.append(check_single_vs_iterative(fgsm.robust_accuracy, accs[eps]))
     robust_runs = [runs[1.0].robust]

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from ..core.validate import check_num_classes
+from ..threats.lp import round_toward  # the one rounding rule, kept importable from here
 from .wrappers import CastInput
 
 __all__ = [
@@ -162,17 +163,6 @@ def warn_half_input(x_dtype: torch.dtype, dtype: torch.dtype) -> None:
         InputDtypeWarning,
         stacklevel=4,
     )
-
-
-def round_toward(x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``x_adv`` in ``x``'s (lower) precision, each coordinate rounded so that its distance to
-    ``x`` never grows: every norm of the perturbation, the bounds and a mask stay satisfied."""
-    r = x_adv.to(x.dtype)
-    wide = torch.float64
-    grew = (r.to(wide) - x.to(wide)).abs() > (x_adv.to(wide) - x.to(wide)).abs()
-    if bool(grew.any()):
-        r = torch.where(grew, torch.nextafter(r, x), r)
-    return r
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -55,8 +55,16 @@ class EOT(nn.Module):
 
     ``EOT(model, samples=k)(x)`` runs ``model`` on ``k`` copies of the batch in one call and
     returns the mean logits, so a gradient attack on it follows the averaged gradient of the
-    random draws instead of one noisy draw ("expectation over logits"). Attacks take this as an
-    option (``PGD(..., eot_samples=k)``); wrapping the model by hand is equivalent.
+    random draws instead of one noisy draw ("expectation over logits"). Every advex attack
+    takes this as a constructor option, ``eot_samples=k`` (e.g. ``PGD(eps=0.3,
+    eot_samples=16)``), which attacks ``EOT(model, k)``; wrapping the model by hand is
+    equivalent.
+
+    Args:
+        model: the randomised model (random transforms marked ``stochastic``, noise layers).
+        samples: draws averaged per call (16); 1 calls ``model`` once.
+
+    >>> result = PGD(eps=0.3)(EOT(noisy_model, samples=16), x, y)
     """
 
     def __init__(self, model: nn.Module, samples: int = 16) -> None:

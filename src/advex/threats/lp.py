@@ -13,9 +13,27 @@ from .box import Box, Mask
 from .norms import Norm, get_norm
 from .projections import project_l1_box
 
-__all__ = ["LpBall", "ThreatModel", "check_budget"]
+__all__ = ["LpBall", "ThreatModel", "check_budget", "round_toward"]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def round_toward(x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``x_adv`` cast to ``x``'s dtype, each coordinate rounded so that its distance to ``x``
+    never grows: every norm of the perturbation, the bounds and a mask stay satisfied.
+
+    The one rounding rule of advex for results in a lower precision than the attack ran in
+    (float16 / bfloat16 inputs): :meth:`LpBall.finalize` and the attacks' half-precision path
+    use it.
+
+    >>> x16 = x.half(); round_toward(x_adv32, x16).dtype   # torch.float16, never past ε
+    """
+    r = x_adv.to(x.dtype)
+    wide = torch.float64
+    grew = (r.to(wide) - x.to(wide)).abs() > (x_adv.to(wide) - x.to(wide)).abs()
+    if bool(grew.any()):
+        r = torch.where(grew, torch.nextafter(r, x), r)
+    return r
 
 
 def check_budget(eps: Any) -> float | None:
@@ -173,22 +191,18 @@ class LpBall(Threat):
         return (x + delta).clamp_(lo, hi)
 
     def finalize(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Guarantee containment in the caller's dtype.
+        """Guarantee containment in the caller's dtype (``x``'s); returns ``x_adv`` in it.
 
-        float32 and float64 results are returned unchanged. In float16 / bfloat16 the attack's
-        arithmetic may overshoot ε or the box by a rounding error: the point is projected again
-        in float64 and cast back rounding *toward* ``x``, so no coordinate of the perturbation
-        grows and the result lies in the ball, the box and the mask exactly.
+        float32 and float64 results are returned unchanged. When ``x`` is float16 / bfloat16
+        (the attack ran in that dtype, or in a wider one the model needs), the point is
+        projected again in float64 and cast to ``x``'s dtype rounding *toward* ``x``
+        (:func:`round_toward`), so no coordinate of the perturbation grows and the result lies
+        in the ball, the box and the mask exactly.
         """
-        if x_adv.dtype not in _LOW_PRECISION:
+        if x_adv.dtype not in _LOW_PRECISION and x.dtype not in _LOW_PRECISION:
             return x_adv
-        xd, ad = x.double(), x_adv.double()
-        proj = self.project(ad, xd)
-        out = proj.to(x_adv.dtype)
-        grew = (out.double() - xd).abs() > (proj - xd).abs()
-        if bool(grew.any()):
-            out = torch.where(grew, torch.nextafter(out, x.to(out.dtype)), out)
-        return out
+        xd = x.double()
+        return round_toward(self.project(x_adv.double(), xd), x)
 
     # -- measurement ---------------------------------------------------------------------------
     def distance(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
