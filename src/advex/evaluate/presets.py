@@ -52,7 +52,7 @@ class Stage:
 
     Either ``attack`` (a name in :mod:`advex.attacks.registry`: ``"APGD"``, ``"FABT"``,
     ``"Square"``, ...) with constructor ``kwargs``, or ``instance`` (a ready attack, copied
-    and re-seeded per batch). ``black_box`` marks attacks that use no gradients (their wins
+    and re-seeded per stage). ``black_box`` marks attacks that use no gradients (their wins
     over every white-box stage feed the masking verdict); ``norms`` lists the norms it supports.
     Both default to what the attack declares (``black_box``, ``norms`` on its class); a ready
     instance runs in any norm unless ``norms`` says otherwise.

@@ -15,7 +15,7 @@ import torch
 
 from .random import PointRandom
 
-__all__ = ["Norm", "LInf", "L2", "L1", "get_norm", "NORMS"]
+__all__ = ["Norm", "LInf", "L2", "L1", "get_norm", "NORMS", "Rng"]
 
 _TINY = 1e-12
 
