@@ -128,3 +128,16 @@ def test_evaluate_gives_each_point_the_same_result_in_batches_of_16_or_64(model6
     assert torch.equal(a.clean_pred, b.clean_pred)
     assert a.robust_accuracy == b.robust_accuracy
     assert (a.broken_by >= 0).any() and (a.broken_by < 0).any()
+
+
+def test_square_on_the_zoo_cnn_first_points_same_in_a_batch_of_64_or_32(mnist_model, mnist_test):
+    """The reported case: Square's result for the first 32 digits in a batch of 64 and of 32.
+    (float32 convolutions: exact on CPU here; a kernel that reduced rows differently could move
+    a point by a rounding error, never by a different random draw.)"""
+    x, y = mnist_test
+    x, y = x[:64], y[:64]
+    attack = A.Square(eps=0.15, n_queries=100)
+    full, half = attack(mnist_model, x, y), attack(mnist_model, x[:32], y[:32])
+    assert torch.equal(full.success[:32], half.success)
+    assert torch.equal(full.queries[:32], half.queries)
+    torch.testing.assert_close(full.x_adv[:32], half.x_adv, atol=1e-6, rtol=0)
