@@ -156,7 +156,7 @@ class APGD(FixedBudgetAttack):
 
     # ------------------------------------------------------------------------------------------
     def _attack(self, caller: ModelCaller, x, goal: Goal, done, clean_logits):
-        gen = self._generator(x)
+        rng = self._rng(x)
         best_x = x.clone()
         best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device, dtype=x.dtype)
         found = done.clone()
@@ -176,15 +176,17 @@ class APGD(FixedBudgetAttack):
                 idx = idx[closest_share(best_loss[idx], self.restart_keep)]
             sgoal = goal[idx]
             lgoal = sgoal if j is None else Goal(sgoal.y, ranked[idx, j])
-            self._run(caller, x, idx, lgoal, sgoal, gen, best_x, best_loss, found)
+            stream = ("start", r) if j is None else ("start", j, r)
+            self._run(caller, x, idx, lgoal, sgoal, (rng, stream), best_x, best_loss, found)
         return best_x
 
-    def _run(self, caller, x, idx, lgoal, sgoal, gen, best_x, best_loss, found) -> None:
+    def _run(self, caller, x, idx, lgoal, sgoal, draw, best_x, best_loss, found) -> None:
         threat = self.threat
         eps = float(threat.eps)
         l1 = isinstance(threat.lp, L1)  # l1-APGD: sparse steps, exact ball ∩ box projection
         steps = self.steps
-        cur = threat.random_start(x[idx], gen)
+        rng, stream = draw
+        cur = threat.random_start(x[idx], rng, idx=idx, stream=stream)
         d = cur[0].numel()
         m = idx.numel()
         ones = torch.ones(m, dtype=x.dtype, device=x.device)

@@ -47,7 +47,7 @@ from ..models.guards import (
     warn_half_input,
 )
 from ..models.wrappers import EOT
-from ..threats import Norm, ThreatModel
+from ..threats import Norm, PointRandom, ThreatModel
 
 # check_labels / check_target live in advex.core.validate (the one validation of every entry
 # point); they stay importable from here
@@ -391,10 +391,14 @@ class Attack(ABC):
         inner = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({inner})"
 
-    def _generator(self, x: torch.Tensor) -> torch.Generator | None:
-        if self.seed is None:
-            return None
-        return torch.Generator(device=x.device).manual_seed(int(self.seed))
+    def _rng(self, x: torch.Tensor) -> PointRandom:
+        """Per-point random numbers for the batch ``x`` (one key per sample, from its content),
+        so a point's draws never depend on its batch, position or shard. ``seed=None`` draws a
+        fresh seed once per call (not reproducible)."""
+        seed = self.seed
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        return PointRandom(int(seed), x=x)
 
     @abstractmethod
     def _attack(

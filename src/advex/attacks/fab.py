@@ -147,7 +147,7 @@ class FAB(Attack):
         best_x = x.clone()
         best_norm = torch.full((n,), math.inf, device=x.device, dtype=x.dtype)
         best_margin = torch.zeros(n, device=x.device, dtype=x.dtype)
-        gen = self._generator(x)
+        rng = self._rng(x)
         eps = threat.eps
         screen = self._screen_runs()
         for i, (mode, classes, random) in enumerate(self._plan(goal, clean_logits)):
@@ -168,7 +168,7 @@ class FAB(Attack):
                 mode,
                 classes,
                 random,
-                gen,
+                (rng, ("sphere", i)),
                 best_x,
                 best_norm,
                 best_margin,
@@ -193,7 +193,7 @@ class FAB(Attack):
         mode,
         classes,
         random,
-        gen,
+        draw,
         best_x,
         best_norm,
         best_margin,
@@ -208,7 +208,7 @@ class FAB(Attack):
         cur = x0.clone()
         if random:
             radius = torch.clamp(best_norm[idx], max=self.start_radius)
-            cur = (x0 + 0.5 * self._random_sphere(x0, radius, gen)).clamp_(lo, hi)
+            cur = (x0 + 0.5 * self._random_sphere(x0, radius, draw, idx)).clamp_(lo, hi)
         y = g.y
         other = None if classes is None else classes[idx]
         for _ in range(self.steps):
@@ -307,9 +307,11 @@ class FAB(Attack):
         best_norm[idx[better]] = nrm[better]
         best_margin[idx[better]] = (h2 + kappa)[better]
 
-    def _random_sphere(self, like: torch.Tensor, radius: torch.Tensor, gen) -> torch.Tensor:
-        """A random direction of norm ``radius`` (per sample), masked."""
-        t = self.threat.apply_mask(self.threat.lp.noise(like, gen))
+    def _random_sphere(self, like: torch.Tensor, radius: torch.Tensor, draw, idx) -> torch.Tensor:
+        """A random direction of norm ``radius`` (per sample), masked; ``draw`` is
+        ``(rng, stream)``, ``like`` holds the rows ``idx`` of the attack's batch."""
+        rng, stream = draw
+        t = self.threat.apply_mask(self.threat.lp.noise(like, rng, idx=idx, stream=stream))
         size = self.threat.lp.measure(t).clamp_min(_TINY)
         return t * (radius / size).reshape(-1, *[1] * (like.dim() - 1))
 

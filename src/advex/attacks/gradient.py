@@ -137,7 +137,7 @@ class IterativeGradientAttack(FixedBudgetAttack):
     # loop ------------------------------------------------------------------------------------
     def _attack(self, caller: ModelCaller, x, goal: Goal, done, clean_logits):
         threat = self.threat
-        gen = self._generator(x)
+        rng = self._rng(x)
         best_x = x.clone()
         best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device, dtype=x.dtype)
         found = done.clone()
@@ -147,7 +147,7 @@ class IterativeGradientAttack(FixedBudgetAttack):
                 break
             if self.random_start or restart > 0:
                 # a deterministic restart would repeat itself: restarts need randomness
-                cur = threat.random_start(x[idx], gen)
+                cur = threat.random_start(x[idx], rng, idx=idx, stream=("start", restart))
             else:
                 cur = x[idx].clone()
             self._run(caller, x, goal, idx, cur, best_x, best_loss, found)

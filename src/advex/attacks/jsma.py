@@ -112,9 +112,8 @@ class JSMA(Attack):
         if ga.targeted:
             tgt = ga.target
         else:
-            gen = self._generator(x)
-            shift = torch.randint(1, c, (x.shape[0],), generator=gen, device=x.device)
-            tgt = ((goal.y + shift) % c)[idx]
+            shift = self._rng(x).integers("target-shift", 1, c, (), idx=idx).to(x.device)
+            tgt = (ga.y + shift) % c
         lo, hi = threat.box.flat_bounds(xa)  # numbers, or (1, d) per-feature tensors
         span = hi - lo if threat.box.scalar else float((hi - lo).max())
         n_feat = xa[0].numel()

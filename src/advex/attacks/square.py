@@ -94,16 +94,19 @@ def _as_images(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1, x.shape[-2], x.shape[-1])
 
 
-def _signs(shape, gen, like: torch.Tensor) -> torch.Tensor:
-    r = torch.randint(0, 2, shape, generator=gen, device=like.device)
-    return (2 * r - 1).to(like.dtype)
+def _signs(draw, shape, like: torch.Tensor) -> torch.Tensor:
+    """±1 of shape ``(m, *shape)``; ``draw = (rng, stream, idx)``: one draw per point ``idx``."""
+    rng, stream, idx = draw
+    return rng.signs(stream, shape, idx, like.dtype).to(like.device)
 
 
-def _windows(m: int, sh: int, sw: int, h: int, w: int, gen, device) -> torch.Tensor:
+def _windows(draw, sh: int, sw: int, h: int, w: int, device) -> torch.Tensor:
     """Boolean masks ``(m, 1, h, w)`` of one ``sh × sw`` window per sample, at a uniformly
-    random position (all ``(h − sh + 1)(w − sw + 1)`` positions are possible)."""
-    vh = torch.randint(0, h - sh + 1, (m, 1), generator=gen, device=device)
-    vw = torch.randint(0, w - sw + 1, (m, 1), generator=gen, device=device)
+    random position (all ``(h − sh + 1)(w − sw + 1)`` positions are possible), drawn per point
+    (``draw = (rng, stream, idx)``)."""
+    rng, stream, idx = draw
+    vh = rng.integers((stream, "row"), 0, h - sh + 1, (1,), idx).to(device)
+    vw = rng.integers((stream, "col"), 0, w - sw + 1, (1,), idx).to(device)
     rows = torch.arange(h, device=device)[None, :]
     cols = torch.arange(w, device=device)[None, :]
     in_r = (rows >= vh) & (rows < vh + sh)
@@ -232,19 +235,20 @@ class Square(FixedBudgetAttack):
         return cross_entropy(logits, goal) if goal.targeted else margin(logits, goal)
 
     # -- initialisations -------------------------------------------------------------------------
-    def _init_linf(self, x4: torch.Tensor, gen) -> torch.Tensor:
+    def _init_linf(self, x4: torch.Tensor, draw) -> torch.Tensor:
         b, c, _, w = x4.shape
-        return x4 + self.threat.eps * _signs((b, c, 1, w), gen, x4)
+        return x4 + self.threat.eps * _signs(draw, (c, 1, w), x4)
 
-    def _init_l2(self, x4: torch.Tensor, gen) -> torch.Tensor:
+    def _init_l2(self, x4: torch.Tensor, draw) -> torch.Tensor:
         b, c, h, w = x4.shape
         s = max(min(h, w) // 5, 1)
         nh, nw = h // s, w // s
         pats = _eta_patterns(s, s, x4.dtype, x4.device)  # (2, s, s)
-        pick = torch.randint(0, 2, (b, nh, nw), generator=gen, device=x4.device)
+        rng, stream, idx = draw
+        pick = rng.integers((stream, "pattern"), 0, 2, (nh, nw), idx).to(x4.device)
         tiles = pats[pick]  # (b, nh, nw, s, s)
         tiles = tiles.permute(0, 1, 3, 2, 4).reshape(b, 1, nh * s, nw * s)
-        sign = _signs((b, c, nh, nw), gen, x4)
+        sign = _signs(draw, (c, nh, nw), x4)
         sign = sign.repeat_interleave(s, dim=2).repeat_interleave(s, dim=3)
         delta = torch.zeros_like(x4)
         oh, ow = (h - nh * s) // 2, (w - nw * s) // 2
@@ -260,38 +264,41 @@ class Square(FixedBudgetAttack):
         return _as_images(box.lo_like(like)), _as_images(box.hi_like(like))
 
     # -- one random-search proposal per sample -----------------------------------------------
-    def _propose_linf(self, x4, best4, p, gen) -> torch.Tensor:
+    def _propose_linf(self, x4, best4, p, draw) -> torch.Tensor:
         m, c, h, w = x4.shape
         lo, hi = self._bounds4(x4)
         eps = self.threat.eps
         sh, sw = _window_sides(p, h, w)
-        win = _windows(m, sh, sw, h, w, gen, x4.device)
-        sign = _signs((m, c, 1, 1), gen, x4)
+        rng, stream, idx = draw
+        win = _windows((rng, (stream, "window"), idx), sh, sw, h, w, x4.device)
+        sign = _signs((rng, (stream, "sign"), idx), (c, 1, 1), x4)
         cand = torch.where(win, (x4 + eps * sign).clamp(lo, hi), best4)
         # as in the paper's code: never spend a query on a window that changes nothing (e.g. it
         # repeats the current signs); redraw the signs of those samples a few times
-        for _ in range(10):
+        for k in range(10):
             same = ((cand - best4).abs() < 1e-7).reshape(m, -1).all(1)
             if not bool(same.any()):
                 break
-            sign = torch.where(same[:, None, None, None], _signs((m, c, 1, 1), gen, x4), sign)
+            again = _signs((rng, (stream, "sign", k + 1), idx), (c, 1, 1), x4)
+            sign = torch.where(same[:, None, None, None], again, sign)
             cand = torch.where(win, (x4 + eps * sign).clamp(lo, hi), best4)
         return cand
 
-    def _propose_l2(self, x4, best4, p, gen) -> torch.Tensor:
+    def _propose_l2(self, x4, best4, p, draw) -> torch.Tensor:
         m, c, h, w = x4.shape
         eps = self.threat.eps
         lo, hi = self._bounds4(x4)
         delta = best4 - x4
         sh, sw = _window_sides(p, h, w, min_side=3, odd=True)
-        win1 = _windows(m, sh, sw, h, w, gen, x4.device)
-        win2 = _windows(m, sh, sw, h, w, gen, x4.device)
+        rng, stream, idx = draw
+        win1 = _windows((rng, (stream, "window-1"), idx), sh, sw, h, w, x4.device)
+        win2 = _windows((rng, (stream, "window-2"), idx), sh, sw, h, w, x4.device)
         norm_img = _l2(delta, (1, 2, 3))  # (m, 1, 1, 1)
         norm_w1 = _l2(delta * win1, (2, 3))  # (m, c, 1, 1), per channel as in the paper
         norm_w12 = _l2(delta * (win1 | win2), (2, 3))
         pats = _eta_patterns(sh, sw, x4.dtype, x4.device)
-        pick = torch.randint(0, 2, (m,), generator=gen, device=x4.device)
-        eta = pats[pick][:, None] * _signs((m, c, 1, 1), gen, x4)  # (m, c, sh, sw)
+        pick = rng.integers((stream, "pattern"), 0, 2, (), idx).to(x4.device)
+        eta = pats[pick][:, None] * _signs((rng, (stream, "sign"), idx), (c, 1, 1), x4)
         win1_full = win1.expand(m, c, h, w)
         old = delta.masked_select(win1_full).reshape(m, c, sh, sw)
         new = eta + old / (norm_w1 + 1e-10)
@@ -304,7 +311,7 @@ class Square(FixedBudgetAttack):
     # -- main loop ---------------------------------------------------------------------------
     def _attack(self, caller: ModelCaller, x, goal: Goal, done, clean_logits):
         threat = self.threat
-        gen = self._generator(x)
+        rng = self._rng(x)
         best_x = x.clone()
         best_obj = torch.full((x.shape[0],), float("-inf"), device=x.device, dtype=x.dtype)
         found = done.clone()
@@ -325,7 +332,8 @@ class Square(FixedBudgetAttack):
                 break
             xa, ga = x[idx], goal[idx]
             x4 = _as_images(xa)
-            cur = threat.project(init(x4, gen).reshape(xa.shape), xa)
+            start = init(x4, (rng, ("init", restart), idx))
+            cur = threat.project(start.reshape(xa.shape), xa)
             logits = caller.logits(cur, idx)
             obj = self._objective(logits, ga)
             succ = ga.is_success(logits)
@@ -354,7 +362,7 @@ class Square(FixedBudgetAttack):
                         best_x[idx[drop]], best_obj[idx[drop]] = cur[drop], obj[drop]
                         idx, xa, x4, ga, cur, obj = (t[keep] for t in (idx, xa, x4, ga, cur, obj))
                 p = p_schedule(self.p_init, it, self.n_queries, self.rescale_schedule)
-                cand4 = propose(x4, _as_images(cur), p, gen)
+                cand4 = propose(x4, _as_images(cur), p, (rng, ("proposal", restart, it), idx))
                 cand = threat.project(cand4.reshape(-1, *shape), xa)
                 logits = caller.logits(cand, idx)
                 cobj = self._objective(logits, ga)

@@ -153,14 +153,15 @@ class UniversalPerturbation(Attack):
 
     def _fit(self, caller, x, labels, idx, logits0) -> None:
         threat = self.threat
-        gen = self._generator(x)
+        rng = self._rng(x)
         n = x.shape[0]
         v = torch.zeros_like(x[:1])
         rate = 0.0
         epochs = 0
         for _ in range(self.max_epochs):
             epochs += 1
-            order = torch.randperm(n, generator=gen, device=x.device)
+            # the order follows the points (per-point draws), not their positions in x
+            order = rng.permutation(("order", epochs)).to(x.device)
             for start in range(0, n, self.batch_size):
                 b = order[start : start + self.batch_size]
                 xv = self._apply(x[b], v)

@@ -352,7 +352,8 @@ def evaluate(
             ``"autoattack"`` (AutoAttack's standard budgets throughout), ``"thorough"``, a
             :class:`~advex.evaluate.presets.Preset` (``PRESETS["standard"].scaled(0.1)`` for a
             cheaper run), or a list / dict of attacks run in that order.
-        seed: every batch's attack seeds derive from ``(seed, batch index, stage)``.
+        seed: every attack's seed derives from ``(seed, stage)``; the attacks draw per point, so
+            a point's result does not depend on its batch (or ``batch_size``).
         options: how to run (:class:`EvaluateOptions`: batch size, resumable ``out_dir``,
             ``restart``, ``checks``/``probe``, ``adapt``/``eot_samples``, ``keep_examples``,
             ``device``, ``progress``, ``channels_last``).
@@ -607,8 +608,7 @@ def _robust_count(records) -> int:
 
 def _run_batch(view, xb, yb, k, offset, spec, thr, seed, stages, adaptations, dev, keep, bar=None):
     attacks = {
-        s.name: s.build(thr, derive_seed(seed, k, j), spec.budget_scale)
-        for j, s in enumerate(stages)
+        s.name: s.build(thr, derive_seed(seed, j), spec.budget_scale) for j, s in enumerate(stages)
     }
     for a in attacks.values():
         if adaptations["eot_samples"] > 1:

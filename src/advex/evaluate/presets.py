@@ -51,7 +51,7 @@ class Stage:
 
     Either ``attack`` (a name in :mod:`advex.attacks.registry`: ``"APGD"``, ``"FABT"``,
     ``"Square"``, ...) with constructor ``kwargs``, or ``instance`` (a ready attack, copied
-    and re-seeded per batch). ``black_box`` marks attacks that use no gradients (their wins
+    and re-seeded per stage). ``black_box`` marks attacks that use no gradients (their wins
     over every white-box stage feed the masking verdict); ``norms`` lists the norms it supports.
     Both default to what the attack declares (``black_box``, ``norms`` on its class); a ready
     instance runs in any norm unless ``norms`` says otherwise.
@@ -140,10 +140,11 @@ class Preset:
             raise ValueError(f"preset {self.name!r} has no attack for norm {norm!r}")
         return out
 
-    def build(self, threat: ThreatModel, seed: int, batch: int) -> dict[str, Any]:
-        """The attacks for batch ``batch``, each seeded from (seed, batch, stage index)."""
+    def build(self, threat: ThreatModel, seed: int, batch: int | None = None) -> dict[str, Any]:
+        """The attacks, each seeded from (seed, stage index). The attacks draw their random
+        numbers per point, so every batch uses the same seeds (``batch`` is ignored)."""
         return {
-            s.name: s.build(threat, derive_seed(seed, batch, j), self.budget_scale)
+            s.name: s.build(threat, derive_seed(seed, j), self.budget_scale)
             for j, s in enumerate(self.for_norm(threat.norm))
         }
 

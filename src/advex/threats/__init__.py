@@ -8,6 +8,7 @@ and budget. Nothing here imports the rest of advex.
 - :class:`LpBall` (alias ``ThreatModel``): an Lp ball of radius ε in a box, with a mask.
 - :mod:`~advex.threats.norms`: L∞, L2, L1 written once; :mod:`~advex.threats.projections`: the
   exact projections onto ball ∩ box and hyperplane ∩ box.
+- :class:`PointRandom`: random draws per point (seed, sample, stream), never per batch.
 """
 
 from .base import Threat
@@ -15,6 +16,7 @@ from .box import Box, Mask
 from .lp import LpBall, ThreatModel, check_budget
 from .norms import L1, L2, NORMS, LInf, Norm, get_norm
 from .projections import project_hyperplane_box, project_l1_box
+from .random import PointRandom, point_keys
 
 __all__ = [
     "Box",
@@ -25,10 +27,12 @@ __all__ = [
     "Mask",
     "NORMS",
     "Norm",
+    "PointRandom",
     "Threat",
     "ThreatModel",
     "check_budget",
     "get_norm",
+    "point_keys",
     "project_hyperplane_box",
     "project_l1_box",
 ]

@@ -24,7 +24,7 @@ class Threat(ABC):
     a copy.
 
     >>> threat.check_inputs(x)
-    >>> x_adv = threat.project(threat.init(x, generator) + step * threat.direction(g), x)
+    >>> x_adv = threat.project(threat.init(x, rng) + step * threat.direction(g), x)
     >>> threat.contains(x_adv, x).all()
     """
 
@@ -36,13 +36,15 @@ class Threat(ABC):
     # -- the search space ------------------------------------------------------------------------
     @abstractmethod
     def random_start(
-        self, x: torch.Tensor, generator: torch.Generator | None = None, eps: Any = None
+        self, x: torch.Tensor, rng: Any = None, eps: Any = None, *, idx: Any = None, stream="start"
     ) -> torch.Tensor:
-        """A random allowed point around every sample of ``x``."""
+        """A random allowed point around every sample of ``x``. ``rng`` is a
+        :class:`~advex.threats.random.PointRandom` (per-point draws for the rows ``idx`` of its
+        batch, from ``stream``) or a ``torch.Generator`` / ``None`` (one batch-wide draw)."""
 
-    def init(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def init(self, x: torch.Tensor, rng: Any = None, *, idx: Any = None) -> torch.Tensor:
         """The start point of an iterative attack: :meth:`random_start` by default."""
-        return self.random_start(x, generator)
+        return self.random_start(x, rng, idx=idx)
 
     @abstractmethod
     def project(self, x_adv: torch.Tensor, x: torch.Tensor, eps: Any = None) -> torch.Tensor:

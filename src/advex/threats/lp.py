@@ -10,7 +10,7 @@ import torch
 
 from .base import Threat
 from .box import Box, Mask
-from .norms import Norm, get_norm
+from .norms import Norm, Rng, get_norm
 from .projections import project_l1_box
 
 __all__ = ["LpBall", "ThreatModel", "check_budget", "round_toward"]
@@ -179,14 +179,23 @@ class LpBall(Threat):
     def random_start(
         self,
         x: torch.Tensor,
-        generator: torch.Generator | None = None,
+        rng: Rng = None,
         eps: torch.Tensor | float | None = None,
+        *,
+        idx: torch.Tensor | None = None,
+        stream="start",
     ) -> torch.Tensor:
-        """A random point of the ε-ball around ``x`` (masked, clipped to the box)."""
+        """A random point of the ε-ball around ``x`` (masked, clipped to the box): uniform in the
+        L∞ / L2 / L1 ball.
+
+        ``rng``: a :class:`~advex.threats.random.PointRandom` (per-point draws; ``x`` holds rows
+        ``idx`` of its batch, all of it by default; ``stream`` names the draw, e.g.
+        ``("start", restart)``), or a ``torch.Generator`` / ``None`` (one batch-wide draw).
+        """
         e = self._eps_or(eps)
         if isinstance(e, float) and math.isinf(e):
             raise ValueError("random start needs a finite eps")
-        delta = self.apply_mask(self.lp.random(x, e, generator))
+        delta = self.apply_mask(self.lp.random(x, e, rng, idx=idx, stream=stream))
         lo, hi = self.box.bounds_for(x)
         return (x + delta).clamp_(lo, hi)
 

@@ -13,7 +13,9 @@ from abc import ABC, abstractmethod
 
 import torch
 
-__all__ = ["Norm", "LInf", "L2", "L1", "get_norm", "NORMS"]
+from .random import PointRandom
+
+__all__ = ["Norm", "LInf", "L2", "L1", "get_norm", "NORMS", "Rng"]
 
 _TINY = 1e-12
 
@@ -28,6 +30,27 @@ def _per_sample(eps: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
     if e.dim() == 0:
         e = e.expand(like.shape[0])
     return e.reshape((-1,) + (1,) * (like.dim() - 1))
+
+
+Rng = PointRandom | torch.Generator | None
+"""A source of random numbers: per-point draws (:class:`PointRandom`, the attacks' choice), or a
+batch-wide ``torch.Generator`` / ``None`` (torch's global generator)."""
+
+
+def _draw(kind: str, like: torch.Tensor, rng: Rng, stream, idx, per_sample: bool = False):
+    """``like``-shaped draws (or one per sample with ``per_sample``) of ``"uniform"`` or
+    ``"normal"`` numbers, per point from a :class:`PointRandom` (rows ``idx`` of its batch)."""
+    shape = () if per_sample else tuple(like.shape[1:])
+    if isinstance(rng, PointRandom):
+        n = len(rng) if idx is None else int(torch.as_tensor(idx).numel())
+        if n != like.shape[0]:
+            raise ValueError(
+                f"PointRandom draws for {n} points but the tensor has {like.shape[0]} rows: pass "
+                "idx= (the rows of the PointRandom's batch)"
+            )
+        return getattr(rng, kind)(stream, shape, idx, like.dtype).to(like.device)
+    fn = torch.rand if kind == "uniform" else torch.randn
+    return fn((like.shape[0], *shape), generator=rng, device=like.device, dtype=like.dtype)
 
 
 class Norm(ABC):
@@ -50,9 +73,19 @@ class Norm(ABC):
 
     @abstractmethod
     def random(
-        self, like: torch.Tensor, eps: torch.Tensor | float, generator: torch.Generator | None
+        self,
+        like: torch.Tensor,
+        eps: torch.Tensor | float,
+        rng: Rng,
+        *,
+        idx: torch.Tensor | None = None,
+        stream="start",
     ) -> torch.Tensor:
-        """A point drawn uniformly from the ball of radius ``eps`` (shape of ``like``)."""
+        """A point drawn uniformly from the ball of radius ``eps`` (shape of ``like``).
+
+        ``rng``: a :class:`PointRandom` (row ``i`` drawn for point ``idx[i]`` of its batch, from
+        ``stream``) or a ``torch.Generator`` / ``None`` (one batch-wide draw).
+        """
 
     @abstractmethod
     def dual(self, grad: torch.Tensor) -> torch.Tensor:
@@ -60,10 +93,13 @@ class Norm(ABC):
         distance to the hyperplane ``f + <grad, δ> = 0`` is ``|f| / dual(grad)`` (DeepFool, FAB).
         """
 
-    def noise(self, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def noise(
+        self, like: torch.Tensor, rng: Rng, *, idx: torch.Tensor | None = None, stream="noise"
+    ) -> torch.Tensor:
         """Unnormalised random noise whose direction is uniform on this norm's sphere shape
-        (Gaussian; uniform in a cube for L∞); scale it with :meth:`measure`."""
-        return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+        (Gaussian; uniform in a cube for L∞); scale it with :meth:`measure`. ``rng``, ``idx``,
+        ``stream`` as for :meth:`random`."""
+        return _draw("normal", like, rng, stream, idx)
 
     def __repr__(self) -> str:
         return self.name
@@ -82,16 +118,15 @@ class LInf(Norm):
         e = _per_sample(eps, delta)
         return torch.maximum(torch.minimum(delta, e), -e)
 
-    def random(self, like, eps, generator):
-        u = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+    def random(self, like, eps, rng, *, idx=None, stream="start"):
+        u = _draw("uniform", like, rng, stream, idx)
         return (2 * u - 1) * _per_sample(eps, like)
 
     def dual(self, grad):
         return _flat(grad).abs().sum(dim=1)
 
-    def noise(self, like, generator):
-        u = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
-        return 2 * u - 1
+    def noise(self, like, rng, *, idx=None, stream="noise"):
+        return 2 * _draw("uniform", like, rng, stream, idx) - 1
 
 
 class L2(Norm):
@@ -110,11 +145,13 @@ class L2(Norm):
         factor = torch.where(n > e, e / n.clamp_min(_TINY), torch.ones_like(n))
         return delta * factor.reshape((-1,) + (1,) * (delta.dim() - 1))
 
-    def random(self, like, eps, generator):
-        g = torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+    def random(self, like, eps, rng, *, idx=None, stream="start"):
+        # uniform in the L2 ball: Gaussian direction, radius ~ u^(1/d)
+        per_point = isinstance(rng, PointRandom)
+        g = _draw("normal", like, rng, (stream, "direction") if per_point else stream, idx)
         direction = self.steepest(g)
         d = _flat(like).shape[1]
-        u = torch.rand(like.shape[0], generator=generator, device=like.device, dtype=like.dtype)
+        u = _draw("uniform", like, rng, (stream, "radius") if per_point else stream, idx, True)
         radius = u.pow(1.0 / d).reshape((-1,) + (1,) * (like.dim() - 1))
         return direction * radius * _per_sample(eps, like)
 
@@ -169,15 +206,20 @@ class L1(Norm):
         out = torch.where(inside[:, None], v, w)
         return out.reshape(delta.shape)
 
-    def random(self, like, eps, generator):
+    def random(self, like, eps, rng, *, idx=None, stream="start"):
         # uniform in the L1 ball: Laplace direction, radius ~ u^(1/d)
-        e = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
-        lap = -torch.log(e.clamp_min(1e-20))
-        s = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
-        lap = torch.where(s < 0.5, -lap, lap)
+        if isinstance(rng, PointRandom):
+            u = _draw("uniform", like, rng, (stream, "radius"), idx, True)
+            lap = rng.laplace((stream, "direction"), like.shape[1:], idx, like.dtype)
+            lap = lap.to(like.device)
+        else:
+            e = _draw("uniform", like, rng, stream, idx)
+            lap = -torch.log(e.clamp_min(1e-20))
+            s = _draw("uniform", like, rng, stream, idx)
+            lap = torch.where(s < 0.5, -lap, lap)
+            u = _draw("uniform", like, rng, stream, idx, True)
         n = _flat(lap).abs().sum(dim=1).clamp_min(_TINY)
         d = _flat(like).shape[1]
-        u = torch.rand(like.shape[0], generator=generator, device=like.device, dtype=like.dtype)
         r = (u.pow(1.0 / d) / n).reshape((-1,) + (1,) * (like.dim() - 1))
         return lap * r * _per_sample(eps, like)
 
