@@ -29,9 +29,12 @@ def _example_code() -> str:
 def example():
     """The namespace of the executed example; its attack leaves the registry afterwards."""
     ns: dict = {"__name__": "architecture_doc_example"}
-    exec(compile(_example_code(), str(DOC), "exec"), ns)
-    yield ns
-    registry._EXTRA.remove(ns["RandomNoise"])  # keep the other tests' registry as it was
+    before = list(registry._EXTRA)
+    try:
+        exec(compile(_example_code(), str(DOC), "exec"), ns)
+        yield ns
+    finally:  # keep the other tests' registry as it was, even when the example fails
+        registry._EXTRA[:] = before
 
 
 def test_the_example_attack_runs_inside_its_threat(example):
