@@ -180,7 +180,7 @@ class AdvGAN(Attack):
     Norm: L∞, L2.
 
     Args:
-        eps: the budget ε (0.3). norm: ``"linf"`` (default) | ``"l2"``.
+        eps: the budget ε (None: the ``threat``'s, else 0.3). norm: ``"linf"`` (default) | ``"l2"``.
         target: ``None`` (untargeted) or the class index the generator aims for.
         alpha: weight α of the GAN loss (1.0). beta: weight β of the hinge loss (1.0).
         c: hinge bound on ``‖δ‖₂``; None: ε for L2, ``ε·√d / 2`` for L∞ (half the L2 norm of a
@@ -208,7 +208,7 @@ class AdvGAN(Attack):
 
     def __init__(
         self,
-        eps: float | None = 0.3,
+        eps: float | None = None,
         norm: str = "linf",
         *,
         target: int | None = None,
@@ -228,6 +228,8 @@ class AdvGAN(Attack):
         seed: int | None = 0,
         progress: bool = False,
     ) -> None:
+        if eps is None and threat is None:
+            eps = 0.3
         t = make_threat(eps, norm, bounds, None, threat, attack="AdvGAN")
         super().__init__(t, seed=seed)
         if not t.eps > 0:
