@@ -1,7 +1,8 @@
 """AdvGAN on MNIST against the zoo CNN (L∞, ε = 0.3): training time, untargeted success on test
 digits, and throughput (images/s) next to advex PGD-40 on the same model and batch, in one run.
 
-    OMP_NUM_THREADS=1 python benchmarks/advgan.py [--epochs 15] [--out results/advgan.json]
+    OMP_NUM_THREADS=1 python benchmarks/advgan.py [--epochs 15] [--batch-size 64] [--alpha 1.0]
+        [--out benchmarks/results/advgan.json]
 
 Training data: ``mnist5k`` train (4,000 digits); test: ``mnist5k`` test (1,000 digits). The
 throughput rows time, on the same 1,000 test digits and the same model:
@@ -40,6 +41,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--width", type=int, default=8)
+    ap.add_argument("--alpha", type=float, default=1.0, help="weight of the GAN loss")
     ap.add_argument("--eps", type=float, default=0.3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None)
@@ -51,7 +53,13 @@ def main() -> None:
     x, y = data.mnist5k("test").tensors()
 
     advgan = AdvGAN(
-        args.eps, "linf", epochs=args.epochs, batch_size=args.batch_size, width=args.width, seed=0
+        args.eps,
+        "linf",
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        width=args.width,
+        alpha=args.alpha,
+        seed=0,
     )
     _, fit_s = _timed(lambda: advgan.fit(model, (x_train, y_train)))
     rows: dict[str, dict] = {}
@@ -85,6 +93,7 @@ def main() -> None:
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "width": args.width,
+        "alpha": args.alpha,
         "threads": args.threads,
         "history": advgan.history_,
         "rows": rows,

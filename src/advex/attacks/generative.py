@@ -421,6 +421,10 @@ class AdvGAN(Attack):
             x_adv[rows] = self.generate(x[rows])
         return x_adv
 
+    def params(self) -> dict[str, Any]:
+        """Hyperparameters for reports (the fitted attributes ``generator_``, ... left out)."""
+        return {k: v for k, v in super().params().items() if not k.endswith("_")}
+
     def _rebudget(self, old: float, new: float) -> None:
         if not new > 0:
             raise ValueError(f"AdvGAN needs a budget eps > 0, got {new}")
