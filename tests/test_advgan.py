@@ -16,6 +16,7 @@ from torch import nn
 from advex import data, zoo
 from advex.attacks import AdvGAN
 from advex.attacks.generative import ConvGenerator
+from advex.threats import ThreatModel
 from advex.training import TrainingInterrupted
 
 torch.set_num_threads(1)
@@ -226,3 +227,16 @@ def test_targeted_generator_reaches_its_target(mnist):
     # stated: >= 15 % of the digits that are not 8 become 8 after 75 generator steps
     # (measured 29 %); uniform noise of the same budget: about 1 %
     assert share >= 0.15 and share >= noise_share + 0.1, (share, noise_share)
+
+
+def test_mask_is_respected_and_save_refuses_it(tmp_path):
+    net, x, y = _toy()
+    mask = torch.zeros(1, 8, 8, dtype=torch.bool)
+    mask[:, :4] = True
+    threat = ThreatModel("linf", 0.2, mask=mask)
+    atk = AdvGAN(threat=threat, epochs=1, batch_size=8, width=2, blocks=0).fit(net, (x, y))
+    res = atk(net, x, y)
+    assert bool(threat.contains(res.x_adv, x, tol=1e-6).all())
+    assert torch.equal(res.x_adv[:, :, 4:], x[:, :, 4:])
+    with pytest.raises(ValueError, match="no mask"):
+        atk.save(tmp_path / "g")

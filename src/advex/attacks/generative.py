@@ -431,16 +431,13 @@ class AdvGAN(Attack):
 
     # -- files -------------------------------------------------------------------------------------
     def _card(self, input_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
-        box = self.threat.box
-        if not box.scalar or self.threat.mask is not None:
-            raise ValueError("AdvGAN supports scalar bounds and no mask (per-feature boxes TBD)")
-        lo, hi = box.min_max()
         return {
             "format": GENERATOR_FORMAT,
             "attack": self.name,
             "eps": float(self.threat.eps),
             "norm": self.threat.norm,
-            "bounds": [float(lo), float(hi)],
+            "bounds": self.threat.box.to_list(),
+            "mask": self.threat.to_dict()["mask"],
             "target": self.target,
             "input_shape": list(input_shape),
             "num_classes": int(num_classes),
@@ -467,6 +464,10 @@ class AdvGAN(Attack):
 
         if self.generator_ is None:
             raise ValueError("AdvGAN.save: nothing to save, call fit(model, data) first")
+        if not self.threat.box.scalar or self.threat.mask is not None:
+            raise ValueError(
+                "AdvGAN.save supports scalar bounds and no mask: the card stores (low, high)"
+            )
         out = Path(directory).expanduser()
         card = self._card(self.input_shape_, self.num_classes_)
         tensors = {
