@@ -30,6 +30,7 @@ itself computes the distance in that dtype).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
@@ -93,6 +94,26 @@ ATTACKS = {
     ),
 }
 NORM_EPS = {"linf": 0.1, "l2": 0.5, "l1": 2.0}
+
+
+@functools.cache
+def _fitted_advgan(norm: str, eps: float):
+    """AdvGAN needs fit() before use: one tiny generator per (norm, eps), fitted once on 1×8×8
+    inputs against a fixed linear model (the fuzzed models are then attacked by transfer)."""
+    g = torch.Generator().manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    x = torch.rand(16, 1, 8, 8, generator=g)
+    y = torch.arange(16) % 3
+    return A.AdvGAN(eps, norm, epochs=1, batch_size=8, width=2, blocks=0).fit(net, (x, y))
+
+
+def _advgan(norm: str, eps: float):
+    if not eps > 0:
+        return A.AdvGAN(eps, norm)  # refused: a budget eps > 0 is required
+    return _fitted_advgan(norm, eps)
+
+
+ATTACKS["AdvGAN"] = (_advgan, ("linf", "l2"), "never")
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.uint8]
 MODEL_KINDS = [
     "linear",

@@ -27,6 +27,7 @@ FAST = {
     "binary_search_steps": 1,
     "search_steps": 1,
     "max_epochs": 1,
+    "epochs": 1,  # AdvGAN: fitted (below) before use
     "inner_steps": 1,
     "candidates": 2,
     "n_target_classes": 2,
@@ -81,7 +82,9 @@ def test_unknown_name_lists_names_and_a_close_match():
         registry.find_attack("pdg")
     for name in registry.available_attacks():
         assert name in str(info.value)
-    with pytest.raises(ValueError, match="unknown attack 'zzzzzz'; available attacks: apgd"):
+    with pytest.raises(
+        ValueError, match="unknown attack 'zzzzzz'; available attacks: advgan, apgd"
+    ):
         registry.find_attack("zzzzzz")
     runner = CliRunner()
     r = runner.invoke(main, ["attack", "--attack", "squre", "--eps", "0.1", "--n", "2"])

@@ -1,6 +1,7 @@
 """Attacks: every one is called as ``attack(model, x, y, target=None) -> AttackResult``.
 
-Fixed-budget (ε given): FGSM, PGD/BIM, MIFGSM, APGD, Square, UniversalPerturbation.
+Fixed-budget (ε given): FGSM, PGD/BIM, MIFGSM, APGD, Square, UniversalPerturbation, AdvGAN
+(a trained generator: ``fit`` first).
 Minimum-norm (smallest perturbation found, convert with ``result.at_eps(eps, x)``): CW, EAD,
 LBFGS, DeepFool, FAB, JSMA.
 
@@ -18,6 +19,7 @@ from .deepfool import DeepFool
 from .ead import EAD
 from .fab import FAB, FABT
 from .fixed import FixedBudgetAttack
+from .generative import AdvGAN
 from .gradient import BIM, FGSM, MIFGSM, PGD
 from .jsma import JSMA
 from .lbfgs import LBFGS
@@ -26,6 +28,7 @@ from .universal import UniversalPerturbation
 
 __all__ = [
     "APGD",
+    "AdvGAN",
     "Attack",
     "BIM",
     "CW",

@@ -243,7 +243,12 @@ class Attack(ABC):
             adv_logits = p.caller.logits(x_adv)
         return self._result(p.x, x_adv, p.goal, p.clean_logits, adv_logits, p.caller)
 
-    __call__ = attack
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: Any = None
+    ) -> AttackResult:
+        """The same as :meth:`attack` (an attack that overrides ``attack`` is called the same
+        way both ways)."""
+        return self.attack(model, x, y, target)
 
     # -- the prologue, shared by attack() and by fit() of attacks that learn ---------------------
     def _prologue(

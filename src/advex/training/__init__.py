@@ -23,9 +23,11 @@ from .loop import (
     TrainingInterrupted,
     as_xy,
     cross_entropy_loss,
+    load_optimizer_state,
     lr_at,
     make_optimizer,
     optimizer_settings,
+    optimizer_state,
 )
 
 __all__ = [
@@ -39,6 +41,8 @@ __all__ = [
     "lr_at",
     "optimizer_settings",
     "make_optimizer",
+    "optimizer_state",
+    "load_optimizer_state",
     "as_xy",
     "SCHEDULES",
     "OPTIMIZERS",

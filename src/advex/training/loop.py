@@ -31,6 +31,8 @@ __all__ = [
     "lr_at",
     "optimizer_settings",
     "make_optimizer",
+    "optimizer_state",
+    "load_optimizer_state",
     "as_xy",
     "SCHEDULES",
     "OPTIMIZERS",
@@ -266,7 +268,12 @@ class Trainer:
         loss: the per-batch loss object (default :func:`cross_entropy_loss`); ``logits`` may
             be None. A loss object with a ``set_step(step, steps_per_epoch) -> dict`` method
             is told the global step before each batch and may return numbers to log (e.g.
-            ``{"eps": 0.1}`` for a warm-up of ε; logged per epoch as ``eps_end``).
+            ``{"eps": 0.1}`` for a warm-up of ε; logged per epoch as ``eps_end``). A loss
+            object that trains networks of its own (a GAN's discriminator, with its own
+            optimizer stepped inside the call) makes them resumable with
+            ``checkpoint_state() -> (meta, tensors)`` and ``restore_state(meta, tensors)``:
+            the checkpoint stores them under ``loss_state`` / ``loss.*`` (see
+            :func:`optimizer_state` for an optimizer's part).
         epochs, batch_size: passes over the data and points per step.
         lr: peak learning rate (None: 1e-3 for Adam, 0.1 for SGD).
         optimizer: ``"adam"`` or ``"sgd"`` (momentum 0.9, Nesterov); weight_decay: L2 penalty.
@@ -519,16 +526,14 @@ class Trainer:
             extra_meta, extra_tensors = self.validate.checkpoint_state()
             for k, v in extra_tensors.items():
                 tensors[k] = v.detach().cpu().contiguous().clone()
-        sd = opt.state_dict()
-        opt_meta: dict[str, dict] = {}
-        for pid, pstate in sd["state"].items():
-            meta = {}
-            for key, val in pstate.items():
-                if isinstance(val, torch.Tensor):
-                    tensors[f"opt.{pid}.{key}"] = val.detach().cpu().contiguous().clone()
-                else:
-                    meta[key] = val
-            opt_meta[str(pid)] = meta
+        if hasattr(self.loss, "checkpoint_state"):
+            loss_meta, loss_tensors = self.loss.checkpoint_state()
+            extra_meta = {**extra_meta, "loss_state": loss_meta}
+            for k, v in loss_tensors.items():
+                tensors[f"loss.{k}"] = v.detach().cpu().contiguous().clone()
+        opt_meta, opt_tensors = optimizer_state(opt)
+        for k, v in opt_tensors.items():
+            tensors[f"opt.{k}"] = v
         for k, v in self.seeds.state().items():
             tensors[f"rng.{k}"] = v.detach().cpu().contiguous().clone()
         meta = {
@@ -539,7 +544,7 @@ class Trainer:
             **extra_meta,
             "stopped": self.stopped,
             "elapsed_s": elapsed,
-            "optimizer": {"param_groups": sd["param_groups"], "state_meta": opt_meta},
+            "optimizer": opt_meta,
         }
         # weights first, metadata last: a checkpoint.json always describes complete weights
         atomic_write(self.out_dir / "checkpoint.safetensors", lambda p: save_file(tensors, p))
@@ -574,19 +579,51 @@ class Trainer:
         tensors = load_file(str(self.out_dir / "checkpoint.safetensors"))
         model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
         self.model.load_state_dict(model_state, strict=True)
-        state: dict[int, dict] = {}
-        for pid, m in meta["optimizer"]["state_meta"].items():
-            state[int(pid)] = dict(m)
-        for k, v in tensors.items():
-            if k.startswith("opt."):
-                _, pid, key = k.split(".", 2)
-                state.setdefault(int(pid), {})[key] = v
-        opt.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+        load_optimizer_state(
+            opt, meta["optimizer"], {k[4:]: v for k, v in tensors.items() if k.startswith("opt.")}
+        )
         self.seeds.load_state({k[4:]: v for k, v in tensors.items() if k.startswith("rng.")})
         self.stopped = meta.get("stopped")
         if hasattr(self.validate, "restore_state"):
             self.validate.restore_state(meta, tensors)
+        if hasattr(self.loss, "restore_state"):
+            self.loss.restore_state(
+                meta.get("loss_state", {}),
+                {k[5:]: v for k, v in tensors.items() if k.startswith("loss.")},
+            )
         return int(meta["epoch"]), list(meta["log"]), float(meta.get("elapsed_s", 0.0))
+
+
+def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict, dict[str, torch.Tensor]]:
+    """An optimizer's state as ``(JSON-ready meta, tensors)`` for a safetensors checkpoint
+    (never pickled): tensors are named ``"{param_id}.{key}"`` (CPU copies), the rest goes to
+    ``meta`` (``param_groups`` and per-parameter non-tensor values). Inverse:
+    :func:`load_optimizer_state`."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    state_meta: dict[str, dict] = {}
+    for pid, pstate in sd["state"].items():
+        meta = {}
+        for key, val in pstate.items():
+            if isinstance(val, torch.Tensor):
+                tensors[f"{pid}.{key}"] = val.detach().cpu().contiguous().clone()
+            else:
+                meta[key] = val
+        state_meta[str(pid)] = meta
+    return {"param_groups": sd["param_groups"], "state_meta": state_meta}, tensors
+
+
+def load_optimizer_state(
+    opt: torch.optim.Optimizer, meta: dict, tensors: dict[str, torch.Tensor]
+) -> None:
+    """Restore ``opt`` from what :func:`optimizer_state` returned."""
+    state: dict[int, dict] = {}
+    for pid, m in meta["state_meta"].items():
+        state[int(pid)] = dict(m)
+    for k, v in tensors.items():
+        pid, key = k.split(".", 1)
+        state.setdefault(int(pid), {})[key] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
 def _ckpt_exists(out: Path) -> bool:
