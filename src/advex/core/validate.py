@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from ..threats import ThreatModel
+from ..threats.base import check_float_batch
 
 __all__ = [
     "check_batch",
@@ -51,25 +52,10 @@ def check_inputs(x: Any, threat: ThreatModel | None = None, *, name: str = "x") 
     With ``threat``, :meth:`ThreatModel.check_inputs` also checks that ``x`` lies inside the
     threat model's bounds. ``x`` may require grad: it is only read (detached).
     """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    x = x.detach()
-    if threat is not None:
-        threat.check_inputs(x, name=name)
-        return
-    if not x.is_floating_point():
-        raise TypeError(
-            f"{name} must be a floating-point tensor (e.g. float32 pixels in [0, 1]), "
-            f"got dtype {x.dtype}"
-        )
-    if x.dim() < 2:
-        raise ValueError(
-            f"{name} must have a batch dimension: shape (batch, ...), got {tuple(x.shape)}"
-        )
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or inf values")
+    if threat is not None and isinstance(x, torch.Tensor):
+        threat.check_inputs(x.detach(), name=name)
+    else:
+        check_float_batch(x, name=name)
 
 
 def check_labels(y: Any, x: torch.Tensor, name: str = "y") -> torch.Tensor:

@@ -12,7 +12,28 @@ from typing import Any
 
 import torch
 
-__all__ = ["Threat"]
+__all__ = ["Threat", "check_float_batch"]
+
+
+def check_float_batch(
+    x: object, *, name: str = "x", example: str = "float32 pixels in [0, 1]"
+) -> None:
+    """Raise a clear error unless ``x`` is a non-empty, finite, floating ``(batch, ...)`` tensor
+    (the part of input validation that needs no threat; ``example`` names a valid input)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{name} must be a floating-point tensor (e.g. {example}), got dtype {x.dtype}"
+        )
+    if x.dim() < 2:
+        raise ValueError(
+            f"{name} must have a batch dimension: shape (batch, ...), got {tuple(x.shape)}"
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch")
+    if not bool(torch.isfinite(x.detach()).all()):
+        raise ValueError(f"{name} contains NaN or inf values")
 
 
 class Threat(ABC):

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .base import Threat
+from .base import Threat, check_float_batch
 from .box import Box, Mask
 from .norms import Norm, Rng, get_norm
 from .projections import project_l1_box
@@ -231,22 +231,8 @@ class LpBall(Threat):
 
     def check_inputs(self, x: torch.Tensor, *, name: str = "x") -> None:
         """Raise a clear error when ``x`` is not a finite floating batch inside the box."""
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
         lo_m, hi_m = self.box.min_max()
-        if not x.is_floating_point():
-            raise TypeError(
-                f"{name} must be a floating-point tensor (e.g. float32 pixels in "
-                f"{[lo_m, hi_m]}), got dtype {x.dtype}"
-            )
-        if x.dim() < 2:
-            raise ValueError(
-                f"{name} must have a batch dimension: shape (batch, ...), got {tuple(x.shape)}"
-            )
-        if x.shape[0] == 0:
-            raise ValueError(f"{name} is an empty batch")
-        if not torch.isfinite(x).all():
-            raise ValueError(f"{name} contains NaN or inf values")
+        check_float_batch(x, name=name, example=f"float32 pixels in {[lo_m, hi_m]}")
         if self.box.scalar:
             xmin, xmax = float(x.min()), float(x.max())
             if xmin < lo_m - 1e-6 or xmax > hi_m + 1e-6:
