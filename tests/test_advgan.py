@@ -19,7 +19,14 @@ from advex.attacks.generative import ConvGenerator
 from advex.threats import ThreatModel
 from advex.training import TrainingInterrupted
 
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These small nets run fastest on one thread; the setting is restored for other tests."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _toy(n: int = 24, classes: int = 3, seed: int = 0):

@@ -229,6 +229,7 @@ class Attack(ABC):
         ``attack(model, x, y)`` (``__call__``) is the same method.
         """
         _check_model(model)
+        target = self._default_target(target)
         wide = attack_dtype(model, x)
         if wide is not None:  # float16 / bfloat16 x, float32 / float64 model
             return self._attack_half(model, x, y, target, wide)
@@ -243,12 +244,12 @@ class Attack(ABC):
             adv_logits = p.caller.logits(x_adv)
         return self._result(p.x, x_adv, p.goal, p.clean_logits, adv_logits, p.caller)
 
-    def __call__(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: Any = None
-    ) -> AttackResult:
-        """The same as :meth:`attack` (an attack that overrides ``attack`` is called the same
-        way both ways)."""
-        return self.attack(model, x, y, target)
+    __call__ = attack
+
+    def _default_target(self, target: Any) -> Any:
+        """The target to use when the caller passes ``target`` (None = untargeted); attacks
+        bound to one target class (a targeted generator) return theirs for ``None``."""
+        return target
 
     # -- the prologue, shared by attack() and by fit() of attacks that learn ---------------------
     def _prologue(

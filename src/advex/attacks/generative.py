@@ -397,12 +397,10 @@ class AdvGAN(Attack):
         x_adv = x_adv.to(device=x0.device, dtype=x0.dtype)
         return self.threat.finalize(x_adv, x0)
 
-    def attack(self, model, x, y, target=None):
-        """Attack ``model`` on ``(x, y)``: a targeted generator aims for its own class (pass
-        ``target=`` only to confirm it); an untargeted one refuses ``target=``."""
-        if target is None and self.target is not None and isinstance(x, torch.Tensor):
-            target = self.target
-        return super().attack(model, x, y, target)
+    def _default_target(self, target):
+        """A targeted generator aims for its own class (pass ``target=`` only to confirm it);
+        an untargeted one refuses ``target=`` (in :meth:`_attack`)."""
+        return self.target if target is None and self.target is not None else target
 
     def _attack(self, caller: ModelCaller, x, goal, done, clean_logits):
         if goal.targeted and self.target is None:

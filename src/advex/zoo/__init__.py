@@ -90,6 +90,7 @@ _RECIPES: dict[str, Recipe] = {
         lr=1e-3,
         batch_size=64,
         augment="shift",
+        threads=2,  # fixed: the weights must not depend on the caller's thread setting
         min_accuracy=0.97,
     ),
     "digits-mlp": Recipe(
