@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,7 +140,7 @@ def mart_loss(
 # --------------------------------------------------------------------------------------------
 
 
-class AdversarialLoss:
+class AdversarialLoss(ABC):
     """Base of the methods' loss objects: the inner maximisation and the ε schedule.
 
     A loss object is called by :class:`advex.training.Trainer` as
@@ -221,8 +222,9 @@ class AdversarialLoss:
             model.train(was_training)
         return cur.detach()
 
+    @abstractmethod
     def __call__(self, model, xb, yb, gen) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """``(mean loss, logits)`` of the batch under this method."""
 
 
 class StandardLoss(AdversarialLoss):
