@@ -27,6 +27,19 @@ def _as_bound(v: Any, name: str) -> float | torch.Tensor:
     return f
 
 
+def check_broadcasts(t: torch.Tensor, x: torch.Tensor, what: str, *, plural: bool = False) -> None:
+    """Raise a ValueError naming ``what`` unless ``t`` broadcasts to one sample of the batch
+    ``x`` (shape ``x.shape[1:]``)."""
+    try:
+        torch.broadcast_shapes(t.shape, x.shape[1:])
+    except RuntimeError as err:
+        raise ValueError(
+            f"{what} of shape {tuple(t.shape)} {'do' if plural else 'does'} not broadcast to a "
+            f"sample of shape "
+            f"{tuple(x.shape[1:])}"
+        ) from err
+
+
 class Box:
     """Valid input range ``lo <= x <= hi``, scalar or per feature.
 
@@ -85,13 +98,7 @@ class Box:
     def _check_shape(self, x: torch.Tensor) -> None:
         for b in (self.lo, self.hi):
             if isinstance(b, torch.Tensor):
-                try:
-                    torch.broadcast_shapes(b.shape, x.shape[1:])
-                except RuntimeError as err:
-                    raise ValueError(
-                        f"box bounds of shape {tuple(b.shape)} do not broadcast to a sample of "
-                        f"shape {tuple(x.shape[1:])}"
-                    ) from err
+                check_broadcasts(b, x, "box bounds", plural=True)
 
     def bounds_for(self, x: torch.Tensor) -> tuple[Any, Any]:
         """``(lo, hi)`` ready for arithmetic with the batch ``x``: numbers when the box is
@@ -168,13 +175,7 @@ class Mask:
     def for_batch(self, x: torch.Tensor) -> torch.Tensor:
         """The mask on ``x``'s device, after checking that it broadcasts to one sample."""
         m = self.tensor.to(x.device)
-        try:
-            torch.broadcast_shapes(m.shape, x.shape[1:])
-        except RuntimeError as err:
-            raise ValueError(
-                f"mask of shape {tuple(m.shape)} does not broadcast to a sample of shape "
-                f"{tuple(x.shape[1:])}"
-            ) from err
+        check_broadcasts(m, x, "mask")
         return m
 
     def apply(self, delta: torch.Tensor) -> torch.Tensor:
