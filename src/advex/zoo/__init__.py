@@ -109,6 +109,22 @@ _FULL_MNIST = Recipe(
 )
 
 
+# Named models whose recipe lives in a sibling module of the zoo (traffic signs, text, tabular,
+# scikit-learn pipelines, ...): name -> "module:function". The function is imported only when
+# the name is asked for (so optional extras stay optional) and is called as
+# ``fn(name, cache_dir=..., data_root=..., progress=..., retrain=...)``; it trains and caches
+# on first use (under ``_models_root(cache_dir) / name``, with ``_file_lock``) and returns the
+# model (a torch module or a models-layer adapter) carrying its card as ``.card``.
+_EXTERNAL: dict[str, str] = {}
+
+
+def _load_external(name: str, **kwargs):
+    import importlib
+
+    module_name, _, func = _EXTERNAL[name].partition(":")
+    return getattr(importlib.import_module(module_name), func)(name, **kwargs)
+
+
 def _recipe_id(recipe: Recipe) -> str:
     """A fingerprint of a recipe: a cached model trained with another recipe is retrained."""
     text = json.dumps(asdict(recipe), sort_keys=True, default=str)
@@ -117,7 +133,7 @@ def _recipe_id(recipe: Recipe) -> str:
 
 def available() -> list[str]:
     """Names accepted by :func:`load`."""
-    return sorted(_RECIPES)
+    return sorted([*_RECIPES, *_EXTERNAL])
 
 
 # --------------------------------------------------------------------------------------------
@@ -499,6 +515,14 @@ def load(
 
     The model comes back in eval mode, with its card as ``model.card``.
     """
+    if isinstance(name_or_path, str) and name_or_path in _EXTERNAL:
+        return _load_external(
+            name_or_path,
+            cache_dir=cache_dir,
+            data_root=data_root,
+            progress=progress,
+            retrain=retrain,
+        )
     if isinstance(name_or_path, str) and name_or_path in _RECIPES:
         name = name_or_path
         key, recipe = _named_key(name, data_root)
