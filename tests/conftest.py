@@ -56,3 +56,58 @@ def tiny_model():
         for p in m.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.5)
     return m.eval()
+
+
+# --------------------------------------------------------------------------------------------
+# No test may reach the network: every outbound connection that is not to loopback fails.
+# (Loopback stays open for the playground server and torch.distributed's gloo rendezvous.)
+# --------------------------------------------------------------------------------------------
+
+
+class NetworkBlocked(RuntimeError):
+    """A test tried to open a connection to a non-loopback address."""
+
+
+def _is_loopback(address) -> bool:
+    import ipaddress
+
+    if isinstance(address, (str, bytes)):  # AF_UNIX path
+        return True
+    host = address[0] if isinstance(address, tuple) and address else address
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost: would need DNS, i.e. the network
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _block_network():
+    import socket
+
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+    real_getaddrinfo = socket.getaddrinfo
+
+    def connect(self, address):
+        if not _is_loopback(address):
+            raise NetworkBlocked(f"test tried to reach the network: {address!r}")
+        return real_connect(self, address)
+
+    def connect_ex(self, address):
+        if not _is_loopback(address):
+            raise NetworkBlocked(f"test tried to reach the network: {address!r}")
+        return real_connect_ex(self, address)
+
+    def getaddrinfo(host, *args, **kwargs):
+        if not _is_loopback((host,) if isinstance(host, str) else (str(host),)):
+            raise NetworkBlocked(f"test tried to resolve a network host: {host!r}")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    socket.socket.connect, socket.socket.connect_ex = connect, connect_ex
+    socket.getaddrinfo = getaddrinfo
+    try:
+        yield
+    finally:
+        socket.socket.connect, socket.socket.connect_ex = real_connect, real_connect_ex
+        socket.getaddrinfo = real_getaddrinfo
