@@ -235,3 +235,20 @@ def test_cli_attack_on_text(tmp_path, sms_root, model, monkeypatch):
     )
     # DeepWordBug needs scores: a labels-only model is refused with a clear message
     assert r.exit_code != 0 and "exposes" in r.output
+
+
+def test_benchmark_quick_runs(tmp_path, sms_root, model, monkeypatch, capsys):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "text_attacks.py"
+    out = tmp_path / "bench.json"
+    argv = ["text_attacks.py", "--quick", "--data-root", str(sms_root), "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(script), run_name="__main__")
+    doc = json.loads(out.read_text())
+    assert doc["config"]["quick"] is True
+    rows = {r["attack"]: r for r in doc["rows"]}
+    assert rows["deepwordbug (<=30 chars)"]["success_rate"] >= 0.5
+    assert "success" in capsys.readouterr().out

@@ -24,8 +24,8 @@ class HotFlip(TextAttack):
 
     Args:
         max_char_edits: most character edits per message (a character-level flip costs one;
-            default 10; None for a word-level model budgeted in words).
-        max_words: most words changed per message (None: no limit).
+            None: no limit, the default).
+        max_words: most words changed per message (default 5; a flip changes one word).
         max_word_fraction: most words changed as a share of the message's words.
         budget: an :class:`~advex.threats.text.EditBudget` instead of the limits.
         beam_width: 1 (default) flips greedily by the gradient estimate (one forward and one
@@ -42,7 +42,7 @@ class HotFlip(TextAttack):
     words of the vocabulary (budget them with ``max_words``). Text past the tokenizer's
     ``max_length`` is kept as it is (the model does not see it).
 
-    >>> res = HotFlip(max_char_edits=10)(advex.zoo.load("sms-spam-cnn"), spam, "spam", target="ham")
+    >>> res = HotFlip(max_words=5)(advex.zoo.load("sms-spam-cnn"), spam, "spam", target="ham")
     """
 
     name = "hotflip"
@@ -52,8 +52,8 @@ class HotFlip(TextAttack):
 
     def __init__(
         self,
-        max_char_edits: int | None = 10,
-        max_words: int | None = None,
+        max_char_edits: int | None = None,
+        max_words: int | None = 5,
         max_word_fraction: float | None = None,
         *,
         budget: EditBudget | None = None,
