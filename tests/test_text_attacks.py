@@ -252,3 +252,20 @@ def test_benchmark_quick_runs(tmp_path, sms_root, model, monkeypatch, capsys):
     rows = {r["attack"]: r for r in doc["rows"]}
     assert rows["deepwordbug (<=30 chars)"]["success_rate"] >= 0.5
     assert "success" in capsys.readouterr().out
+
+
+def test_scorings_and_homoglyphs_on_a_keyword_filter():
+    def filt(texts):  # spam score = number of spam words
+        return [[0.5, sum(w in t.split() for w in ("free", "prize", "now"))] for t in texts]
+
+    clf = CallableTextClassifier(filt, ("ham", "spam"))
+    texts = ["get a free prize now", "claim your prize today"]
+    for scoring in ("replace-1", "temporal-head", "temporal-tail", "combined"):
+        res = DeepWordBug(max_char_edits=3, scoring=scoring)(clf, texts, "spam", target="ham")
+        assert res.success.all(), scoring
+        assert bool((res.char_edits <= 3).all())
+    res = DeepWordBug(max_char_edits=3, transformations="homoglyph")(clf, texts, "spam", "ham")
+    assert res.success.all()
+    assert any(ch in "\u0430\u0435\u043e\u0440\u0455\u0456" for ch in "".join(res.adversarial))
+    with pytest.raises(ValueError, match="transformations"):
+        DeepWordBug(transformations="explode")
