@@ -269,3 +269,56 @@ def test_scorings_and_homoglyphs_on_a_keyword_filter():
     assert any(ch in "\u0430\u0435\u043e\u0440\u0455\u0456" for ch in "".join(res.adversarial))
     with pytest.raises(ValueError, match="transformations"):
         DeepWordBug(transformations="explode")
+
+
+@pytest.fixture(scope="module")
+def tiny_char_model(sms_root):
+    """A small character CNN trained for a few seconds (the zoo's sms-spam-charcnn is the
+    full-size one, measured in the benchmark)."""
+    import torch.nn.functional as F
+
+    from advex.models.text import CharTokenizer, TorchTextClassifier
+    from advex.zoo.text import TextCNN
+
+    train = sms_spam(sms_root, "train")
+    keep = torch.cat([(train.y == 1).nonzero()[:300, 0], (train.y == 0).nonzero()[:500, 0]])
+    texts = [train.texts[int(i)] for i in keep]
+    y = train.y[keep]
+    tok = CharTokenizer.fit(texts, max_length=160)
+    torch.manual_seed(0)
+    net = TextCNN(tok.vocab_size, 2, embed_dim=16, channels=32, kernel_sizes=(3, 5))
+    opt = torch.optim.Adam(net.parameters(), lr=5e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        perm = torch.randperm(len(texts), generator=gen)
+        for s in range(0, len(texts), 32):
+            idx = perm[s : s + 32]
+            loss = F.cross_entropy(net(tok.encode([texts[int(i)] for i in idx])), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return TorchTextClassifier(net.eval(), tok, ("ham", "spam"))
+
+
+def test_hotflip_character_level(tiny_char_model, sms_root):
+    model = tiny_char_model
+    test = sms_spam(sms_root, "test").of_class("spam")
+    spam = [t for t in test.texts[:60] if int(model([t]).argmax(1)) == 1][:25]
+    assert len(spam) >= 10
+    res = HotFlip(max_char_edits=8, max_words=None)(model, spam, "spam", target="ham")
+    _check_result(res, model, spam, max_chars=8)
+    for a, b, c in zip(res.original, res.adversarial, res.char_edits, strict=True):
+        assert len(a) == len(b)  # flips substitute characters, nothing else
+        flips = sum(p != q for p, q in zip(a, b, strict=True))
+        assert int(c) <= flips <= 8  # (two flips can make one swap)
+    # 8 random letter flips per message do much less
+    rng = random.Random(0)
+    flipped = []
+    for t in spam:
+        chars = list(t)
+        pos = [i for i, c in enumerate(chars[:160]) if c.isalnum()]
+        for i in rng.sample(pos, min(8, len(pos))):
+            chars[i] = rng.choice("abcdefghijklmnopqrstuvwxyz")
+        flipped.append("".join(chars))
+    random_rate = float((model(flipped).argmax(1) == 0).float().mean())
+    assert res.success_rate > random_rate + 0.2, (res.success_rate, random_rate)
