@@ -13,13 +13,13 @@ and budget. Nothing here imports the rest of advex.
   columns, linear and non-linear relations) and the constrained, standardised threat with repair.
 """
 
+from ..data.schema import Constraint, Feature, Schema, SchemaError, Verdicts
 from .base import Threat
 from .box import Box, Mask
 from .lp import LpBall, ThreatModel, check_budget
 from .norms import L1, L2, NORMS, LInf, Norm, get_norm
 from .projections import project_hyperplane_box, project_l1_box
 from .random import PointRandom, point_keys
-from .schema import Constraint, Feature, Schema, SchemaError, Verdicts
 from .tabular import TabularThreat
 
 __all__ = [

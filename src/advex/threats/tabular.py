@@ -1,5 +1,5 @@
 """The tabular threat: a budget in standardised (optionally importance-weighted) units, inside a
-:class:`~advex.threats.schema.Schema` (ranges, integer / binary / one-hot columns, immutable
+:class:`~advex.data.schema.Schema` (ranges, integer / binary / one-hot columns, immutable
 columns, linear and non-linear relations), with a repair step that returns a valid point.
 
 Perturbations are measured per feature in units of the feature's ``scale`` (its standard
@@ -39,10 +39,10 @@ from typing import Any
 
 import torch
 
+from ..data.schema import Schema, SchemaError, Verdicts
 from .base import Threat, check_float_batch
 from .lp import check_budget, round_toward
 from .norms import Rng, get_norm
-from .schema import Schema, SchemaError, Verdicts
 
 __all__ = ["TabularThreat"]
 
@@ -51,7 +51,7 @@ class TabularThreat(Threat):
     """Budget in standardised units inside a feature schema, with repair.
 
     Args:
-        schema: the :class:`~advex.threats.schema.Schema` (its features' ``scale`` is the
+        schema: the :class:`~advex.data.schema.Schema` (its features' ``scale`` is the
             unit of the budget unless ``scale`` is given).
         eps: budget in standardised units (``None``: unbounded, constraints only).
         norm: ``"linf"`` (per feature: ``|Δ_i| ≤ eps · s_i / w_i``) or ``"l2"``.
@@ -316,7 +316,7 @@ class TabularThreat(Threat):
         self, x_adv: torch.Tensor, x: torch.Tensor, tol: float = 1e-6, *, per_constraint=False
     ) -> Any:
         """Per-row bool ``(B,)``: every check of :meth:`verdicts` passes (with
-        ``per_constraint=True``: the :class:`~advex.threats.schema.Verdicts` themselves)."""
+        ``per_constraint=True``: the :class:`~advex.data.schema.Verdicts` themselves)."""
         v = self.verdicts(x_adv, x, tol)
         return v if per_constraint else v.all()
 
