@@ -116,6 +116,19 @@ _FULL_MNIST = Recipe(
 # on first use (under ``_models_root(cache_dir) / name``, with ``_file_lock``) and returns the
 # model (a torch module or a models-layer adapter) carrying its card as ``.card``.
 _EXTERNAL: dict[str, str] = {}
+# tabular models on breast_cancer (torch; scikit-learn through advex.models adapters)
+_EXTERNAL.update(
+    {
+        n: "advex.zoo.tabular:load_tabular"
+        for n in (
+            "breast-cancer-lr",
+            "breast-cancer-mlp",
+            "breast-cancer-rf",
+            "breast-cancer-gbt",
+            "breast-cancer-svc",
+        )
+    }
+)
 
 
 def _load_external(name: str, **kwargs):
