@@ -75,7 +75,7 @@ class TabularThreat(Threat):
         *,
         scale: Any = None,
         weights: Any = None,
-        repair_steps: int = 50,
+        repair_steps: int = 30,
     ) -> None:
         if not isinstance(schema, Schema):
             raise TypeError(f"schema must be an advex Schema, got {type(schema).__name__}")
@@ -155,7 +155,7 @@ class TabularThreat(Threat):
         delta = self.lp.random(x, e, rng, idx=idx, stream=stream) * self.unit(x)
         return self.project(x + delta, x)
 
-    def bounds(self, x: torch.Tensor, eps: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def feature_bounds(self, x: torch.Tensor, eps: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-row, per-feature hard bounds ``(lo, hi)``, each ``(B, D)``: the ranges, the L∞
         budget, and the clean value for immutable columns."""
         lo = self.schema.low(x).expand_as(x).clone()
@@ -181,14 +181,14 @@ class TabularThreat(Threat):
         X = x.detach().double()
         Z = x_adv.detach().double().clone()
         Z = torch.nan_to_num(Z, nan=0.0)
-        lo, hi = self.bounds(X, eps)
+        lo, hi = self.feature_bounds(X, eps)
         e = self._eps(eps)
-        Z = torch.minimum(torch.maximum(Z, lo), hi)
         cont = self.schema.continuous(Z.device)
         mut = self.schema.mutable(Z.device)
         Z = self._repair(Z, X, lo, hi, mut, e)
         R = self._discretize(Z, X, lo, hi)
-        R = self._repair(R, X, lo, hi, mut & cont, e)
+        if not bool(cont.all()):
+            R = self._repair(R, X, lo, hi, mut & cont, e)
         ok = self._valid(R, X, e)
         if not bool(ok.all()):
             bad = ~ok
@@ -215,54 +215,125 @@ class TabularThreat(Threat):
     def _measure(self, delta: torch.Tensor) -> torch.Tensor:
         return self.lp.measure(delta / self.unit(delta))
 
+    def _plan(self, like: torch.Tensor):
+        """The constraints grouped for the repair, cached per device and dtype: linear ones as
+        rounds of constraints on disjoint features (a round is one convex set whose exact
+        projection is the simultaneous projection onto its slabs), each ``(A (k, D), const
+        (k,), low (k,), high (k,))``; relations as rounds ``[(constraint, support mask)]``; and
+        every linear constraint stacked ``(A, const, low, high)`` for the violation check."""
+        key = (like.device, like.dtype)
+        cache = self.__dict__.setdefault("_plan_cache", {})
+        if key in cache:
+            return cache[key]
+        D = len(self.schema)
+        opts = {"dtype": like.dtype, "device": like.device}
+
+        def support(c) -> torch.Tensor:
+            m = torch.zeros(D, dtype=torch.bool, device=like.device)
+            for f in c.features:
+                m[self.schema.index(f)] = True
+            return m
+
+        def rounds(cons):
+            out: list[list] = []
+            for c in cons:
+                m = support(c)
+                for r in out:
+                    if not bool((r[0] & m).any()):
+                        r[0] |= m
+                        r[1].append((c, m))
+                        break
+                else:
+                    out.append([m.clone(), [(c, m)]])
+            return [r[1] for r in out]
+
+        lin = [c for c in self.schema.constraints if c.linear is not None]
+
+        def stack(cs):
+            A = torch.zeros(len(cs), D, **opts)
+            for i, c in enumerate(cs):
+                for name, v in c.linear[0].items():
+                    A[i, self.schema.index(name)] += v
+            t = lambda vals: torch.tensor(vals, **opts)  # noqa: E731
+            return (
+                A,
+                t([c.linear[1] for c in cs]),
+                t([c.low for c in cs]),
+                t([c.high for c in cs]),
+            )
+
+        lin_rounds = [stack([c for c, _ in r]) for r in rounds(lin)]
+        rel_rounds = rounds([c for c in self.schema.constraints if c.linear is None])
+        plan = (lin_rounds, rel_rounds, stack(lin) if lin else None)
+        cache[key] = plan
+        return plan
+
+    def _violations(self, Z, X, e: float, l2: bool) -> torch.Tensor:
+        """Per-row largest relative violation of the constraints (and of an L2 budget)."""
+        _, rel_rounds, lin_all = self._plan(Z)
+        worst = torch.zeros(Z.shape[0], dtype=Z.dtype, device=Z.device)
+        if lin_all is not None:
+            A, const, low, high = lin_all
+            g = Z @ A.T + const
+            v = (low - g).clamp_min(0) + (g - high).clamp_min(0)
+            worst = (v / (1 + g.abs())).amax(1)
+        for r in rel_rounds:
+            for c, _ in r:
+                g = c(Z)
+                v = (c.low - g).clamp_min(0) + (g - c.high).clamp_min(0)
+                worst = torch.maximum(worst, torch.nan_to_num(v / (1 + g.abs()), nan=math.inf))
+        if l2:
+            worst = torch.maximum(worst, self._measure(Z - X) - e)
+        return worst
+
     def _repair(self, Z, X, lo, hi, free, e: float) -> torch.Tensor:
-        """Dykstra's alternating projections in the metric ‖Δ/u‖₂ (u = s/w) onto box, L2 ball
-        and linear slabs; linearised projections onto non-linear relations. Only the columns in
-        ``free`` move."""
+        """Dykstra's alternating projections in the metric ‖Δ/u‖₂ (u = s/w) onto the box, the
+        L2 ball and rounds of linear slabs on disjoint features; linearised (Gauss-Newton)
+        projections onto the non-linear relations. Only the columns in ``free`` move; only rows
+        that violate something are worked on, each until it is valid to 1e-8 (relative) or
+        ``repair_steps`` sweeps are spent."""
+        Z = torch.minimum(torch.maximum(Z, lo), hi)
         if Z.shape[0] == 0:
             return Z
         u = self.unit(Z)
         P = free.to(Z.dtype) * u**2  # the inverse metric restricted to free columns
-        cons = self.schema.constraints
-        linear = []
-        for c in cons:
-            if c.linear is not None:
-                a = torch.zeros(Z.shape[1], dtype=Z.dtype, device=Z.device)
-                for name, v in c.linear[0].items():
-                    a[self.schema.index(name)] += v
-                linear.append((c, a, c.linear[1]))
-        relations = [c for c in cons if c.linear is None]
+        lin_rounds, rel_rounds, _ = self._plan(Z)
         l2 = self.lp.name == "l2" and math.isfinite(e)
-        if not linear and not relations and not l2:
-            return torch.minimum(torch.maximum(Z, lo), hi)
-        incr = {k: torch.zeros_like(Z) for k in range(len(linear) + 2)}
+        if not lin_rounds and not rel_rounds and not l2:
+            return Z
+        rows = (self._violations(Z, X, e, l2) > 1e-8).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            return Z
+        Z = Z.clone()
+        z, x0, lo_r, hi_r = Z[rows], X[rows], lo[rows], hi[rows]
+        incr = [torch.zeros_like(z) for _ in range(len(lin_rounds) + 2)]
         for _ in range(self.repair_steps):
-            # linear slabs (exact, with Dykstra's corrections)
-            for k, (c, a, const) in enumerate(linear):
-                Y = Z + incr[k]
-                Z = _slab(Y, a, const, c.low, c.high, P)
-                incr[k] = Y - Z
-            # non-linear relations: projection onto the linearisation (Gauss-Newton)
-            for c in relations:
-                Z = _relation_step(Z, c, P)
+            for k, slabs in enumerate(lin_rounds):  # exact, with Dykstra's corrections
+                y = z + incr[k]
+                z = _slabs(y, *slabs, P)
+                incr[k] = y - z
+            for r in rel_rounds:  # Gauss-Newton projections onto the linearisations
+                z = _relation_round(z, r, P)
             if l2:
-                k = len(linear)
-                Y = Z + incr[k]
-                d = (Y - X) / u
-                Z = X + self.lp.project(d, e) * u
-                incr[k] = Y - Z
-            k = len(linear) + 1
-            Y = Z + incr[k]
-            Z = torch.minimum(torch.maximum(Y, lo), hi)
-            incr[k] = Y - Z
-            worst = 0.0
-            for c in cons:
-                v = c.violation(Z)
-                worst = max(worst, float((v / (1 + c(Z).abs())).max()))
-            if l2:
-                worst = max(worst, float((self._measure(Z - X) - e).max()))
-            if worst <= 1e-9:
-                break
+                k = len(lin_rounds)
+                y = z + incr[k]
+                z = x0 + self.lp.project((y - x0) / u, e) * u
+                incr[k] = y - z
+            k = len(lin_rounds) + 1
+            y = z + incr[k]
+            z = torch.minimum(torch.maximum(y, lo_r), hi_r)
+            incr[k] = y - z
+            open_ = self._violations(z, x0, e, l2) > 1e-8
+            if not bool(open_.all()):
+                done = ~open_
+                Z[rows[done]] = z[done]
+                keep = open_
+                rows, z, x0, lo_r, hi_r = rows[keep], z[keep], x0[keep], lo_r[keep], hi_r[keep]
+                incr = [t[keep] for t in incr]
+                if rows.numel() == 0:
+                    break
+        if rows.numel():
+            Z[rows] = z
         return Z
 
     def _discretize(self, Z, X, lo, hi) -> torch.Tensor:
@@ -350,36 +421,42 @@ class TabularThreat(Threat):
         return f"TabularThreat({self.describe()})"
 
 
-def _slab(Y, a, const, low, high, P) -> torch.Tensor:
-    """Closest point of ``{low ≤ a·z + const ≤ high}`` to each row of ``Y`` in the metric with
-    inverse ``diag(P)`` (columns with ``P = 0`` do not move)."""
-    g = Y @ a + const
-    Pa = P * a
-    denom = (a * Pa).sum()
-    if float(denom) <= 0:
-        return Y
+def _slabs(Y, A, const, low, high, P) -> torch.Tensor:
+    """Closest point of ``{low ≤ A z + const ≤ high}`` to each row of ``Y`` in the metric with
+    inverse ``diag(P)``, for rows of ``A`` on disjoint columns (columns with ``P = 0`` do not
+    move; a slab with no free column is left as is)."""
+    g = Y @ A.T + const
+    PA = P * A  # (k, D)
+    denom = (A * PA).sum(1)
     t = torch.where(g > high, g - high, torch.where(g < low, g - low, torch.zeros_like(g)))
-    return Y - (t / denom)[:, None] * Pa
+    t = torch.where(denom > 0, t / denom.clamp_min(1e-300), torch.zeros_like(t))
+    return Y - t @ PA
 
 
-def _relation_step(Z, c, P) -> torch.Tensor:
-    """One Gauss-Newton projection onto ``low ≤ g(z) ≤ high``: the closest point (metric
-    ``diag(P)``) of the linearisation of ``g`` at ``Z``."""
+def _relation_round(Z, rnd, P) -> torch.Tensor:
+    """One Gauss-Newton projection onto each relation of a round (relations on disjoint
+    features, done at once): the closest point (metric ``diag(P)``) of the linearisation of
+    ``g`` at ``Z``."""
     with torch.enable_grad():
         z = Z.detach().requires_grad_(True)
-        g = c(z)
-        (grad,) = torch.autograd.grad(g.sum(), z)
-    g = g.detach()
-    g = torch.nan_to_num(g, nan=0.0)
+        gs = [c(z) for c, _ in rnd]
+        (grad,) = torch.autograd.grad(sum(g.sum() for g in gs), z)
     grad = torch.nan_to_num(grad, nan=0.0)
-    t = torch.where(g > c.high, g - c.high, torch.where(g < c.low, g - c.low, torch.zeros_like(g)))
-    # aim slightly inside the interval so the next linearisation does not undershoot
-    width = c.high - c.low
-    inset = 1e-6 * (1 + g.abs())
-    if math.isfinite(width):
-        inset = torch.clamp(inset, max=width / 4)
-    t = torch.where(t > 0, t + inset, torch.where(t < 0, t - inset, t))
-    Pg = P * grad
-    denom = (grad * Pg).sum(1)
-    step = torch.where(denom > 0, t / denom.clamp_min(1e-300), torch.zeros_like(t))
-    return Z - step[:, None] * Pg
+    total = torch.zeros_like(Z)
+    for (c, m), g in zip(rnd, gs, strict=True):
+        g = torch.nan_to_num(g.detach(), nan=0.0)
+        t = torch.where(
+            g > c.high, g - c.high, torch.where(g < c.low, g - c.low, torch.zeros_like(g))
+        )
+        # aim slightly inside the interval so the next linearisation does not undershoot
+        width = c.high - c.low
+        inset = 1e-6 * (1 + g.abs())
+        if math.isfinite(width):
+            inset = torch.clamp(inset, max=width / 4)
+        t = torch.where(t > 0, t + inset, torch.where(t < 0, t - inset, t))
+        gc = grad * m
+        Pg = P * gc
+        denom = (gc * Pg).sum(1)
+        step = torch.where(denom > 0, t / denom.clamp_min(1e-300), torch.zeros_like(t))
+        total = total + step[:, None] * Pg
+    return Z - total
