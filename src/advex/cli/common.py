@@ -209,9 +209,32 @@ def load_data(spec: str, split: str, n: int | None):
     return ds
 
 
+class ClassTarget(click.ParamType):
+    """``--target``: a class index (an integer) or a class name (kept as a string and looked up
+    in the data's ``class_names``)."""
+
+    name = "CLASS"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        try:
+            return int(text)
+        except ValueError:
+            return text
+
+
 def targets_for(ds, targeted: bool, target: int | None, seed: int):
     import torch
 
+    if isinstance(target, str):
+        if target not in ds.class_names:
+            raise click.BadParameter(
+                f"{target!r} is not a class of {ds.name}: {', '.join(ds.class_names)}",
+                param_hint="--target",
+            )
+        target = ds.class_names.index(target)
     if target is not None:
         if not 0 <= target < ds.num_classes:
             raise click.BadParameter(
@@ -322,10 +345,10 @@ def common_options(f):
         ),
         click.option(
             "--target",
-            type=int,
+            type=ClassTarget(),
             default=None,
-            help="Target class for every point (implies --targeted; points of that "
-            "class are skipped).",
+            help="Target class for every point, by index or by name (e.g. benign; implies "
+            "--targeted; points of that class are skipped).",
         ),
         click.option(
             "--param",

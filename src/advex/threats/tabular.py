@@ -121,6 +121,14 @@ class TabularThreat(Threat):
     def budget(self) -> float | None:
         return self.eps
 
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """``(lowest, highest)`` finite value of any feature's range (for reports; the
+        per-feature ranges are in the schema)."""
+        lo = [f.low for f in self.schema.features if math.isfinite(f.low)]
+        hi = [f.high for f in self.schema.features if math.isfinite(f.high)]
+        return (min(lo) if lo else -math.inf, max(hi) if hi else math.inf)
+
     def with_budget(self, eps: float | None) -> TabularThreat:
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
