@@ -793,6 +793,12 @@ class Schema:
         feats = d.get("features")
         if not isinstance(feats, list) or not feats:
             raise SchemaError(f"{source}: 'features' must be a non-empty list")
+        classes = d.get("classes")
+        if isinstance(classes, list) and any(isinstance(c, bool) for c in classes):
+            raise SchemaError(
+                f"{source}: classes {classes} hold booleans (YAML reads yes/no/true/false as "
+                "booleans): quote the class names, e.g. ['no', 'yes']"
+            )
         cons = d.get("constraints") or []
         if not isinstance(cons, list):
             raise SchemaError(f"{source}: 'constraints' must be a list")
