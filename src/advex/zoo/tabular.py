@@ -6,7 +6,7 @@ training split is inside the model) and returns two scores per row, ``[malignant
 
 - ``breast-cancer-lr``: logistic regression (PyTorch: ``Normalize`` → ``Linear(30, 2)``);
 - ``breast-cancer-mlp``: a small MLP (PyTorch: ``Normalize`` → 64 → 64 → 2, ReLU);
-- ``breast-cancer-rf``: scikit-learn random forest (200 trees) in a ``StandardScaler``
+- ``breast-cancer-rf``: scikit-learn random forest (100 trees) in a ``StandardScaler``
   pipeline, stored with skops, loaded through :class:`advex.models.SklearnAdapter` (scores:
   ``predict_proba``, no gradient);
 - ``breast-cancer-gbt``: scikit-learn gradient-boosted trees, likewise;
@@ -90,7 +90,7 @@ TABULAR_MODELS: dict[str, dict[str, Any]] = {
     "breast-cancer-rf": {
         "kind": "sklearn",
         "estimator": "random-forest",
-        "params": {"n_estimators": 200, "min_samples_leaf": 1, "random_state": 0, "n_jobs": 1},
+        "params": {"n_estimators": 100, "min_samples_leaf": 1, "random_state": 0, "n_jobs": 1},
         "min_accuracy": 0.93,
     },
     "breast-cancer-gbt": {
