@@ -118,6 +118,7 @@ def test_lowprofool_finds_valid_imperceptible_adversarials(data):
 
 
 def test_evolution_on_a_forest_is_query_counted_valid_and_deterministic(data):
+    pytest.importorskip("skops", reason="the scikit-learn zoo models need the [tabular] extra")
     ds, _ = data
     rf = advex.zoo.load("breast-cancer-rf", progress=False)
     x, y = _malignant(rf, ds)

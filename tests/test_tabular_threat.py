@@ -130,6 +130,7 @@ def test_verdicts_name_every_check():
 
 # -- files and errors ----------------------------------------------------------------------------
 def test_schema_round_trips_through_yaml_and_json(tmp_path):
+    pytest.importorskip("yaml", reason="YAML schemas need the [tabular] extra (PyYAML)")
     schema = breast_cancer("test").schema
     for name in ("s.yaml", "s.json"):
         p = schema.save(tmp_path / name)
@@ -217,6 +218,7 @@ def test_data_outside_the_stated_range_names_the_feature(tmp_path):
 
 
 def test_csv_loader_and_spec(tmp_path):
+    pytest.importorskip("yaml", reason="YAML schemas need the [tabular] extra (PyYAML)")
     (tmp_path / "t.schema.yaml").write_text(
         "name: toy\ntarget: y\nclasses: ['no', 'yes']\nfeatures:\n"
         "  - {name: a, range: [0, 10], unit: mm}\n  - {name: b, range: [0, 10]}\n"
