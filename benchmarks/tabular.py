@@ -2,7 +2,7 @@
 zoo models, ART's LowProFool side by side, constraint satisfaction checked independently.
 
     OMP_NUM_THREADS=1 python benchmarks/tabular.py [--quick] [--eps 0.5,1.0,1.5]
-        [--out benchmarks/results/2026-11-29-tabular.json]
+        [--models lr,svc,mlp,rf,gbt] [--rows N] [--out benchmarks/results/2026-11-29-tabular.json]
 
 Data: ``advex.data.breast_cancer("test")`` (143 rows, 53 malignant); the attacked rows are the
 malignant rows each model classifies correctly. Threat: L∞ in standard deviations per feature
@@ -131,12 +131,14 @@ def _art_lowprofool(model, x, schema, s, m, v, eps, steps):
     return x_adv, success, x_clip, success_clip, wall
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="eps 0.5 only, fewer steps/queries")
     ap.add_argument("--eps", default="0.5,1.0,1.5")
     ap.add_argument("--out", default="benchmarks/results/2026-11-29-tabular.json")
-    args = ap.parse_args()
+    ap.add_argument("--rows", type=int, default=None, help="attack only the first N rows")
+    ap.add_argument("--models", default=",".join(m.replace("breast-cancer-", "") for m in MODELS))
+    args = ap.parse_args(argv)
     torch.set_num_threads(1)
     eps_list = [0.5] if args.quick else [float(e) for e in args.eps.split(",")]
     steps = 30 if args.quick else 100
@@ -148,7 +150,11 @@ def main() -> None:
     s = torch.tensor(schema.scales(), dtype=torch.float64)
     m = tr.x.double().mean(0)
     v = pearson_importance(tr.x, tr.y).double()
-    models = {n: zoo.load(n, progress=False) for n in MODELS}
+    chosen = [f"breast-cancer-{m.strip()}" for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in MODELS]
+    if unknown:
+        ap.error(f"unknown model(s) {unknown}; choose among {MODELS}")
+    models = {n: zoo.load(n, progress=False) for n in chosen}
     rows = []
     print(
         f"{'model':20s} {'eps':>4s} {'attack':28s} {'n':>3s} {'success':>8s} {'valid':>7s} "
@@ -192,6 +198,7 @@ def main() -> None:
         threat = TabularThreat(schema, eps=eps)
         for name, model in models.items():
             x, y = _rows(model, ds)
+            x, y = x[: args.rows], y[: args.rows]
             gradients = name in ("breast-cancer-lr", "breast-cancer-mlp")
             if gradients:
                 t = time.perf_counter()
@@ -238,7 +245,7 @@ def main() -> None:
         "quick": args.quick,
         "data": "breast_cancer test split (seed 0), malignant rows each model gets right",
         "threat": "L-inf in training-split standard deviations, shipped breast-cancer schema",
-        "accuracy": {n: models[n].card["accuracy"] for n in MODELS},
+        "accuracy": {n: models[n].card["accuracy"] for n in models},
         "rows": rows,
         "total_time_s": round(total, 1),
         "total_cpu_s": round(cpu, 1),
@@ -246,6 +253,7 @@ def main() -> None:
     }
     write_json(args.out, doc)
     print(f"wrote {args.out}")
+    return doc
 
 
 if __name__ == "__main__":

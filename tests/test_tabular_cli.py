@@ -53,7 +53,7 @@ def test_evaluate_on_a_tabular_model(tmp_path):
     r = CliRunner().invoke(
         main,
         ["evaluate", "--model", "breast-cancer-lr", "--data", "breast-cancer", "--eps", "0.5,1.5",
-         "--n", "30", "--out", str(out), "--no-progress"],
+         "--n", "16", "--out", str(out), "--no-progress"],
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     doc = json.loads((out / "results.json").read_text())
@@ -104,3 +104,27 @@ def test_user_csv_and_clear_errors(tmp_path):
     r = runner.invoke(main, ["attack", "--model", "breast-cancer-lr", "--data", "breast-cancer",
                              "--attack", "fgsm", "--out", str(tmp_path / "o5")])  # fmt: skip
     assert r.exit_code != 0 and "constrained-pgd" in r.output
+
+
+def test_benchmark_smoke(tmp_path):
+    """``benchmarks/tabular.py --quick`` in a tiny configuration: every advex row valid, the LR
+    ceiling respected, ART's row present (or the benchmark says why not)."""
+    import importlib.util
+    from pathlib import Path
+
+    pytest.importorskip("skops", reason="the scikit-learn zoo models need the [tabular] extra")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "tabular.py"
+    spec = importlib.util.spec_from_file_location("advex_bench_tabular", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    argv = ["--quick", "--rows", "4", "--models", "lr,rf", "--out", str(tmp_path / "b.json")]
+    try:
+        import art  # noqa: F401
+    except ImportError:
+        pytest.skip("the benchmark runs ART's LowProFool (the [bench] extra)")
+    doc = mod.main(argv)
+    rows = [r for r in doc["rows"] if r["attack"].startswith("advex")]
+    assert {r["model"] for r in rows} == {"breast-cancer-lr", "breast-cancer-rf"}
+    assert all(r["constraint_satisfaction"] == 1.0 and r["attacked"] == 4 for r in rows)
+    assert any(r["attack"].startswith("ART LowProFool (raw)") for r in doc["rows"])
+    assert json.loads((tmp_path / "b.json").read_text())["quick"] is True

@@ -291,7 +291,7 @@ def run_evaluate(
         threat = TabularThreat(schema, e, norm)
         attacks = {
             "constrained-pgd": ConstrainedPGD(threat=threat, steps=50, seed=seed),
-            "constrained-evolution": ConstrainedEvolution(threat=threat, seed=seed),
+            "constrained-evolution": ConstrainedEvolution(threat=threat, n_queries=1000, seed=seed),
         }
         res = run_errors(
             robust_accuracy,
