@@ -4,6 +4,8 @@ Fixed-budget (ε given): FGSM, PGD/BIM, MIFGSM, APGD, Square, UniversalPerturbat
 (a trained generator: ``fit`` first).
 Minimum-norm (smallest perturbation found, convert with ``result.at_eps(eps, x)``): CW, EAD,
 LBFGS, DeepFool, FAB, JSMA.
+Tabular, inside a feature schema (``advex.threats.TabularThreat``): ConstrainedPGD,
+LowProFool, ConstrainedEvolution (black-box).
 
 ``__all__`` is the list of built-in attacks: :mod:`advex.attacks.registry` finds attacks by
 name among its Attack classes (plus those passed to ``registry.register``) and reads what each
@@ -24,6 +26,7 @@ from .gradient import BIM, FGSM, MIFGSM, PGD
 from .jsma import JSMA
 from .lbfgs import LBFGS
 from .square import Square
+from .tabular import ConstrainedEvolution, ConstrainedPGD, LowProFool
 from .universal import UniversalPerturbation
 
 __all__ = [
@@ -32,6 +35,8 @@ __all__ = [
     "Attack",
     "BIM",
     "CW",
+    "ConstrainedEvolution",
+    "ConstrainedPGD",
     "DeepFool",
     "EAD",
     "FAB",
@@ -40,6 +45,7 @@ __all__ = [
     "FixedBudgetAttack",
     "JSMA",
     "LBFGS",
+    "LowProFool",
     "MIFGSM",
     "PGD",
     "Square",

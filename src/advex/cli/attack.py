@@ -20,6 +20,7 @@ from .common import (
     targets_for,
     warn_clean_accuracy,
 )
+from .tabular import TABULAR_ARGS, is_tabular, run_attack, schema_option
 
 __all__ = ["attack", "save_adversarial"]
 
@@ -40,9 +41,11 @@ __all__ = ["attack", "save_adversarial"]
     "--eps counts only adversarials within it).",
 )
 @common_options
+@schema_option
 def attack(
     attack_name,
     eps,
+    schema_file,
     model_spec,
     weights,
     normalize,
@@ -73,6 +76,9 @@ def attack(
       advex attack --model mypkg.nets:make_cnn --weights cnn.safetensors --attack fgsm --eps 0.1
       advex attack --model sms-spam-cnn --data sms:PATH --attack deepwordbug --target ham
     """
+    if is_tabular(data_spec, schema_file):  # rows of named features: advex.cli.tabular
+        kw = dict(locals())
+        return run_attack(**{k: kw[k] for k in TABULAR_ARGS})
     from .text import is_text_data, run_text_attack
 
     if is_text_data(data_spec):  # text: advex.cli.text (text models and text attacks)

@@ -159,13 +159,16 @@ def _parse_normalize(text: str) -> tuple[list[float], list[float]]:
 
 
 def load_model(spec: str, weights: str | None = None, normalize: str | None = None):
-    """A zoo name or model directory, ``package.module:factory`` (+ ``--weights``), or a
-    ``torch.export`` program saved as ``.pt2``; loading goes through :func:`advex.models.load`,
-    which never runs code from a file. Its errors become click errors naming the file."""
+    """A zoo name or model directory, ``package.module:factory`` (+ ``--weights``), a
+    ``torch.export`` program saved as ``.pt2``, an ONNX model ``.onnx`` or a scikit-learn model
+    ``sklearn:model.skops`` (adapters that count queries); loading goes through
+    :func:`advex.models.load`, which never runs code from a file. Its errors become click errors
+    naming the file."""
     from advex import models, zoo
 
     mean_std = _parse_normalize(normalize) if normalize else None
-    is_export = spec.lower().endswith(".pt2")
+    is_export = spec.lower().endswith((".pt2", ".onnx", ".skops", ".pkl", ".pickle", ".joblib"))
+    is_export = is_export or spec.startswith(("sklearn:", "onnx:"))  # adapters (advex.models)
     is_factory = ":" in spec and not Path(spec).exists()
     try:
         if is_export or is_factory:
@@ -206,9 +209,32 @@ def load_data(spec: str, split: str, n: int | None):
     return ds
 
 
+class ClassTarget(click.ParamType):
+    """``--target``: a class index (an integer) or a class name (kept as a string and looked up
+    in the data's ``class_names``)."""
+
+    name = "CLASS"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        try:
+            return int(text)
+        except ValueError:
+            return text
+
+
 def targets_for(ds, targeted: bool, target: int | None, seed: int):
     import torch
 
+    if isinstance(target, str):
+        if target not in ds.class_names:
+            raise click.BadParameter(
+                f"{target!r} is not a class of {ds.name}: {', '.join(ds.class_names)}",
+                param_hint="--target",
+            )
+        target = ds.class_names.index(target)
     if target is not None:
         try:
             target = int(target)
@@ -275,8 +301,9 @@ def common_options(f):
             default="mnist-smallcnn",
             show_default=True,
             help="Zoo name (see `advex list`), a saved model directory, "
-            "package.module:factory (a function returning an nn.Module; with --weights), or a "
-            "torch.export program (.pt2).",
+            "package.module:factory (a function returning an nn.Module, a scikit-learn "
+            "estimator or a prediction function; with --weights), a torch.export program "
+            "(.pt2), an ONNX model (.onnx) or a scikit-learn model (sklearn:model.skops).",
         ),
         click.option(
             "--weights",
@@ -325,10 +352,10 @@ def common_options(f):
         ),
         click.option(
             "--target",
-            type=str,
+            type=ClassTarget(),
             default=None,
-            help="Target class for every point (implies --targeted; points of that "
-            "class are skipped): an index, or a class name for text data (ham).",
+            help="Target class for every point, by index or by name (e.g. benign; implies "
+            "--targeted; points of that class are skipped).",
         ),
         click.option(
             "--param",

@@ -25,6 +25,7 @@ from .common import (
     targets_for,
     warn_clean_accuracy,
 )
+from .tabular import TABULAR_EVAL_ARGS, is_tabular, run_evaluate, schema_option
 
 __all__ = ["evaluate"]
 
@@ -93,7 +94,9 @@ CUSTOM_KIND = "evaluate --attack"
     "cheap look).",
 )
 @common_options
+@schema_option
 def evaluate(
+    schema_file,
     preset,
     attack_names,
     eps_text,
@@ -138,6 +141,9 @@ def evaluate(
       advex evaluate --model mypkg.nets:make --weights w.safetensors --eps 0.5 --norm l2
       advex evaluate --attack fgsm --attack pgd --eps 0.1,0.2,0.3 --n 200
     """
+    if is_tabular(data_spec, schema_file):  # rows of named features: advex.cli.tabular
+        kw = dict(locals())
+        return run_evaluate(**{k: kw[k] for k in TABULAR_EVAL_ARGS})
     source = ModelData(model_spec, weights, normalize, data_spec, split, n)
     run = RunSettings(batch_size, out, force, seed, progress)
     if attack_names:

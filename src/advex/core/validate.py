@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ..threats import ThreatModel
+from ..threats import Threat, ThreatModel
 from ..threats.base import check_float_batch
 
 __all__ = [
@@ -168,14 +168,16 @@ def check_batch(
     ``y`` against ``x``; when ``num_classes`` (the model's output width) is known, the labels
     and ``target`` are checked against it too (``target`` is returned as given otherwise).
     """
-    threats = [threat] if threat is None or isinstance(threat, ThreatModel) else list(threat)
-    seen: set[tuple[float, float]] = set()
+    threats = [threat] if threat is None or isinstance(threat, Threat) else list(threat)
+    seen: set = set()
     for t in threats or [None]:
-        if t is not None and t.bounds in seen:  # the input checks depend on the bounds only
+        # an Lp ball's input checks depend on its bounds only; other threats check themselves
+        key = t.bounds if isinstance(t, ThreatModel) else id(t)
+        if t is not None and key in seen:
             continue
         check_inputs(x, t, name=name)
         if t is not None:
-            seen.add(t.bounds)
+            seen.add(key)
     y = check_labels(y, x)
     if num_classes is not None:
         target = check_classes(num_classes, y, target)

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from .core import ArrayDataset, DatasetError
 from .idx import fashion_mnist, mnist, read_idx
+from .schema import Constraint, Feature, Schema, SchemaError
 from .small import digits, mnist5k
+from .tabular import TabularDataset, breast_cancer, read_csv
 from .text import TextDataset, sms_spam
 
 __all__ = [
@@ -26,20 +28,37 @@ __all__ = [
     "read_idx",
     "TextDataset",
     "sms_spam",
+    "breast_cancer",
+    "read_csv",
+    "TabularDataset",
+    "Schema",
+    "SchemaError",
+    "Feature",
+    "Constraint",
     "load",
     "SPEC_FORMS",
 ]
 
-SPEC_FORMS = ("mnist5k", "digits", "mnist:PATH", "fashion-mnist:PATH", "sms:PATH")
+SPEC_FORMS = (
+    "mnist5k",
+    "digits",
+    "mnist:PATH",
+    "fashion-mnist:PATH",
+    "sms:PATH",
+    "breast-cancer",
+    "csv:PATH",
+)
 
 
-def load(spec: str, split: str = "test") -> ArrayDataset | TextDataset:
+def load(spec: str, split: str = "test", *, schema=None) -> ArrayDataset | TextDataset:
     """Resolve a dataset *spec* string (what the CLI ``--data`` option takes).
 
     Valid forms: ``"mnist5k"``, ``"digits"``, ``"mnist:PATH"``, ``"fashion-mnist:PATH"``
     where ``PATH`` is a directory holding the original IDX files; ``"sms:PATH"`` (or ``"sms"``
     for the default location) is the SMS Spam Collection (a :class:`TextDataset`), ``PATH``
-    its folder or its ``SMSSpamCollection`` file.
+    its folder or its ``SMSSpamCollection`` file; ``"breast-cancer"``; ``"csv:PATH"`` (a CSV
+    file described by ``schema``: a Schema or a YAML / JSON file, by default ``PATH`` with the
+    suffix ``.schema.yaml``, ``.schema.yml`` or ``.schema.json``).
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"dataset spec must be a non-empty string, got {spec!r}; {_valid()}")
@@ -53,17 +72,39 @@ def load(spec: str, split: str = "test") -> ArrayDataset | TextDataset:
             return mnist5k(split)
         if kind == "digits":
             return digits(split)
+        if kind in ("breast-cancer", "breast_cancer", "breastcancer"):
+            return breast_cancer(split)
         if kind in ("mnist", "fashion-mnist", "fashion_mnist", "fashionmnist"):
             raise ValueError(f"dataset spec {spec!r} needs a directory: use '{kind}:PATH'")
         raise ValueError(f"unknown dataset spec {spec!r}; {_valid()}")
     path = path.strip()
     if kind in ("mnist", "fashion-mnist", "fashion_mnist", "fashionmnist") and not path:
         raise ValueError(f"dataset spec {spec!r} has an empty PATH; {_valid()}")
+    if kind == "csv":
+        return _csv_spec(spec, path, split, schema)
     if kind == "mnist":
         return mnist(path, split)
     if kind in ("fashion-mnist", "fashion_mnist", "fashionmnist"):
         return fashion_mnist(path, split)
     raise ValueError(f"unknown dataset spec {spec!r}; {_valid()}")
+
+
+def _csv_spec(spec: str, path: str, split: str, schema) -> ArrayDataset:
+    from pathlib import Path
+
+    if not path:
+        raise ValueError(f"dataset spec {spec!r} has an empty PATH; {_valid()}")
+    if schema is None:
+        stem = Path(path).with_suffix("")
+        sidecars = [Path(f"{stem}.schema{s}") for s in (".yaml", ".yml", ".json")]
+        found = [p for p in sidecars if p.is_file()]
+        if not found:
+            raise ValueError(
+                f"dataset spec {spec!r}: a CSV needs a schema file (--schema FILE, or "
+                f"{stem}.schema.yaml next to it)"
+            )
+        schema = found[0]
+    return read_csv(path, schema, split)
 
 
 def _valid() -> str:

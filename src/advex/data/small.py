@@ -10,7 +10,7 @@ import numpy as np
 
 from .core import ArrayDataset, DatasetError
 
-__all__ = ["mnist5k", "digits"]
+__all__ = ["mnist5k", "digits", "stratified_split"]
 
 _SPLITS = ("train", "test", "all")
 _DIGIT_NAMES = [str(i) for i in range(10)]
@@ -107,6 +107,10 @@ def _split_indices(y: np.ndarray, split: str, test_size: float | int, seed: int)
         train_parts.append(members[k:])
     chosen = np.concatenate(test_parts if split == "test" else train_parts)
     return rng.permutation(chosen)
+
+
+#: the stratified, seeded split of every bundled dataset (public for the tabular loaders)
+stratified_split = _split_indices
 
 
 def mnist5k(split: str = "test", *, test_size: int | float = 1000, seed: int = 0) -> ArrayDataset:

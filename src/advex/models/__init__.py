@@ -2,12 +2,26 @@
 
 Wrappers that let attacks work in input space (:class:`Normalize`, :class:`EOT`, :class:`BPDA`),
 the guards an attack runs a model under (:func:`attack_mode`, :func:`check_logits`), black boxes
-that count queries (:class:`ScoreBlackBox`, :class:`LabelBlackBox`), and the adaptation of a
-defended model for attack (:func:`adapt_for_attack`), and loading models from files without
-running code from them (:func:`load`, :func:`load_weights`).
+that count queries (:class:`ScoreBlackBox`, :class:`LabelBlackBox`), the adaptation of a
+defended model for attack (:func:`adapt_for_attack`), adapters for scikit-learn, ONNX Runtime
+and any callable that count queries and declare what they expose (:func:`as_adapter`,
+:func:`capability`), and loading models from files without running code from them
+(:func:`load`, :func:`load_weights`).
 """
 
 from .adapt import AdaptedModel, adapt_for_attack, is_stochastic, non_differentiable
+from .adapters import (
+    CallableAdapter,
+    OnnxAdapter,
+    SklearnAdapter,
+    TorchAdapter,
+    as_adapter,
+    capability,
+    export_onnx,
+    export_sklearn_onnx,
+    load_onnx,
+    load_sklearn,
+)
 from .blackbox import BlackBoxError, LabelBlackBox, ScoreBlackBox
 from .guards import (
     InputDtypeWarning,
@@ -42,6 +56,16 @@ from .text import (
 from .wrappers import BPDA, EOT, CastInput, Normalize, SelectOutput
 
 __all__ = [
+    "CallableAdapter",
+    "OnnxAdapter",
+    "SklearnAdapter",
+    "TorchAdapter",
+    "as_adapter",
+    "capability",
+    "export_onnx",
+    "export_sklearn_onnx",
+    "load_onnx",
+    "load_sklearn",
     "AdaptedModel",
     "BPDA",
     "BlackBoxError",

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["BlackBoxError", "ScoreBlackBox", "LabelBlackBox"]
+__all__ = ["BlackBoxError", "ScoreBlackBox", "LabelBlackBox", "output_tensor"]
 
 
 class BlackBoxError(RuntimeError):
@@ -39,7 +39,8 @@ class _NoGradient(torch.autograd.Function):
         raise BlackBoxError(ctx.message)
 
 
-def _to_tensor(out: Any, like: torch.Tensor, what: str) -> torch.Tensor:
+def output_tensor(out: Any, like: torch.Tensor, what: str) -> torch.Tensor:
+    """A black-box function's output as a detached tensor on ``like``'s device."""
     if isinstance(out, torch.Tensor):
         t = out.detach()
     else:
@@ -55,6 +56,8 @@ def _to_tensor(out: Any, like: torch.Tensor, what: str) -> torch.Tensor:
 
 class _BlackBox(nn.Module):
     kind = "black box"
+    #: what the model lets an attack see: "gradients", "scores" or "labels"
+    exposes = "scores"
 
     def __init__(self, fn: Callable, num_classes: int | None, as_numpy: bool) -> None:
         super().__init__()
@@ -103,12 +106,63 @@ class _BlackBox(nn.Module):
 
     def _block(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
+            if self.exposes == "labels":
+                use = "a decision-based attack (advex.attacks.HopSkipJump, BoundaryAttack or RayS)"
+            else:
+                use = "a black-box attack such as Square (advex.attacks.Square)"
             msg = (
-                f"this model is a {self.kind}: it has no gradient. Use a black-box attack such "
-                "as Square (advex.attacks.Square) instead of a gradient-based attack"
+                f"this model is a {self.kind}: it has no gradient. Use {use} instead of a "
+                "gradient-based attack"
             )
             return _NoGradient.apply(x, out, msg)
         return out
+
+    def _scores(self, raw: Any, x: torch.Tensor) -> torch.Tensor:
+        """The function's output ``raw`` as logits (probabilities become log-probabilities)."""
+        out = output_tensor(raw, x, "scores")
+        if not out.is_floating_point():
+            out = out.float()
+        if x.is_floating_point():
+            out = out.to(x.dtype)
+        self._check_scores(out, x)
+        mode = getattr(self, "scores", "auto")
+        if mode == "probs" or (mode == "auto" and _looks_like_probs(out)):
+            tiny = torch.finfo(out.dtype).tiny
+            out = out.clamp_min(tiny).log()
+        return out
+
+    def _onehot(self, raw: Any, x: torch.Tensor) -> torch.Tensor:
+        """The function's output ``raw`` (labels or scores) as one-hot rows of the label."""
+        out = output_tensor(raw, x, "labels or scores")
+        if out.dim() == 1:
+            if out.is_floating_point() or out.dtype == torch.bool:
+                raise TypeError(
+                    f"the black-box function returned a 1-D tensor of dtype {out.dtype}; labels "
+                    "must be integers (or return scores of shape (batch, classes))"
+                )
+            if out.shape[0] != x.shape[0]:
+                raise ValueError(
+                    f"the black-box function returned {out.shape[0]} labels for a batch of "
+                    f"{x.shape[0]}"
+                )
+            if self.num_classes is None:
+                raise ValueError(
+                    "the black-box function returns labels: pass num_classes= to LabelBlackBox"
+                )
+            labels = out.long()
+            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+                raise ValueError(
+                    f"the black-box function returned a label outside 0..{self.num_classes - 1}"
+                )
+            k = self.num_classes
+        else:
+            self._check_scores(out, x)
+            labels = out.argmax(1)
+            k = out.shape[1]
+        dtype = x.dtype if x.is_floating_point() else torch.float32
+        onehot = torch.zeros(x.shape[0], k, dtype=dtype, device=x.device)
+        onehot.scatter_(1, labels[:, None], 1.0)
+        return onehot
 
     def extra_repr(self) -> str:
         fn = getattr(self.fn, "__name__", type(self.fn).__name__)
@@ -141,6 +195,7 @@ class ScoreBlackBox(_BlackBox):
     """
 
     kind = "score-only black box"
+    exposes = "scores"
 
     def __init__(
         self,
@@ -156,16 +211,7 @@ class ScoreBlackBox(_BlackBox):
         self.scores = scores
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = _to_tensor(self._call_fn(x), x, "scores")
-        if not out.is_floating_point():
-            out = out.float()
-        if x.is_floating_point():
-            out = out.to(x.dtype)
-        self._check_scores(out, x)
-        if self.scores == "probs" or (self.scores == "auto" and _looks_like_probs(out)):
-            tiny = torch.finfo(out.dtype).tiny
-            out = out.clamp_min(tiny).log()
-        return self._block(x, out)
+        return self._block(x, self._scores(self._call_fn(x), x))
 
 
 def _looks_like_probs(s: torch.Tensor) -> bool:
@@ -195,6 +241,7 @@ class LabelBlackBox(_BlackBox):
     """
 
     kind = "hard-label black box"
+    exposes = "labels"
 
     def __init__(
         self, fn: Callable, num_classes: int | None = None, *, as_numpy: bool = False
@@ -202,33 +249,4 @@ class LabelBlackBox(_BlackBox):
         super().__init__(fn, num_classes, as_numpy)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = _to_tensor(self._call_fn(x), x, "labels or scores")
-        if out.dim() == 1:
-            if out.is_floating_point() or out.dtype == torch.bool:
-                raise TypeError(
-                    f"the black-box function returned a 1-D tensor of dtype {out.dtype}; labels "
-                    "must be integers (or return scores of shape (batch, classes))"
-                )
-            if out.shape[0] != x.shape[0]:
-                raise ValueError(
-                    f"the black-box function returned {out.shape[0]} labels for a batch of "
-                    f"{x.shape[0]}"
-                )
-            if self.num_classes is None:
-                raise ValueError(
-                    "the black-box function returns labels: pass num_classes= to LabelBlackBox"
-                )
-            labels = out.long()
-            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-                raise ValueError(
-                    f"the black-box function returned a label outside 0..{self.num_classes - 1}"
-                )
-            k = self.num_classes
-        else:
-            self._check_scores(out, x)
-            labels = out.argmax(1)
-            k = out.shape[1]
-        dtype = x.dtype if x.is_floating_point() else torch.float32
-        onehot = torch.zeros(x.shape[0], k, dtype=dtype, device=x.device)
-        onehot.scatter_(1, labels[:, None], 1.0)
-        return self._block(x, onehot)
+        return self._block(x, self._onehot(self._call_fn(x), x))

@@ -17,6 +17,8 @@ Example::
 
     model = advex.models.load("mypkg.nets:make_cnn", weights="cnn.safetensors")
     model = advex.models.load("cnn.pt2", normalize=([0.1307], [0.3081]))
+    model = advex.models.load("cnn.onnx")              # ONNX Runtime, counts queries
+    model = advex.models.load("sklearn:clf.skops")     # scikit-learn via skops, no pickle
 """
 
 from __future__ import annotations
@@ -105,6 +107,19 @@ def load(
             f"model spec must be 'package.module:factory', a .pt2 path or an nn.Module, "
             f"got {type(spec).__name__}"
         )
+    elif (adapter_path := _adapter_path(spec)) is not None:
+        # ONNX Runtime / scikit-learn (skops) files: adapters that count queries
+        if weights is not None:
+            raise ModelSpecError(
+                f"weights go with a package.module:factory model, not with {adapter_path.name} "
+                "(it carries its own weights)"
+            )
+        from .adapters import load_onnx, load_sklearn
+
+        if adapter_path.suffix.lower() == ".onnx":
+            model = load_onnx(adapter_path)
+        else:
+            model = load_sklearn(adapter_path)
     elif str(spec).lower().endswith(".pt2"):
         if weights is not None:
             raise ModelSpecError(
@@ -118,8 +133,9 @@ def load(
             load_weights(model, weights)
     else:
         raise ModelSpecError(
-            f"cannot load model {str(spec)!r}: expected 'package.module:factory' or a "
-            "torch.export program '*.pt2' (zoo names and model directories: advex.zoo.load)"
+            f"cannot load model {str(spec)!r}: expected 'package.module:factory', a "
+            "torch.export program '*.pt2', an ONNX model '*.onnx' or a scikit-learn model "
+            "'sklearn:model.skops' (zoo names and model directories: advex.zoo.load)"
         )
     if normalize is not None:
         model = _normalized(model, normalize)
@@ -197,10 +213,41 @@ def _from_factory(spec: str) -> nn.Module:
             f"model {spec!r}: calling {factory_name}() failed: {type(err).__name__}: {err}"
         ) from err
     if not isinstance(model, nn.Module):
-        raise ModelSpecError(
-            f"model {spec!r}: the factory returned {type(model).__name__}, not an nn.Module"
-        )
+        # a scikit-learn estimator, an ONNX Runtime session or a prediction function
+        from .adapters import as_adapter
+
+        try:
+            return as_adapter(model)
+        except TypeError as err:
+            raise ModelSpecError(
+                f"model {spec!r}: the factory returned {type(model).__name__}, not an "
+                "nn.Module, scikit-learn estimator, ONNX Runtime session or callable"
+            ) from err
     return model
+
+
+#: suffixes :func:`load` hands to the adapters (ONNX Runtime, skops; pickles are refused there)
+_ADAPTER_SUFFIXES = (".onnx", ".skops", ".pkl", ".pickle", ".joblib", ".pck", ".sav")
+
+
+def _adapter_path(spec: Any) -> Path | None:
+    """The file of an ``*.onnx`` / ``[sklearn:]*.skops`` (or pickle) spec, else None."""
+    text = str(spec)
+    if text.startswith(("sklearn:", "onnx:")):
+        kind, _, rest = text.partition(":")
+        p = Path(rest).expanduser()
+        if kind == "onnx" and p.suffix.lower() != ".onnx":
+            raise ModelSpecError(f"onnx:{rest}: expected an .onnx file")
+        if kind == "sklearn" and p.suffix.lower() == ".onnx":
+            raise ModelSpecError(f"sklearn:{rest}: an .onnx file loads as {rest} (no prefix)")
+        if kind == "sklearn" and p.suffix.lower() not in _ADAPTER_SUFFIXES:
+            raise ModelSpecError(
+                f"sklearn:{rest}: expected a .skops file (skops.io.dump(model, 'model.skops'))"
+            )
+        return p
+    if text.lower().endswith(_ADAPTER_SUFFIXES):
+        return Path(text).expanduser()
+    return None
 
 
 def _normalized(model: nn.Module, normalize) -> nn.Module:

@@ -9,19 +9,25 @@ and budget. Nothing here imports the rest of advex.
 - :mod:`~advex.threats.norms`: L∞, L2, L1 written once; :mod:`~advex.threats.projections`: the
   exact projections onto ball ∩ box and hyperplane ∩ box.
 - :class:`PointRandom`: random draws per point (seed, sample, stream), never per batch.
+- :class:`Schema` / :class:`TabularThreat`: tabular feature schemas (types, ranges, immutable
+  columns, linear and non-linear relations) and the constrained, standardised threat with repair.
 """
 
+from ..data.schema import Constraint, Feature, Schema, SchemaError, Verdicts
 from .base import Threat
 from .box import Box, Mask
 from .lp import LpBall, ThreatModel, check_budget
 from .norms import L1, L2, NORMS, LInf, Norm, get_norm
 from .projections import project_hyperplane_box, project_l1_box
 from .random import PointRandom, point_keys
+from .tabular import TabularThreat
 from .text import EditBudget
 
 __all__ = [
     "Box",
+    "Constraint",
     "EditBudget",
+    "Feature",
     "L1",
     "L2",
     "LInf",
@@ -30,8 +36,12 @@ __all__ = [
     "NORMS",
     "Norm",
     "PointRandom",
+    "Schema",
+    "SchemaError",
+    "TabularThreat",
     "Threat",
     "ThreatModel",
+    "Verdicts",
     "check_budget",
     "get_norm",
     "point_keys",

@@ -124,6 +124,19 @@ _EXTERNAL.update(
         "sms-spam-tfidf": "advex.zoo.text:load_text_model",
     }
 )
+# tabular models on breast_cancer (torch; scikit-learn through advex.models adapters)
+_EXTERNAL.update(
+    {
+        n: "advex.zoo.tabular:load_tabular"
+        for n in (
+            "breast-cancer-lr",
+            "breast-cancer-mlp",
+            "breast-cancer-rf",
+            "breast-cancer-gbt",
+            "breast-cancer-svc",
+        )
+    }
+)
 
 
 def _load_external(name: str, **kwargs):
