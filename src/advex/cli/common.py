@@ -206,16 +206,18 @@ def load_data(spec: str, split: str, n: int | None):
     return ds
 
 
-def targets_for(ds, targeted: bool, target: int | None, seed: int):
+def targets_for(ds, targeted: bool, target: int | str | None, seed: int):
+    """The target of every point: ``--target`` (an index or one of the dataset's class names,
+    e.g. ``"stop"``), a seeded random wrong class with ``--targeted``, or None."""
     import torch
 
     if target is not None:
-        if not 0 <= target < ds.num_classes:
-            raise click.BadParameter(
-                f"{target} is not a class of {ds.name} (0..{ds.num_classes - 1})",
-                param_hint="--target",
-            )
-        return int(target)
+        from advex.data import class_index
+
+        try:
+            return class_index(ds, target, what=f"class of {ds.name}")
+        except (ValueError, TypeError) as err:
+            raise click.BadParameter(str(err), param_hint="--target") from err
     if not targeted:
         return None
     # a seeded random wrong class per point
@@ -318,10 +320,10 @@ def common_options(f):
         ),
         click.option(
             "--target",
-            type=int,
+            type=str,
             default=None,
-            help="Target class for every point (implies --targeted; points of that "
-            "class are skipped).",
+            help="Target class for every point, an index or a class name such as 'stop' "
+            "(implies --targeted; points of that class are skipped).",
         ),
         click.option(
             "--param",

@@ -11,7 +11,9 @@ input space); labels are ``int64``.
 
 from __future__ import annotations
 
+from .classes import class_index, name_key
 from .core import ArrayDataset, DatasetError
+from .gtsrb import GTSRB_CLASSES, GTSRBWarning, gtsrb, read_ppm
 from .idx import fashion_mnist, mnist, read_idx
 from .small import digits, mnist5k
 
@@ -23,18 +25,25 @@ __all__ = [
     "mnist",
     "fashion_mnist",
     "read_idx",
+    "gtsrb",
+    "GTSRB_CLASSES",
+    "GTSRBWarning",
+    "read_ppm",
+    "class_index",
+    "name_key",
     "load",
     "SPEC_FORMS",
 ]
 
-SPEC_FORMS = ("mnist5k", "digits", "mnist:PATH", "fashion-mnist:PATH")
+SPEC_FORMS = ("mnist5k", "digits", "mnist:PATH", "fashion-mnist:PATH", "gtsrb:PATH")
 
 
 def load(spec: str, split: str = "test") -> ArrayDataset:
     """Resolve a dataset *spec* string (what the CLI ``--data`` option takes).
 
     Valid forms: ``"mnist5k"``, ``"digits"``, ``"mnist:PATH"``, ``"fashion-mnist:PATH"``
-    where ``PATH`` is a directory holding the original IDX files.
+    where ``PATH`` is a directory holding the original IDX files, ``"gtsrb:PATH"`` (the
+    original GTSRB layout, see :func:`gtsrb`).
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"dataset spec must be a non-empty string, got {spec!r}; {_valid()}")
@@ -46,10 +55,14 @@ def load(spec: str, split: str = "test") -> ArrayDataset:
             return mnist5k(split)
         if kind == "digits":
             return digits(split)
-        if kind in ("mnist", "fashion-mnist", "fashion_mnist", "fashionmnist"):
+        if kind in ("mnist", "fashion-mnist", "fashion_mnist", "fashionmnist", "gtsrb"):
             raise ValueError(f"dataset spec {spec!r} needs a directory: use '{kind}:PATH'")
         raise ValueError(f"unknown dataset spec {spec!r}; {_valid()}")
     path = path.strip()
+    if kind == "gtsrb":  # the original GTSRB layout (Final_Training / Final_Test)
+        if not path:
+            raise ValueError(f"dataset spec {spec!r} has an empty PATH; {_valid()}")
+        return gtsrb(path, split)
     if kind in ("mnist", "fashion-mnist", "fashion_mnist", "fashionmnist") and not path:
         raise ValueError(f"dataset spec {spec!r} has an empty PATH; {_valid()}")
     if kind == "mnist":
