@@ -23,12 +23,14 @@ from .generative import AdvGAN
 from .gradient import BIM, FGSM, MIFGSM, PGD
 from .jsma import JSMA
 from .lbfgs import LBFGS
+from .physical import RP2, AdversarialPatch
 from .square import Square
 from .universal import UniversalPerturbation
 
 __all__ = [
     "APGD",
     "AdvGAN",
+    "AdversarialPatch",
     "Attack",
     "BIM",
     "CW",
@@ -42,6 +44,7 @@ __all__ = [
     "LBFGS",
     "MIFGSM",
     "PGD",
+    "RP2",
     "Square",
     "UniversalPerturbation",
     "registry",

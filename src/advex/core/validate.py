@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ..threats import ThreatModel
+from ..threats import Threat, ThreatModel
 from ..threats.base import check_float_batch
 
 __all__ = [
@@ -168,7 +168,7 @@ def check_batch(
     ``y`` against ``x``; when ``num_classes`` (the model's output width) is known, the labels
     and ``target`` are checked against it too (``target`` is returned as given otherwise).
     """
-    threats = [threat] if threat is None or isinstance(threat, ThreatModel) else list(threat)
+    threats = [threat] if threat is None or isinstance(threat, Threat) else list(threat)
     seen: set[tuple[float, float]] = set()
     for t in threats or [None]:
         if t is not None and t.bounds in seen:  # the input checks depend on the bounds only

@@ -301,7 +301,10 @@ def gtsrb(
     present = [(p, r) for p, r in entries if p.name in listing[p.parent]]
     missing = len(entries) - len(present)
     if not present:
-        raise DatasetError(f"GTSRB {split} under {base}: none of the {len(entries)} images exist")
+        which = "" if keep is None else f" of class(es) {sorted(keep)}"
+        raise DatasetError(
+            f"GTSRB {split} under {base}: no image{which} exists ({len(entries)} CSV rows)"
+        )
     x = torch.empty(len(present), 3, size, size)
     ys, n_crop = [], 0
     fast: list[int] = []  # images already size x size: converted in one batch
