@@ -88,6 +88,36 @@ def _rp2(model, root, args) -> dict:
                 "per_image",
             )
         }
+    if args.figures:
+        from pathlib import Path
+
+        from advex.report.physical import save_breakdown_figure, save_print_png, save_views_figure
+
+        d = Path(args.figures)
+        d.mkdir(parents=True, exist_ok=True)
+        held = rp2.threat.views.held_out(1000)
+        save_views_figure(
+            d / "physical-rp2-views.png",
+            model,
+            test.x[:3],
+            rp2.sticker_,
+            rp2.threat,
+            held,
+            test.class_names,
+        )
+        ev = physical_evaluation(
+            model,
+            rp2.sticker_,
+            rp2.threat,
+            *test.tensors(),
+            target=SPEED30,
+            n_views=args.views,
+            seed=1000,
+        )
+        save_breakdown_figure(d / "physical-rp2-breakdown.png", ev)
+        save_print_png(
+            d / "physical-rp2-sticker.png", rp2.sticker_, rp2.threat.mask, width_cm=8.0, dpi=40
+        )
     return out
 
 
@@ -130,6 +160,20 @@ def _patch(model, train, test, args) -> dict:
         seed=1000,
     )
     digital = _digital_patch_success(model, test.x, lambda x: ap.apply(x, seed=77))
+    if args.figures:
+        from pathlib import Path
+
+        from advex.report.physical import save_views_figure
+
+        save_views_figure(
+            Path(args.figures) / "physical-patch-views.png",
+            model,
+            test.x[:3],
+            ap.sticker_,
+            ap.threat,
+            ap.threat.views.held_out(1000),
+            test.class_names,
+        )
     return {
         "fit_images": len(train),
         "fit_seconds": round(fit_s, 2),
@@ -198,7 +242,7 @@ def _art(model, train, test, args) -> dict:
     patch, _mask = art.generate(x=xb, y=y_onehot)
     fit_s = time.perf_counter() - t0
     np.random.seed(77)
-    patched = art.apply_patch(test.x.numpy(), scale=scale)
+    patched = art.apply_patch(test.x.numpy(), scale=scale, patch_external=patch)
     with torch.no_grad():
         success = float(
             (model(torch.from_numpy(patched).float()).argmax(1) == SPEED30).float().mean()
@@ -225,6 +269,7 @@ def main() -> None:
     ap.add_argument("--patch-views", type=int, default=None, help="views per image (5)")
     ap.add_argument("--no-art", action="store_true")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--figures", default=None, help="folder for the docs figures")
     args = ap.parse_args()
     q = args.quick
     args.steps = args.steps or (10 if q else 500)
@@ -239,6 +284,8 @@ def main() -> None:
         "quick": q,
     }
     results["rp2"] = _rp2(model, root, args)
+    if args.out:  # written after every part, so a later failure keeps what was measured
+        write_json(args.out, results)
     r = results["rp2"]["held_out"]
     print(
         f"RP2 stop -> speed limit (30km/h), area {results['rp2']['area']:.1%}: targeted "
@@ -249,6 +296,8 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     train, test = _patch_data(root, args, g)
     results["patch"] = _patch(model, train, test, args)
+    if args.out:
+        write_json(args.out, results)
     p = results["patch"]
     print(
         f"universal patch 5%: targeted success {p['held_out']['success']:.1%} over "
