@@ -32,7 +32,7 @@ def _img(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().float().clamp(0, 1).permute(1, 2, 0).numpy()
 
 
-def _short(name: str, n: int = 18) -> str:
+def _short(name: str, n: int = 22) -> str:
     return name if len(name) <= n else name[: n - 1] + "…"
 
 
