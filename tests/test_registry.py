@@ -64,7 +64,7 @@ def test_names_aliases_and_class_names_resolve():
             key = registry.attack_key(alias)
             assert seen.setdefault(key, cls) is cls, f"{alias!r} names two attacks"
         assert isinstance(cls.aliases, tuple) and isinstance(cls.norms, tuple)
-        assert cls.norms and set(cls.norms) <= {"linf", "l2", "l1"}
+        assert cls.norms and set(cls.norms) <= {"linf", "l2", "l1", "patch"}  # patch: physical
         assert isinstance(cls.black_box, bool)
     # every name that worked before the registry still works
     for old in ("fgsm", "pgd", "bim", "mifgsm", "apgd", "square", "universal", "cw", "ead"):
@@ -105,7 +105,11 @@ def _build(cls, norm):
     return cls(threat=threat, **kw)
 
 
-@pytest.mark.parametrize("cls", _exported_attacks(), ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    "cls",
+    [c for c in _exported_attacks() if c.norms != ("patch",)],  # physical: tests/test_physical*
+    ids=lambda c: c.__name__,
+)
 def test_declared_norms_match_behaviour(cls, tiny_model):
     g = torch.Generator().manual_seed(0)
     x = torch.rand(3, 1, 8, 8, generator=g)

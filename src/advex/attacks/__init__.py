@@ -25,6 +25,7 @@ from .generative import AdvGAN
 from .gradient import BIM, FGSM, MIFGSM, PGD
 from .jsma import JSMA
 from .lbfgs import LBFGS
+from .physical import RP2, AdversarialPatch
 from .square import Square
 from .tabular import ConstrainedEvolution, ConstrainedPGD, LowProFool
 from .universal import UniversalPerturbation
@@ -32,6 +33,7 @@ from .universal import UniversalPerturbation
 __all__ = [
     "APGD",
     "AdvGAN",
+    "AdversarialPatch",
     "Attack",
     "BIM",
     "CW",
@@ -48,6 +50,7 @@ __all__ = [
     "LowProFool",
     "MIFGSM",
     "PGD",
+    "RP2",
     "Square",
     "UniversalPerturbation",
     "registry",

@@ -22,6 +22,7 @@ from .common import (
 from .demo import demo
 from .evaluate import evaluate
 from .list import list_cmd
+from .physical import physical
 from .train import train
 
 __all__ = [
@@ -46,7 +47,7 @@ def main() -> None:
     """
 
 
-for _command in (demo, attack, evaluate, train, list_cmd):
+for _command in (demo, attack, evaluate, train, list_cmd, physical):
     main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover

@@ -225,30 +225,18 @@ class ClassTarget(click.ParamType):
             return text
 
 
-def targets_for(ds, targeted: bool, target: int | None, seed: int):
+def targets_for(ds, targeted: bool, target: int | str | None, seed: int):
+    """The target of every point: ``--target`` (an index or one of the dataset's class names,
+    e.g. ``"stop"``), a seeded random wrong class with ``--targeted``, or None."""
     import torch
 
-    if isinstance(target, str):
-        if target not in ds.class_names:
-            raise click.BadParameter(
-                f"{target!r} is not a class of {ds.name}: {', '.join(ds.class_names)}",
-                param_hint="--target",
-            )
-        target = ds.class_names.index(target)
     if target is not None:
+        from advex.data import class_index
+
         try:
-            target = int(target)
-        except ValueError:
-            raise click.BadParameter(
-                f"{target!r} is not a class index of {ds.name} (0..{ds.num_classes - 1})",
-                param_hint="--target",
-            ) from None
-        if not 0 <= target < ds.num_classes:
-            raise click.BadParameter(
-                f"{target} is not a class of {ds.name} (0..{ds.num_classes - 1})",
-                param_hint="--target",
-            )
-        return int(target)
+            return class_index(ds, target, what=f"class of {ds.name}")
+        except (ValueError, TypeError) as err:
+            raise click.BadParameter(str(err), param_hint="--target") from err
     if not targeted:
         return None
     # a seeded random wrong class per point
@@ -354,8 +342,8 @@ def common_options(f):
             "--target",
             type=ClassTarget(),
             default=None,
-            help="Target class for every point, by index or by name (e.g. benign; implies "
-            "--targeted; points of that class are skipped).",
+            help="Target class for every point, an index or a class name such as 'stop' or "
+            "'benign' (implies --targeted; points of that class are skipped).",
         ),
         click.option(
             "--param",

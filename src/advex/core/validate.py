@@ -169,7 +169,7 @@ def check_batch(
     and ``target`` are checked against it too (``target`` is returned as given otherwise).
     """
     threats = [threat] if threat is None or isinstance(threat, Threat) else list(threat)
-    seen: set = set()
+    seen: set[tuple[float, float]] = set()
     for t in threats or [None]:
         # an Lp ball's input checks depend on its bounds only; other threats check themselves
         key = t.bounds if isinstance(t, ThreatModel) else id(t)

@@ -11,7 +11,9 @@ input space); labels are ``int64``.
 
 from __future__ import annotations
 
+from .classes import class_index, name_key
 from .core import ArrayDataset, DatasetError
+from .gtsrb import GTSRB_CLASSES, GTSRBWarning, gtsrb, read_ppm
 from .idx import fashion_mnist, mnist, read_idx
 from .schema import Constraint, Feature, Schema, SchemaError
 from .small import digits, mnist5k
@@ -35,6 +37,12 @@ __all__ = [
     "SchemaError",
     "Feature",
     "Constraint",
+    "gtsrb",
+    "GTSRB_CLASSES",
+    "GTSRBWarning",
+    "read_ppm",
+    "class_index",
+    "name_key",
     "load",
     "SPEC_FORMS",
 ]
@@ -47,6 +55,7 @@ SPEC_FORMS = (
     "sms:PATH",
     "breast-cancer",
     "csv:PATH",
+    "gtsrb:PATH",
 )
 
 
@@ -58,7 +67,8 @@ def load(spec: str, split: str = "test", *, schema=None) -> ArrayDataset | TextD
     for the default location) is the SMS Spam Collection (a :class:`TextDataset`), ``PATH``
     its folder or its ``SMSSpamCollection`` file; ``"breast-cancer"``; ``"csv:PATH"`` (a CSV
     file described by ``schema``: a Schema or a YAML / JSON file, by default ``PATH`` with the
-    suffix ``.schema.yaml``, ``.schema.yml`` or ``.schema.json``).
+    suffix ``.schema.yaml``, ``.schema.yml`` or ``.schema.json``); ``"gtsrb:PATH"`` (the
+    original GTSRB layout, see :func:`gtsrb`).
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"dataset spec must be a non-empty string, got {spec!r}; {_valid()}")
@@ -74,10 +84,14 @@ def load(spec: str, split: str = "test", *, schema=None) -> ArrayDataset | TextD
             return digits(split)
         if kind in ("breast-cancer", "breast_cancer", "breastcancer"):
             return breast_cancer(split)
-        if kind in ("mnist", "fashion-mnist", "fashion_mnist", "fashionmnist"):
+        if kind in ("mnist", "fashion-mnist", "fashion_mnist", "fashionmnist", "gtsrb"):
             raise ValueError(f"dataset spec {spec!r} needs a directory: use '{kind}:PATH'")
         raise ValueError(f"unknown dataset spec {spec!r}; {_valid()}")
     path = path.strip()
+    if kind == "gtsrb":  # the original GTSRB layout (Final_Training / Final_Test)
+        if not path:
+            raise ValueError(f"dataset spec {spec!r} has an empty PATH; {_valid()}")
+        return gtsrb(path, split)
     if kind in ("mnist", "fashion-mnist", "fashion_mnist", "fashionmnist") and not path:
         raise ValueError(f"dataset spec {spec!r} has an empty PATH; {_valid()}")
     if kind == "csv":

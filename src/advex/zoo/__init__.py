@@ -47,6 +47,10 @@ __all__ = [
     "recipe",
     "MODEL_FILE",
     "CARD_FILE",
+    "models_root",
+    "file_lock",
+    "load_dir",
+    "recipe_fingerprint",
 ]
 
 MODEL_FILE = "model.safetensors"
@@ -137,6 +141,7 @@ _EXTERNAL.update(
         )
     }
 )
+_EXTERNAL["gtsrb-cnn"] = "advex.zoo.traffic:load_traffic"  # GTSRB traffic signs (physical)
 
 
 def _load_external(name: str, **kwargs):
@@ -602,3 +607,19 @@ def recipe(name: str) -> dict:
     if name not in _RECIPES:
         raise _unknown(name)
     return asdict(_RECIPES[name])
+
+
+# The cache helpers, public for the zoo's sibling modules (recipes in _EXTERNAL): where named
+# models live, the inter-process lock, reading a saved directory, a recipe's fingerprint.
+models_root = _models_root
+file_lock = _file_lock
+load_dir = _load_dir
+
+
+def recipe_fingerprint(recipe: Recipe | dict) -> str:
+    """A fingerprint of a recipe (a :class:`Recipe` or a JSON-ready dict), stored in the card:
+    a cached model trained with another recipe is retrained."""
+    if isinstance(recipe, Recipe):
+        return _recipe_id(recipe)
+    text = json.dumps(recipe, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -90,6 +90,10 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+#: architectures registered by a sibling zoo module on import (so a saved directory loads alone)
+_LAZY = {"gtsrb-cnn": "advex.zoo.traffic"}
+
+
 def register_arch(name: str, factory: Callable[..., nn.Module]) -> None:
     """Add an architecture so that :func:`build` and saved cards can refer to it by name."""
     ARCHITECTURES[name] = factory
@@ -97,6 +101,10 @@ def register_arch(name: str, factory: Callable[..., nn.Module]) -> None:
 
 def build(arch: str, **kwargs) -> nn.Module:
     """Build a fresh (untrained) model of architecture ``arch``."""
+    if arch not in ARCHITECTURES and arch in _LAZY:  # registered by a sibling zoo module
+        import importlib
+
+        importlib.import_module(_LAZY[arch])
     try:
         factory = ARCHITECTURES[arch]
     except KeyError:

@@ -1,0 +1,354 @@
+"""Physical-world attacks: a sticker on an object (RP2) and a universal adversarial patch,
+both robust to viewing conditions by Expectation over Transformation.
+
+- :class:`RP2`: Eykholt et al. 2018, "Robust Physical-World Attacks on Deep Learning Visual
+  Classification" (CVPR) — a sticker inside a mask, optimised over a set of photos of the
+  source object × random viewing conditions, with a norm regulariser and the
+  non-printability score.
+- :class:`AdversarialPatch`: Brown et al. 2017, "Adversarial Patch" — one universal,
+  targeted patch, pasted at a random location, scale and rotation on images of any class.
+
+Both follow the lifecycle of :class:`~advex.attacks.base.Attack`: ``fit(model, data)`` learns
+the sticker / patch (through the base prologue: validation, eval mode, pass counting), then
+``attack(model, x, y)`` (or :meth:`apply`) puts it on any image and returns an
+:class:`~advex.core.result.AttackResult` whose ``success`` is re-predicted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..models.guards import attack_mode
+from ..threats.patch import PatchThreat, ViewDistribution, non_printability
+from .base import Attack, ModelCaller, check_positive, check_steps
+
+__all__ = ["RP2", "AdversarialPatch", "PhysicalAttack"]
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+class PhysicalAttack(Attack):
+    """The shared part of :class:`RP2` and :class:`AdversarialPatch`: a sticker learned by
+    Adam on a tanh parametrisation that keeps it inside the printable gamut, over mini-batches
+    of (image, viewing condition) pairs; pass counting through the base
+    :class:`~advex.attacks.base.ModelCaller`; applying the learned sticker in ``attack``."""
+
+    norms = ("patch",)
+    black_box = False
+
+    def __init__(
+        self,
+        threat: PatchThreat,
+        *,
+        target: int | None,
+        steps: int,
+        batch_size: int,
+        lr: float,
+        seed: int | None,
+        progress: bool,
+        eot_samples: int = 1,
+    ) -> None:
+        if not isinstance(threat, PatchThreat):
+            raise TypeError(f"threat must be a PatchThreat, got {type(threat).__name__}")
+        super().__init__(threat, seed=seed, eot_samples=eot_samples)
+        if target is not None and (isinstance(target, bool) or not isinstance(target, int)):
+            raise TypeError(f"target must be a class index (int) or None, got {target!r}")
+        if target is not None and target < 0:
+            raise ValueError(f"target must be >= 0, got {target}")
+        self.target = target
+        self.steps = check_steps("steps", steps)
+        self.batch_size = check_steps("batch_size", batch_size)
+        self.lr = check_positive("lr", lr)
+        self.progress = bool(progress)
+        self.sticker_: torch.Tensor | None = None
+        self.fit_success_: float | None = None
+        self.fit_queries_: int = 0
+        self.fit_gradients_: int = 0
+        self.fit_loss_: list[float] = []
+
+    # -- what subclasses say -------------------------------------------------------------------
+    def _compose(self, x: torch.Tensor, sticker: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """The images with the sticker on, before the viewing conditions."""
+        raise NotImplementedError
+
+    def _penalty(self, sticker: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return sticker.new_zeros(())
+
+    def _select(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Indices of the fitting images used (default: those not already of the target)."""
+        if self.target is None:
+            return torch.arange(len(y))
+        return (y != self.target).nonzero().squeeze(1)
+
+    # -- fit -----------------------------------------------------------------------------------
+    def _default_target(self, target: Any) -> Any:
+        return self.target if target is None else target
+
+    def fit(self, model: nn.Module, data: Any, y: torch.Tensor | None = None) -> PhysicalAttack:
+        """Learn ``sticker_`` on ``data`` (images ``x`` with labels ``y``, or an ``(x, y)``
+        pair; without labels the model's predictions are the labels); returns ``self``."""
+        x, y = self._fit_data(model, data, y)
+        self.threat.check_inputs(x)
+        with attack_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext():
+            p = self._prologue(model, x, y, None)
+            y = p.goal.y
+            if self.target is not None and self.target >= p.num_classes:
+                raise ValueError(
+                    f"target {self.target} is not a class of the model ({p.num_classes} classes)"
+                )
+            keep = self._select(p.x, y)
+            if keep.numel() == 0:
+                raise ValueError(
+                    f"{type(self).__name__}.fit: no image to fit on (every image is of the "
+                    f"target class {self.target})"
+                )
+            self.sticker_ = self._optimise(p.caller, p.x, y, keep)
+            self.fit_queries_ = int(p.caller.queries.sum())
+            self.fit_gradients_ = int(p.caller.gradients.sum())
+        return self
+
+    def _objective(self, y: torch.Tensor):
+        target = self.target
+
+        def objective(logits: torch.Tensor) -> torch.Tensor:
+            if target is None:  # untargeted: push away from the true class
+                return -F.cross_entropy(logits, y, reduction="none")
+            t = torch.full_like(y, target)
+            return F.cross_entropy(logits, t, reduction="none")
+
+        return objective
+
+    def _optimise(self, caller: ModelCaller, x: torch.Tensor, y: torch.Tensor, keep):
+        th: PatchThreat = self.threat
+        g = torch.Generator().manual_seed(0 if self.seed is None else int(self.seed))
+        views: ViewDistribution = th.views
+        lo = th.palette.min(0).values.to(x).view(3, 1, 1) if th.gamut else x.new_zeros(3, 1, 1)
+        hi = th.palette.max(0).values.to(x).view(3, 1, 1) if th.gamut else x.new_ones(3, 1, 1)
+        start = th.random_sticker(g).to(x)
+        # sticker = lo + (hi − lo)·(tanh(w) + 1)/2: always printable, no projection needed
+        frac = ((start - lo) / (hi - lo)).clamp(1e-3, 1 - 1e-3)
+        w = torch.atanh(2 * frac - 1).requires_grad_(True)
+        opt = torch.optim.Adam([w], lr=self.lr)
+        bar = _progress(self.steps, f"{self.name}: fitting", self.progress)
+        self.fit_loss_ = []
+        fooled = []
+        n = keep.numel()
+        for _ in range(self.steps):
+            idx = keep[torch.randint(0, n, (self.batch_size,), generator=g)]
+            xb, yb = x[idx], y[idx]
+            with torch.enable_grad():
+                sticker = lo + (hi - lo) * (torch.tanh(w) + 1) / 2
+                seen = views.apply(self._compose(xb, sticker, g), views.sample(len(idx), g))
+                logits, obj, grad = caller.value_and_grad(seen.detach(), self._objective(yb), idx)
+                opt.zero_grad()
+                reg = self._penalty(sticker, xb)
+                # d(mean objective)/d(sticker) through the views, plus the penalties
+                outs, grads = [seen], [grad / len(idx)]
+                if reg.requires_grad:
+                    outs.append(reg)
+                    grads.append(torch.ones_like(reg))
+                torch.autograd.backward(outs, grads)
+            opt.step()
+            if self.target is None:
+                hit = logits.argmax(1) != yb
+            else:
+                hit = logits.argmax(1) == self.target
+            fooled.append(float(hit.float().mean()))
+            self.fit_loss_.append(float(obj.mean()))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{self.fit_loss_[-1]:.3f}", fooled=f"{fooled[-1]:.2f}")
+        if bar is not None:
+            bar.close()
+        tail = fooled[-max(1, self.steps // 10) :]
+        self.fit_success_ = sum(tail) / len(tail)
+        with torch.no_grad():
+            return (lo + (hi - lo) * (torch.tanh(w) + 1) / 2).detach()
+
+    # -- apply ---------------------------------------------------------------------------------
+    def apply(self, x: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+        """``x`` with the learned sticker on (random placement: drawn from ``seed``, default
+        the attack's seed + 1). No model call."""
+        if self.sticker_ is None:
+            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(model, data) first")
+        s = (self.seed or 0) + 1 if seed is None else seed
+        with torch.no_grad():
+            return self._compose(x, self.sticker_.to(x), torch.Generator().manual_seed(s))
+
+    def _attack(self, caller, x, goal, done, clean_logits):
+        if self.sticker_ is None:  # never fitted: fit on this batch (its passes count here)
+            self.sticker_ = self._optimise(caller, x, goal.y, self._select(x, goal.y))
+        x_adv = self.apply(x)
+        return torch.where(done.view(-1, 1, 1, 1), x, x_adv)
+
+
+class RP2(PhysicalAttack):
+    """Robust Physical Perturbations (Eykholt et al. 2018, "Robust Physical-World Attacks on
+    Deep Learning Visual Classification", CVPR).
+
+    A sticker inside a mask (``two-bars``, ``graffiti``, a square, a PNG) is optimised over a
+    set of photos of the source object and random viewing conditions (the threat's
+    :class:`~advex.threats.patch.ViewDistribution`, EOT), minimising (Eq. 3 of the paper)::
+
+        λ‖M·(s − x̄)‖₂ + ν·NPS(s) + E_{x, T} J(f(T(x·(1−M) + s·M)), y*)
+
+    with ``J`` the cross-entropy to the target ``y*`` (untargeted: minus the cross-entropy to
+    the true class), ``x̄`` the mean fitting photo (the regulariser keeps the sticker close to
+    the sign's own colours, RP2's ‖M·δ‖ with δ = s − x), and NPS the non-printability score
+    over the printer palette. The sticker is kept in the printable gamut by a tanh
+    parametrisation; Adam, ``steps`` steps of ``batch_size`` (photo, view) pairs.
+
+    Args:
+        mask: a mask shape (``"two-bars"``, ``"graffiti"``, ``"square"``), a PNG path or a
+            tensor ``(1, H, W)``; or pass ``threat`` (a fixed-placement ``PatchThreat``).
+        size: image side. area: the square's area fraction.
+        target: target class (None: untargeted). steps (500), batch_size (32), lr (0.1).
+        reg: λ of the L2 regulariser (0.002). nps_weight: ν of the NPS term (0.25).
+        views: the EOT :class:`ViewDistribution` (default ``ViewDistribution()``).
+        seed: seed of the (photo, view) draws and the start. progress: a progress bar.
+        eot_samples: for a randomised model, average this many draws per model call (1).
+
+    Cost of ``fit``: ``steps × batch_size`` forward + backward passes (counted per photo in
+    ``fit_queries_``); applying costs the 2 forward passes of every attack.
+
+    >>> rp2 = RP2("two-bars", target=1).fit(model, x_stop)       # stop -> speed limit 30
+    >>> result = rp2(model, x_test_stop, y_test_stop)
+    """
+
+    name = "rp2"
+    aliases = ("robust-physical-perturbations",)
+
+    def __init__(
+        self,
+        mask: Any = "two-bars",
+        *,
+        target: int | None = None,
+        size: int = 32,
+        area: float = 0.05,
+        steps: int = 500,
+        batch_size: int = 32,
+        lr: float = 0.1,
+        reg: float = 0.002,
+        nps_weight: float = 0.25,
+        views: ViewDistribution | None = None,
+        threat: PatchThreat | None = None,
+        seed: int | None = 0,
+        progress: bool = False,
+        eot_samples: int = 1,
+    ) -> None:
+        if threat is None:
+            threat = PatchThreat(mask, size=size, area=area, views=views)
+        if threat.placement != "fixed":
+            raise ValueError("RP2 needs a fixed-placement PatchThreat (a mask on the sign)")
+        super().__init__(
+            threat,
+            target=target,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            progress=progress,
+            eot_samples=eot_samples,
+        )
+        self.reg = float(reg)
+        self.nps_weight = float(nps_weight)
+        if not (self.reg >= 0 and math.isfinite(self.reg)):
+            raise ValueError(f"reg must be a finite number >= 0, got {reg}")
+        if not (self.nps_weight >= 0 and math.isfinite(self.nps_weight)):
+            raise ValueError(f"nps_weight must be a finite number >= 0, got {nps_weight}")
+
+    def _compose(self, x, sticker, g):
+        return self.threat.apply(x, sticker)
+
+    def _penalty(self, sticker, x):
+        m = self.threat.mask_for(sticker)
+        reg = self.reg * ((sticker - x.mean(0)) * m).norm() if self.reg else 0.0
+        nps = self.nps_weight * non_printability(sticker, m, self.threat.palette)
+        return reg + nps
+
+
+class AdversarialPatch(PhysicalAttack):
+    """Adversarial Patch (Brown et al. 2017): one universal, targeted patch that makes the
+    model predict ``target`` wherever it is pasted.
+
+    A square patch covering ``area`` of the image is pasted at a random location, scale and
+    rotation (the threat's random placement) on images of every class but the target, then
+    seen under random viewing conditions (EOT); Adam maximises ``E log p(target)`` over
+    ``steps`` mini-batches of ``batch_size`` (image, placement, view) draws. The patch stays in
+    the printable gamut (tanh parametrisation).
+
+    Args:
+        target: the target class (required). area: the patch's share of the image (0.05).
+        size: image side. steps (500), batch_size (32), lr (0.1).
+        patch_scale, patch_rotation: ranges of the random placement ((0.8, 1.2), ±20°).
+        views: the EOT :class:`ViewDistribution`. threat: a random-placement ``PatchThreat``.
+        seed, progress: as in :class:`RP2`.
+
+    ``attack(model, x, y)`` pastes the patch at a random placement per image (drawn from the
+    attack's seed + 1); :meth:`apply` takes another ``seed``.
+
+    >>> patch = AdversarialPatch(target=1, area=0.05).fit(model, (x_train, y_train))
+    >>> patch(model, x_test, y_test).success_rate
+    """
+
+    name = "patch"
+    aliases = ("adversarial-patch",)
+    targeted_only = True
+
+    def __init__(
+        self,
+        *,
+        target: int,
+        area: float = 0.05,
+        size: int = 32,
+        steps: int = 500,
+        batch_size: int = 32,
+        lr: float = 0.1,
+        patch_scale: tuple[float, float] = (0.8, 1.2),
+        patch_rotation: float = 20.0,
+        views: ViewDistribution | None = None,
+        threat: PatchThreat | None = None,
+        seed: int | None = 0,
+        progress: bool = False,
+        eot_samples: int = 1,
+    ) -> None:
+        if threat is None:
+            threat = PatchThreat(
+                None,
+                size=size,
+                area=area,
+                placement="random",
+                views=views,
+                patch_scale=patch_scale,
+                patch_rotation=patch_rotation,
+            )
+        if threat.placement != "random":
+            raise ValueError("AdversarialPatch needs a random-placement PatchThreat")
+        if target is None:
+            raise ValueError("AdversarialPatch is a targeted attack: pass target=")
+        super().__init__(
+            threat,
+            target=target,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            progress=progress,
+            eot_samples=eot_samples,
+        )
+
+    def _compose(self, x, sticker, g):
+        placement = self.threat.sample_placement(x.shape[0], g)
+        return self.threat.apply(x, sticker, placement)

@@ -1,0 +1,258 @@
+"""Traffic-sign reference model: ``gtsrb-cnn``, a compact CNN trained by advex on GTSRB.
+
+Trained deterministically (fixed seed, fixed torch threads) on the training images found under
+the data root (:func:`advex.data.gtsrb`) with light augmentation (small rotations, scales and
+shifts; brightness and contrast), evaluated on the full official test set (12,630 images), and
+cached like the MNIST models (``model.safetensors`` + ``card.json`` under the zoo cache, trained
+once under an inter-process lock). Accuracy and training time are in the card.
+
+The data root is, in order: ``data_root=``, ``$ADVEX_DATASETS/gtsrb-32x32``, then
+``../shared/datasets/gtsrb-32x32`` next to the repository; a folder holding ``GTSRB/`` (or
+``Final_Training`` / ``Final_Test``).
+
+>>> model = advex.zoo.load("gtsrb-cnn")        # trains on first use (a few CPU minutes)
+>>> model.card["accuracy"], model.card["class_names"][14]
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from advex.models.wrappers import Normalize
+
+from . import (
+    CARD_FILE,
+    accuracy,
+    file_lock,
+    load_dir,
+    models_root,
+    recipe_fingerprint,
+    register_arch,
+    save,
+    train,
+)
+
+__all__ = ["gtsrb_cnn", "load_traffic", "traffic_data_root", "GTSRB_RECIPE", "GTSRB_MEAN"]
+
+GTSRB_MEAN = (0.34, 0.31, 0.32)
+GTSRB_STD = (0.27, 0.26, 0.27)
+
+#: the recipe of ``gtsrb-cnn`` (its fingerprint is stored in the card: change it, and the
+#: cached model is retrained)
+GTSRB_RECIPE = {
+    "arch": "gtsrb-cnn",
+    "arch_kwargs": {"width": 24},
+    "epochs": 5,
+    "lr": 2e-3,
+    "batch_size": 128,
+    "schedule": "cosine",
+    "weight_decay": 0.0,
+    "augment": {
+        "rotate_deg": 10.0,
+        "scale": [0.9, 1.1],
+        "shift_px": 2,
+        "brightness": 0.3,
+        "contrast": 0.3,
+    },
+    "seed": 0,
+    "threads": 2,
+    "min_accuracy": 0.97,
+}
+
+
+def gtsrb_cnn(
+    num_classes: int = 43,
+    width: int = 32,
+    mean: Sequence[float] = GTSRB_MEAN,
+    std: Sequence[float] = GTSRB_STD,
+) -> nn.Sequential:
+    """Normalize → three [Conv3×3-BN-ReLU-MaxPool] blocks of ``width``, ``2·width``,
+    ``4·width`` channels → Dropout(0.3) → FC(classes). Input ``(N, 3, 32, 32)`` in ``[0, 1]``."""
+    w = int(width)
+
+    def block(cin: int, cout: int) -> list[nn.Module]:
+        return [
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        ]
+
+    return nn.Sequential(
+        Normalize(list(mean), list(std)),
+        *block(3, w),
+        *block(w, 2 * w),
+        *block(2 * w, 4 * w),
+        nn.Flatten(),
+        nn.Dropout(0.3),
+        nn.Linear(4 * w * 16, num_classes),
+    )
+
+
+register_arch("gtsrb-cnn", gtsrb_cnn)
+
+
+def sign_augment(cfg: dict):
+    """The training augmentation: per image a random rotation (± ``rotate_deg``), scale, shift
+    (± ``shift_px`` pixels), brightness (± ``brightness``) and contrast (× 1 ± ``contrast``),
+    drawn from the trainer's generator (deterministic per seed)."""
+    rot = math.radians(float(cfg["rotate_deg"]))
+    s_lo, s_hi = (float(v) for v in cfg["scale"])
+    shift = float(cfg["shift_px"])
+    b, c = float(cfg["brightness"]), float(cfg["contrast"])
+
+    def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        n, _, h, w = x.shape
+        u = torch.rand(n, 6, generator=gen)
+        a = (2 * u[:, 0] - 1) * rot
+        s = s_lo + (s_hi - s_lo) * u[:, 1]
+        tx = (2 * u[:, 2] - 1) * shift * 2 / w
+        ty = (2 * u[:, 3] - 1) * shift * 2 / h
+        theta = torch.zeros(n, 2, 3)
+        theta[:, 0, 0] = torch.cos(a) / s
+        theta[:, 0, 1] = -torch.sin(a) / s
+        theta[:, 1, 0] = torch.sin(a) / s
+        theta[:, 1, 1] = torch.cos(a) / s
+        theta[:, 0, 2] = tx
+        theta[:, 1, 2] = ty
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        mean = out.mean(dim=(1, 2, 3), keepdim=True)
+        con = (1 + (2 * u[:, 4] - 1) * c).view(n, 1, 1, 1)
+        bri = ((2 * u[:, 5] - 1) * b).view(n, 1, 1, 1)
+        return ((out - mean) * con + mean + bri).clamp(0.0, 1.0)
+
+    return augment
+
+
+def traffic_data_root(data_root: str | os.PathLike | None = None) -> Path:
+    """The GTSRB folder to train on: ``data_root``, else ``$ADVEX_DATASETS/gtsrb-32x32``, else
+    ``../shared/datasets/gtsrb-32x32`` beside the repository (raises ``FileNotFoundError``
+    naming every place looked at)."""
+    tried: list[Path] = []
+    if data_root is not None:
+        p = Path(data_root).expanduser()
+        if p.is_dir():
+            return p
+        raise FileNotFoundError(f"gtsrb-cnn: data_root {p} is not a directory")
+    env = os.environ.get("ADVEX_DATASETS")
+    if env:
+        tried.append(Path(env).expanduser() / "gtsrb-32x32")
+    repo = Path(__file__).resolve().parents[3]  # src/advex/zoo/traffic.py -> repository root
+    tried += [
+        repo.parent / "shared" / "datasets" / "gtsrb-32x32",
+        Path.cwd().parent / "shared" / "datasets" / "gtsrb-32x32",
+    ]
+    for p in tried:
+        if p.is_dir():
+            return p
+    raise FileNotFoundError(
+        "gtsrb-cnn needs the GTSRB images to train on (nothing is downloaded): pass "
+        "data_root=PATH (a folder holding GTSRB/Final_Training and GTSRB/Final_Test), set "
+        "$ADVEX_DATASETS, or place them at one of: " + ", ".join(str(p) for p in tried)
+    )
+
+
+def _train(name: str, root: Path, progress: bool) -> tuple[nn.Module, dict]:
+    import warnings
+
+    from advex import data as D
+
+    r = GTSRB_RECIPE
+    with warnings.catch_warnings(record=True) as caught:  # the absent-rows note goes in the card
+        warnings.simplefilter("always", D.GTSRBWarning)
+        train_ds = D.gtsrb(root, "train")
+        test_ds = D.gtsrb(root, "test")
+    t0 = time.perf_counter()
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(int(r["threads"]))  # the weights must not depend on the caller's
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(r["seed"])
+            model = gtsrb_cnn(**r["arch_kwargs"])
+            train(
+                model,
+                train_ds,
+                epochs=r["epochs"],
+                lr=r["lr"],
+                batch_size=r["batch_size"],
+                seed=r["seed"],
+                weight_decay=r["weight_decay"],
+                schedule=r["schedule"],
+                augment=sign_augment(r["augment"]),
+                progress=progress,
+                desc=f"advex.zoo: training {name}",
+            )
+        wall = time.perf_counter() - t0
+        acc = accuracy(model, test_ds)
+    finally:
+        torch.set_num_threads(threads_before)
+    card = {
+        "name": name,
+        "key": name,
+        "recipe": {k: v for k, v in r.items() if k not in ("arch", "arch_kwargs")},
+        "seed": r["seed"],
+        "data": {
+            "name": "gtsrb",
+            "source": f"original GTSRB layout under {train_ds.info['root']}",
+            "train": train_ds.info,
+            "test": test_ds.info,
+            "notes": [str(w.message) for w in caught],
+        },
+        "accuracy": acc,
+        "accuracy_split": "gtsrb official test set (GT-final_test.csv)",
+        "expected_min_accuracy": r["min_accuracy"],
+        "n_train": len(train_ds),
+        "n_test": len(test_ds),
+        "input_shape": list(train_ds.x.shape[1:]),
+        "bounds": [0.0, 1.0],
+        "num_classes": 43,
+        "class_names": train_ds.class_names,
+        "train_time_s": round(wall, 3),
+        "torch_threads": int(r["threads"]),
+        "recipe_id": recipe_fingerprint(r),
+    }
+    return model, card
+
+
+def load_traffic(
+    name: str,
+    *,
+    cache_dir=None,
+    data_root=None,
+    progress: bool = True,
+    retrain: bool = False,
+) -> nn.Module:
+    """Load ``gtsrb-cnn`` from the zoo cache, training it first when absent (or when the
+    cached one was trained with another recipe, or ``retrain``). The entry point named in
+    ``advex.zoo._EXTERNAL``."""
+    if name != "gtsrb-cnn":
+        raise ValueError(f"advex.zoo.traffic has no model {name!r} (only 'gtsrb-cnn')")
+    directory = models_root(cache_dir) / name
+    fp = recipe_fingerprint(GTSRB_RECIPE)
+
+    def cached():
+        if retrain or not (directory / CARD_FILE).is_file():
+            return None
+        model = load_dir(directory)
+        return model if model.card.get("recipe_id") == fp else None
+
+    model = cached()
+    if model is not None:
+        return model
+    root = traffic_data_root(data_root)
+    with file_lock(directory.parent / f".{name}.lock"):
+        model = cached()  # another process may have trained it while we waited
+        if model is not None:
+            return model
+        model, card = _train(name, root, progress)
+        save(model, directory, card, GTSRB_RECIPE["arch"], GTSRB_RECIPE["arch_kwargs"])
+    return load_dir(directory)
