@@ -85,7 +85,7 @@ def test_user_csv_and_clear_errors(tmp_path):
     # a class name the data does not have
     r = runner.invoke(main, [*base, "--data", "breast-cancer", "--target", "healthy",
                              "--out", str(tmp_path / "o2")])  # fmt: skip
-    assert r.exit_code != 0 and "'healthy' is not a class" in r.output
+    assert r.exit_code != 0 and "unknown class name 'healthy'" in r.output
     # a schema that contradicts the data names the feature
     text = schema.read_text()
     assert "  - 42.2\n" in text
