@@ -24,6 +24,7 @@ from torch import nn
 
 from .._stats import clopper_pearson
 from ..core.validate import check_batch
+from ..models.counting import BACKWARD_COST
 from ..models.guards import match_input_dtype
 from ..report.table import verdict_text
 from ..threats import ThreatModel
@@ -116,6 +117,13 @@ class Evaluation:
         """Forward passes of the attacks (gradient passes included) plus one clean pass/point."""
         return sum(s.queries for s in self.per_attack) + self.n
 
+    def weighted_passes(self, backward_cost: float = BACKWARD_COST) -> float:
+        """The cost in forward-pass units: ``queries_total`` (every forward row, the clean pass
+        included) plus ``backward_cost`` per backward row (``gradients_total``); the cost unit
+        is documented in :mod:`advex.models.counting`. Equal to what a
+        :class:`~advex.models.PassCounter` around the model counts (``checks=False``)."""
+        return self.queries_total + float(backward_cost) * self.gradients_total
+
     @property
     def broken_only_by_black_box(self) -> int:
         black = [j for j, s in enumerate(self.per_attack) if s.black_box]
@@ -138,7 +146,12 @@ class Evaluation:
             "adaptations": self.adaptations,
             "seed": self.seed,
             "per_attack": [s.to_dict() for s in self.per_attack],
-            "passes": {"gradients": self.gradients_total, "queries": self.queries_total},
+            "passes": {
+                "gradients": self.gradients_total,
+                "queries": self.queries_total,
+                "backward_cost": BACKWARD_COST,
+                "weighted": self.weighted_passes(),
+            },
             "broken_only_by_black_box": self.broken_only_by_black_box,
             "checks": [c.to_dict() for c in self.checks],
             "curve": self.curve,

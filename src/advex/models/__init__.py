@@ -9,6 +9,13 @@ running code from them (:func:`load`, :func:`load_weights`).
 
 from .adapt import AdaptedModel, adapt_for_attack, is_stochastic, non_differentiable
 from .blackbox import BlackBoxError, LabelBlackBox, ScoreBlackBox
+from .counting import (
+    BACKWARD_COST,
+    PassCounter,
+    PassCounts,
+    counting_stage,
+    measure_backward_cost,
+)
 from .guards import (
     InputDtypeWarning,
     ProbabilityOutputWarning,
@@ -35,6 +42,11 @@ from .loading import (
 from .wrappers import BPDA, EOT, CastInput, Normalize, SelectOutput
 
 __all__ = [
+    "BACKWARD_COST",
+    "PassCounter",
+    "PassCounts",
+    "counting_stage",
+    "measure_backward_cost",
     "AdaptedModel",
     "BPDA",
     "BlackBoxError",
