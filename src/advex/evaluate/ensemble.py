@@ -34,6 +34,7 @@ from .examples import Examples
 from .presets import Preset, derive_seed, get_preset
 from .progress import StageProgress
 from .robust import robust_accuracy
+from .schedule import share_ledger
 from .state import RunState, model_hash, tensor_hash
 
 __all__ = ["evaluate", "EvaluateOptions", "Evaluation", "StageResult", "clopper_pearson"]
@@ -623,6 +624,7 @@ def _run_batch(view, xb, yb, k, offset, spec, thr, seed, stages, adaptations, de
     attacks = {
         s.name: s.build(thr, derive_seed(seed, j), spec.budget_scale) for j, s in enumerate(stages)
     }
+    share_ledger(attacks.values())  # what a stage learns per point, the later ones read
     for a in attacks.values():
         if adaptations["eot_samples"] > 1:
             a.eot_samples = int(adaptations["eot_samples"])

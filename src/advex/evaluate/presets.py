@@ -39,8 +39,9 @@ from typing import Any
 from .._io import derive_seed
 from ..attacks import registry
 from ..threats import ThreatModel
+from .schedule import ScheduledAPGD, ScheduledFABT, ScheduledSquare
 
-__all__ = ["Stage", "Preset", "PRESETS", "get_preset", "derive_seed"]
+__all__ = ["Stage", "Preset", "PRESETS", "STANDARD_RULE", "get_preset", "derive_seed"]
 
 _SCALED = ("steps", "n_queries", "screen")
 
@@ -50,15 +51,16 @@ class Stage:
     """One attack of a preset.
 
     Either ``attack`` (a name in :mod:`advex.attacks.registry`: ``"APGD"``, ``"FABT"``,
-    ``"Square"``, ...) with constructor ``kwargs``, or ``instance`` (a ready attack, copied
-    and re-seeded per stage). ``black_box`` marks attacks that use no gradients (their wins
-    over every white-box stage feed the masking verdict); ``norms`` lists the norms it supports.
+    ``"Square"``, ..., or an attack class) with constructor ``kwargs``, or ``instance`` (a
+    ready attack, copied and re-seeded per stage). ``black_box`` marks attacks that use no
+    gradients (their wins over every white-box stage feed the masking verdict); ``norms`` lists
+    the norms it supports.
     Both default to what the attack declares (``black_box``, ``norms`` on its class); a ready
     instance runs in any norm unless ``norms`` says otherwise.
     """
 
     name: str
-    attack: str | None = None
+    attack: str | type | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     black_box: bool | None = None
     norms: tuple[str, ...] | None = None
@@ -94,7 +96,9 @@ class Stage:
             return {"name": self.name, "attack": type(self.instance).__name__, "params": params}
         return {
             "name": self.name,
-            "attack": self.attack,
+            "attack": self.attack
+            if isinstance(self.attack, str)
+            else registry.registry_name(self.attack),
             "params": _scaled(self.kwargs, scale),
             "black_box": self.black_box,
         }
@@ -156,6 +160,16 @@ class Preset:
         }
 
 
+#: the ``standard`` preset's scheduling rule (advex.evaluate.schedule; docs/evaluation.md)
+STANDARD_RULE: dict[str, Any] = {
+    "screen_targets": 2,  # APGD-T targets every point gets (of 9)
+    "screen_keep": 0.1,  # the share of a batch's survivors closest to breaking: full budget
+    "screen_margin": 0.1,  # normalised margin at or below which a point gets the full budget
+    "square_screen": 250,  # Square queries every point gets
+    "square_queries": 5000,  # ... and the points picked by the rule (AutoAttack's budget)
+}
+
+
 def _sq(n_queries: int, restarts: int = 1, **kwargs: Any) -> Stage:
     return Stage("square", "Square", {"n_queries": n_queries, "restarts": restarts, **kwargs})
 
@@ -173,12 +187,42 @@ PRESETS: dict[str, Preset] = {
         (
             Stage(
                 "apgd-ce",
-                "APGD",
+                ScheduledAPGD,
                 {"steps": 100, "loss": "ce", "restarts": 2, "restart_keep": 0.25},
             ),
-            Stage("apgd-t", "APGD", {"steps": 100, "targeted": True, "n_target_classes": 9}),
-            Stage("fab-t", "FABT", {"steps": 100, "n_target_classes": 9, "screen_targets": 3}),
-            _sq(10000, screen=1000, screen_keep=0.1),
+            Stage(
+                "apgd-t",
+                ScheduledAPGD,
+                {
+                    "steps": 100,
+                    "targeted": True,
+                    "n_target_classes": 9,
+                    "screen_targets": STANDARD_RULE["screen_targets"],
+                    "screen_keep": STANDARD_RULE["screen_keep"],
+                    "screen_margin": STANDARD_RULE["screen_margin"],
+                },
+            ),
+            Stage(
+                "fab-t",
+                ScheduledFABT,
+                {
+                    "steps": 100,
+                    "n_target_classes": 9,
+                    "screen_targets": 3,
+                    "screen_keep": STANDARD_RULE["screen_keep"],
+                    "screen_margin": STANDARD_RULE["screen_margin"],
+                },
+            ),
+            Stage(
+                "square",
+                ScheduledSquare,
+                {
+                    "n_queries": STANDARD_RULE["square_queries"],
+                    "screen": STANDARD_RULE["square_screen"],
+                    "screen_keep": STANDARD_RULE["screen_keep"],
+                    "screen_margin": STANDARD_RULE["screen_margin"],
+                },
+            ),
         ),
     ),
     "autoattack": Preset(

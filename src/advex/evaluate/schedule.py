@@ -1,0 +1,328 @@
+"""Per-point scheduling for the ``standard`` preset: spend passes where points may still break.
+
+After the first stage the evaluation knows, for every point still robust, how close the attacks
+came: the logits at the best point found, hence its **margin** and which wrong classes came
+closest. A :class:`Ledger` (one per batch, shared by the stages) keeps that, and the scheduled
+attacks read it to decide per point how many targets, steps and queries it gets:
+
+- :class:`ScheduledAPGD` records, after its runs, the logits at the best point of every point
+  it left robust (one forward pass per such point, counted). Targeted (APGD-T), it attacks the
+  wrong classes in the order of those logits (the classes that came closest first) instead of
+  the clean logits' order, runs the first ``screen_targets`` targets on every point, and the
+  remaining ones (up to ``n_target_classes``) only on the points the :func:`close` rule picks.
+- :class:`ScheduledFABT` runs FAB-T only on the points the rule picks (in the ledger's class
+  order); the others are handed back unattacked (they cost the attack's two forward passes).
+- :class:`ScheduledSquare` spends ``screen`` queries on every point; the points the rule picks
+  (by the ledger's margins, or by Square's own margin after the screen) search on to
+  ``n_queries``.
+
+**The rule** (:func:`close`): a point gets a stage's full budget when (a) its normalised margin
+``m = (z_y − max_{i≠y} z_i) / (z_(1) − z_(3))`` at the best point any stage found so far is at
+most ``screen_margin``, or (b) it is among the ``screen_keep`` share of the batch's points still
+robust with the smallest margins, or (c) the stage's screen broke at least that share of the
+points it attacked (evidence that the stages before it miss points: masking, a misleading loss;
+then every point gets the full budget). Otherwise the point is stopped after the screen. ``m``
+is the DLR loss's margin: 0 on the decision boundary, 1 when the runner-up class is as far
+below the label as the third one (it does not depend on the logits' scale).
+
+This is an empirical rule, not a proof: a point far from the boundary after 100 APGD-CE steps
+and the APGD-T screen could in principle be broken by the targets or queries it no longer gets.
+What backs it is measured (docs/evaluation.md, ``benchmarks/autoattack_passes.py``): on every
+benchmark model, every point AutoAttack breaks is broken.
+
+>>> ledger = Ledger()
+>>> atk = ScheduledAPGD(eps=0.3, targeted=True, screen_targets=2, ledger=ledger)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+
+from ..attacks.apgd import APGD
+from ..attacks.base import ModelCaller, closest_share
+from ..attacks.fab import FABT
+from ..attacks.square import Square
+from ..core.goals import Goal
+
+__all__ = [
+    "Ledger",
+    "ScheduledAPGD",
+    "ScheduledFABT",
+    "ScheduledSquare",
+    "close",
+    "normalized_margin",
+    "share_ledger",
+]
+
+
+def normalized_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``(z_y − max_{i≠y} z_i) / (z_(1) − z_(3))`` per row (the DLR loss's margin; negative
+    when misclassified). Shapes: ``(n, C)``, ``(n,)`` → ``(n,)``."""
+    z = logits.detach().float()
+    zy = z.gather(1, y[:, None]).squeeze(1)
+    other = z.scatter(1, y[:, None], float("-inf")).amax(1)
+    top = z.sort(1, descending=True).values
+    k = min(2, z.shape[1] - 1)
+    scale = (top[:, 0] - top[:, k]).clamp_min(1e-12)
+    return (zy - other) / scale
+
+
+def _keys(x: torch.Tensor) -> list[bytes]:
+    flat = x.detach().reshape(x.shape[0], -1).float().cpu().contiguous().numpy()
+    return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in flat]
+
+
+class Ledger:
+    """What the stages of one batch learned per point: the smallest normalised margin seen and
+    the logits at that point. Points are identified by their content (the stages see subsets
+    of the batch). One ledger per batch; :func:`share_ledger` hands it to the stages.
+    """
+
+    def __init__(self) -> None:
+        self._rows: dict[bytes, tuple[float, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def record(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> None:
+        """Keep, per point, the logits with the smallest margin so far."""
+        m = normalized_margin(logits, y).tolist()
+        lg = logits.detach().float().cpu()
+        for i, k in enumerate(_keys(x)):
+            old = self._rows.get(k)
+            if old is None or m[i] < old[0]:
+                self._rows[k] = (m[i], lg[i])
+
+    def margin(self, x: torch.Tensor) -> torch.Tensor:
+        """Per point: the smallest margin recorded (``inf`` when none)."""
+        return torch.tensor(
+            [self._rows.get(k, (math.inf, None))[0] for k in _keys(x)],
+            dtype=torch.float32,
+            device=x.device,
+        )
+
+    def logits(self, x: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+        """Per point: the recorded logits, else the row of ``fallback``."""
+        out = fallback.detach().float().clone()
+        for i, k in enumerate(_keys(x)):
+            row = self._rows.get(k)
+            if row is not None and row[1].numel() == out.shape[1]:
+                out[i] = row[1].to(out.device)
+        return out
+
+
+def share_ledger(attacks) -> Ledger:
+    """Give one new :class:`Ledger` to every attack in ``attacks`` that takes one."""
+    ledger = Ledger()
+    for a in attacks:
+        if hasattr(a, "ledger"):
+            a.ledger = ledger
+    return ledger
+
+
+def close(margin: torch.Tensor, screen_keep: float, screen_margin: float) -> torch.Tensor:
+    """The rule's parts (a) and (b): points with ``margin <= screen_margin`` or among the
+    ``screen_keep`` share with the smallest margins (ties and unknown margins: ``inf`` ranks
+    last). Returns a boolean mask."""
+    m = margin.float()
+    out = m <= float(screen_margin)
+    if m.numel() and screen_keep > 0:
+        out |= closest_share(-m, float(screen_keep))
+    return out
+
+
+def _check_share(name: str, v: float) -> float:
+    if not 0.0 <= float(v) <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {v}")
+    return float(v)
+
+
+def _check_margin(v: float) -> float:
+    if not (float(v) >= 0.0 and math.isfinite(float(v))):
+        raise ValueError(f"screen_margin must be a finite number >= 0, got {v}")
+    return float(v)
+
+
+class ScheduledAPGD(APGD):
+    """:class:`~advex.attacks.APGD` that feeds and reads a :class:`Ledger` (module docstring).
+
+    Extra arguments: ``screen_targets`` (APGD-T: targets run on every point; None = all
+    ``n_target_classes``), ``screen_keep`` and ``screen_margin`` (the :func:`close` rule for
+    the remaining targets), ``ledger`` (usually set by :func:`share_ledger`). Without a ledger
+    the targets follow the clean logits and the rule uses the margins after the screen.
+
+    Cost: APGD's, plus 1 forward per point left robust (its margin), plus, targeted, the
+    remaining ``n_target_classes − screen_targets`` runs only on the points picked.
+    """
+
+    def __init__(
+        self,
+        eps: float | None = None,
+        norm: str = "linf",
+        *,
+        screen_targets: int | None = None,
+        screen_keep: float = 0.1,
+        screen_margin: float = 0.0,
+        ledger: Ledger | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(eps, norm, **kwargs)
+        if screen_targets is not None:
+            if isinstance(screen_targets, bool) or int(screen_targets) != screen_targets:
+                raise ValueError(f"screen_targets must be an integer, got {screen_targets!r}")
+            if int(screen_targets) < 1:
+                raise ValueError(f"screen_targets must be >= 1, got {screen_targets}")
+            screen_targets = int(screen_targets)
+        self.screen_targets = screen_targets
+        self.screen_keep = _check_share("screen_keep", screen_keep)
+        self.screen_margin = _check_margin(screen_margin)
+        self.ledger = ledger
+
+    def _record(self, caller: ModelCaller, x, goal: Goal, best_x, found) -> torch.Tensor:
+        """Margins at the best points of the rows not fooled (1 forward each, counted); the
+        ledger keeps them. Returns per row the margin (``-inf`` for fooled rows)."""
+        out = torch.full((x.shape[0],), float("-inf"), device=x.device)
+        idx = (~found).nonzero().squeeze(1)
+        if idx.numel():
+            logits = caller.logits(best_x[idx], idx)
+            out[idx] = normalized_margin(logits, goal.y[idx]).to(out.device)
+            if self.ledger is not None:
+                self.ledger.record(x[idx], goal.y[idx], logits)
+        return out
+
+    def _attack(self, caller: ModelCaller, x, goal: Goal, done, clean_logits):
+        if not (self.targeted and not goal.targeted):
+            best_x = super()._attack(caller, x, goal, done, clean_logits)
+            if self.ledger is not None:
+                self._record(caller, x, goal, best_x, done)
+            return best_x
+        rng = self._rng(x)
+        best_x = x.clone()
+        best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device, dtype=x.dtype)
+        found = done.clone()
+        k = min(self.n_target_classes, clean_logits.shape[1] - 1)
+        rank_from = clean_logits if self.ledger is None else self.ledger.logits(x, clean_logits)
+        others = rank_from.to(clean_logits.device).scatter(1, goal.y[:, None], float("-inf"))
+        ranked = others.argsort(1, descending=True)[:, :k]
+        screen = k if self.screen_targets is None else min(self.screen_targets, k)
+        allowed = torch.ones_like(found)
+        n_start = int((~found).sum())
+        for j in range(k):
+            if j == screen and screen < k:
+                # the screen is over: the rule picks the points that get the other targets
+                margin = self._record(caller, x, goal, best_x, found)
+                broken = int((found & ~done).sum())
+                if broken >= max(1.0, self.screen_keep * n_start):
+                    allowed = torch.ones_like(found)  # (c): the screen broke many points
+                else:
+                    allowed = torch.zeros_like(found)
+                    live = (~found).nonzero().squeeze(1)
+                    if live.numel():
+                        m = margin[live]
+                        if self.ledger is not None:
+                            m = torch.minimum(m, self.ledger.margin(x[live]).to(m.device))
+                        allowed[live] = close(m, self.screen_keep, self.screen_margin)
+            for r in range(self.restarts):
+                idx = (~found & allowed).nonzero().squeeze(1)
+                if idx.numel() == 0:
+                    break
+                if r > 0 and self.restart_keep < 1.0:
+                    idx = idx[closest_share(best_loss[idx], self.restart_keep)]
+                sgoal = goal[idx]
+                lgoal = Goal(sgoal.y, ranked[idx, j])
+                self._run(
+                    caller, x, idx, lgoal, sgoal, (rng, ("start", j, r)), best_x, best_loss, found
+                )
+        if self.ledger is not None:
+            self._record(caller, x, goal, best_x, found | ~allowed)
+        return best_x
+
+
+class ScheduledFABT(FABT):
+    """:class:`~advex.attacks.FABT` run only on the points the :func:`close` rule picks from
+    the :class:`Ledger`'s margins, with targets in the ledger's class order (module docstring).
+    The other points are handed back unattacked. Without a ledger every point is attacked.
+
+    Extra arguments: ``screen_keep``, ``screen_margin`` (the rule), ``ledger``.
+    """
+
+    name = "fab-t-scheduled"
+
+    def __init__(
+        self,
+        eps: float | None = None,
+        norm: str = "linf",
+        *,
+        screen_keep: float = 0.1,
+        screen_margin: float = 0.0,
+        ledger: Ledger | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(eps, norm, **kwargs)
+        self.screen_keep = _check_share("screen_keep", screen_keep)
+        self.screen_margin = _check_margin(screen_margin)
+        self.ledger = ledger
+        self._rank_logits: torch.Tensor | None = None
+
+    def _plan(self, goal, clean_logits):
+        return super()._plan(goal, clean_logits if self._rank_logits is None else self._rank_logits)
+
+    def _attack(self, caller: ModelCaller, x, goal: Goal, done, clean_logits):
+        if self.ledger is None or goal.targeted:
+            return super()._attack(caller, x, goal, done, clean_logits)
+        pick = torch.zeros_like(done)
+        live = (~done).nonzero().squeeze(1)
+        if live.numel():
+            m = self.ledger.margin(x[live]).to(x.device)
+            pick[live] = close(m, self.screen_keep, self.screen_margin)
+        self._rank_logits = self.ledger.logits(x, clean_logits).to(clean_logits.device)
+        try:
+            return super()._attack(caller, x, goal, done | ~pick, clean_logits)
+        finally:
+            self._rank_logits = None
+
+
+class ScheduledSquare(Square):
+    """:class:`~advex.attacks.Square` whose screen lets on, besides the ``screen_keep`` share
+    closest to success by its own margin, every point the :func:`close` rule picks from the
+    :class:`Ledger`'s margins (module docstring). Extra arguments: ``screen_margin``,
+    ``ledger``."""
+
+    name = "square-scheduled"
+
+    def __init__(
+        self,
+        eps: float | None = None,
+        norm: str = "linf",
+        *,
+        screen_margin: float = 0.0,
+        ledger: Ledger | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(eps, norm, **kwargs)
+        self.screen_margin = _check_margin(screen_margin)
+        self.ledger = ledger
+        self._close: torch.Tensor | None = None
+
+    def screen_select(self, obj: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        keep = super().screen_select(obj, idx)
+        if self._close is not None:
+            keep = keep | self._close[idx.to(self._close.device)].to(keep.device)
+        return keep
+
+    def _attack(self, caller: ModelCaller, x, goal: Goal, done, clean_logits):
+        if self.ledger is None or goal.targeted:
+            return super()._attack(caller, x, goal, done, clean_logits)
+        m = self.ledger.margin(x).to(x.device)
+        self._close = close(m, 0.0, self.screen_margin)
+        # (b) by the ledger too: the closest share among the points attacked
+        live = (~done).nonzero().squeeze(1)
+        if live.numel() and self.screen_keep > 0:
+            self._close[live] |= closest_share(-m[live], self.screen_keep)
+        try:
+            return super()._attack(caller, x, goal, done, clean_logits)
+        finally:
+            self._close = None
