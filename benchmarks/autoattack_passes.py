@@ -68,14 +68,20 @@ def _robust(model, x, y, x_adv=None) -> torch.Tensor:
     return ok
 
 
-def run_advex(model, x, y, eps: float, seed: int, preset: str) -> dict:
-    from advex.evaluate import evaluate
+def run_advex(model, x, y, eps: float, seed: int, preset: str, scale: float = 1.0) -> dict:
+    from advex.evaluate import evaluate, get_preset
     from advex.models import PassCounter
 
     counter = PassCounter(model).eval()
     t0 = time.perf_counter()
     ev = evaluate(
-        counter, (x, y), eps=eps, preset=preset, seed=seed, batch_size=len(y), checks=False
+        counter,
+        (x, y),
+        eps=eps,
+        preset=get_preset(preset).scaled(scale),
+        seed=seed,
+        batch_size=len(y),
+        checks=False,
     )
     wall = time.perf_counter() - t0
     robust = (ev.clean_pred == ev.y) & (ev.broken_by < 0)
@@ -174,6 +180,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--models", default=",".join(RECIPES), help=f"comma list of {list(RECIPES)}")
     ap.add_argument("--preset", default="standard", help="the advex preset compared")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--budget-scale", type=float, default=1.0, help="scale advex's budgets (smoke runs)"
+    )
     ap.add_argument("--autoattack-path", default=None, help="checkout of fra31/auto-attack")
     ap.add_argument("--no-autoattack", action="store_true", help="run advex alone")
     ap.add_argument(
@@ -184,13 +193,14 @@ def main(argv: list[str] | None = None) -> dict:
         "run's)",
     )
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--quick", action="store_true", help="smoke run: 8 points, advex only")
+    ap.add_argument("--quick", action="store_true", help="smoke run: zoo CNN, 8 points, advex only")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.quick:
-        args.n, args.no_autoattack = min(args.n, 8), True
+    if args.quick:  # the zoo CNN at ε = 0.1, no training, no AutoAttack
+        args.n, args.no_autoattack, args.models = min(args.n, 8), True, "zoo"
+        args.budget_scale = 0.05
 
     from advex import data
     from advex.models import BACKWARD_COST, measure_backward_cost
@@ -216,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     for name in names:
-        desc, eps, _ = RECIPES[name]
+        desc, eps, _ = RECIPES.get(name, ("zoo mnist-smallcnn (standard training)", 0.1, {}))
         model = ensure(name).eval()
         x, y = x_all, y_all
         k = measure_backward_cost(model, x, repeats=5 if args.quick else 20)
@@ -226,10 +236,12 @@ def main(argv: list[str] | None = None) -> dict:
             "card": {
                 key: model.card.get(key)
                 for key in ("accuracy", "robust_accuracy", "train_time_s", "recipe")
-            },
+            }
+            if hasattr(model, "card")
+            else None,
             "backward_cost": k,
         }
-        row["advex"] = run_advex(model, x, y, eps, args.seed, args.preset)
+        row["advex"] = run_advex(model, x, y, eps, args.seed, args.preset, args.budget_scale)
         row["advex"]["load_average_after"] = os.getloadavg()[0]
         print(f"{name}: advex {_brief(row['advex'])}", flush=True)
         if AutoAttack is not None:

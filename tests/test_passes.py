@@ -78,3 +78,26 @@ def test_measure_backward_cost(tiny_model):
     )
     with pytest.raises(ValueError):
         measure_backward_cost(tiny_model, torch.rand(2, 1, 8, 8), repeats=0)
+
+
+def test_autoattack_passes_benchmark_quick(mnist_model, tmp_path):
+    # the smoke run of benchmarks/autoattack_passes.py: advex alone on the zoo CNN; its own
+    # counts equal the counter's and the JSON is complete
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location(
+        "autoattack_passes", root / "benchmarks" / "autoattack_passes.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "r.json"
+    mod.main(["--quick", "--out", str(out), "--markdown"])
+    doc = json.loads(out.read_text())
+    row = doc["models"]["zoo"]
+    assert row["advex"]["evaluation_reported"]["equal_to_counter"] is True
+    assert row["backward_cost"]["backward_cost"] > -1
+    assert set(row["advex"]["passes"]["stages"]) >= {"other", "apgd-ce"}
+    assert doc["autoattack"] is False and doc["n"] == 8

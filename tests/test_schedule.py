@@ -15,7 +15,7 @@ from advex.evaluate.schedule import (
     ScheduledFABT,
     ScheduledSquare,
     close,
-    normalized_margin,
+    probability_gap,
     share_ledger,
 )
 
@@ -30,16 +30,15 @@ def _points(model, n=40, seed=0):
 
 def _margins(model, x, y):
     with torch.no_grad():
-        return normalized_margin(model(x), y)
+        return probability_gap(model(x), y)
 
 
-def test_normalized_margin_and_the_rule():
-    logits = torch.tensor([[3.0, 2.0, 0.0], [3.0, 0.0, 2.0], [0.0, 1.0, 3.0]])
-    m = normalized_margin(logits, torch.tensor([0, 0, 0]))
-    assert m.tolist() == pytest.approx([1 / 3, 1 / 3, -1.0])
-    assert normalized_margin(10 * logits, torch.tensor([0, 0, 0])).tolist() == pytest.approx(
-        m.tolist()
-    )  # scale-free
+def test_probability_gap_and_the_rule():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 1.0, 3.0]])
+    m = probability_gap(logits, torch.tensor([0, 0, 0]))
+    p = logits.softmax(1)
+    want = [float(p[0, 0] - p[0, 1]), 0.0, float(p[2, 0] - p[2, 2])]
+    assert m.tolist() == pytest.approx(want) and m[2] < 0
     margin = torch.tensor([0.05, 0.5, 0.9, 0.3, float("inf")])
     assert close(margin, 0.0, 0.1).tolist() == [True, False, False, False, False]
     assert close(margin, 0.4, 0.1).tolist() == [True, False, False, True, False]
@@ -75,19 +74,30 @@ def test_apgd_t_far_points_stop_after_the_screen_close_ones_get_every_target(tin
     # the full budget: every target's `steps` gradients; stopped: only the screen's
     assert bool((res.gradients[closeby] == k * steps).all())
     assert bool((res.gradients[far] == screen * steps).all())
+    # the standard preset's form: 1 target for all, then the closest half goes on per target,
+    # so the closest point gets every target and the farthest only the first
+    halving = ScheduledAPGD(
+        eps=1e-4, targeted=True, steps=steps, n_target_classes=k, screen_targets=1, screen_keep=0.5
+    )(tiny_model, x, y)
+    assert int(halving.gradients[m.argmin()]) == k * steps
+    assert int(halving.gradients[m.argmax()]) == steps
+    assert int(halving.gradients.sum()) < 3 * steps * len(y)
     # without a screen every point gets every target, as APGD-T
     full = ScheduledAPGD(eps=1e-4, targeted=True, steps=steps, n_target_classes=k)(tiny_model, x, y)
     assert bool((full.gradients == k * steps).all())
 
 
 def test_apgd_t_screen_that_breaks_many_points_gives_everyone_every_target(tiny_model):
-    # rule (c): at a budget that breaks points in the screen, nobody is stopped
+    # rule (c), when asked for: a screen that breaks many points stops nobody
     x, y = _points(tiny_model)
-    kw = dict(targeted=True, steps=5, n_target_classes=9, screen_targets=2, screen_keep=0.1)
-    res = ScheduledAPGD(eps=0.02, screen_margin=0.0, **kw)(tiny_model, x, y)
+    kw = dict(targeted=True, steps=5, n_target_classes=9, screen_targets=2, screen_keep=0.0)
+    res = ScheduledAPGD(eps=0.02, screen_margin=0.0, screen_escalate=0.1, **kw)(tiny_model, x, y)
     assert 0.1 * len(y) <= int(res.success.sum()) < len(y)
     robust = ~res.success
     assert bool((res.gradients[robust] == 9 * 5).all())
+    # without (c) the same points stop after the screen
+    res = ScheduledAPGD(eps=0.02, screen_margin=0.0, **kw)(tiny_model, x, y)
+    assert bool((res.gradients[~res.success] == 2 * 5).all())
 
 
 def test_ledger_orders_targets_and_feeds_later_stages(tiny_model):

@@ -360,9 +360,10 @@ def evaluate(
         data: ``(x, y)`` tensors, an ``advex.data`` dataset, a torch Dataset or a DataLoader.
         threat: a :class:`~advex.threats.ThreatModel`, or give ``eps`` (and ``norm``:
             ``"linf"`` | ``"l2"`` | ``"l1"``; ``bounds``, default the data's or (0, 1)).
-        preset: ``"quick"``, ``"standard"`` (AutoAttack's standard attacks: APGD-CE, APGD-T 9
-            targets, FAB-T 9 targets stopped after 3 unless they broke a point, Square 1,000
-            queries for every point and 10,000 for the 10% closest to success),
+        preset: ``"quick"``, ``"standard"`` (AutoAttack's standard attacks, passes scheduled
+            per point: APGD-CE, APGD-T 2 of 9 targets (the classes that came closest), then
+            all 9 targets, FAB-T and Square's 5,000 queries only for the points still close
+            to breaking; rule in :mod:`advex.evaluate.schedule`),
             ``"autoattack"`` (AutoAttack's standard budgets throughout), ``"thorough"``, a
             :class:`~advex.evaluate.presets.Preset` (``PRESETS["standard"].scaled(0.1)`` for a
             cheaper run), or a list / dict of attacks run in that order.

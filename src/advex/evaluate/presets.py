@@ -10,16 +10,18 @@ Pass budgets per point still robust when a stage starts (``g`` = forward+backwar
 forward; early exit stops a point as soon as it is broken):
 
 - ``quick``: APGD-CE 50 steps (50 g), APGD-T 3 targets × 50 steps (150 g).
-- ``standard``: AutoAttack's standard version with its last two stages run as screens.
+- ``standard``: AutoAttack's standard attacks, with passes scheduled per point by what the
+  earlier stages learned (:mod:`advex.evaluate.schedule`, rule in :data:`STANDARD_RULE`).
   APGD-CE 100 steps (100 g) plus a second random start on the 25 % of survivors closest to
-  success (≤ 25 g), APGD-T 9 targets × 100 steps (900 g), FAB-T 9 targets × 100
-  steps but stopped after 3 targets (300 g + 600 f) unless they broke a point, Square with
-  1,000 queries for every point and the paper's 10,000 for the 10 % of points closest to
-  success after them (1,000 + 10 % × 9,000 = 1,900 f on average), or for all points if the
-  first 1,000 broke 10 % of them. A point these stages break is one the gradient stages
-  before them missed (masking, a misleading loss). Why screening keeps AutoAttack's strength,
-  and the comparison with the real AutoAttack (``benchmarks/autoattack_compare.py``):
-  docs/evaluation.md. L1: no Square (it has no L1 version), the other three stages in L1.
+  success (≤ 25 g); APGD-T against the classes that came closest, 2 targets × 100 steps for
+  every point (200 g) and all 9 (900 g) only for the points the rule picks; FAB-T (9 targets
+  × 100 steps, stopped after 3 unless they broke a point) only for those points; Square 250
+  queries for every point and AutoAttack's 5,000 for those points. The rule picks a point when
+  its normalised margin is ≤ 0.1, or it is among the 10 % closest of its batch, or the stage's
+  screen broke ≥ 10 % of the points (then all). Each stage adds 1 forward per point left robust
+  (its margin). The comparison with the real AutoAttack, in model passes
+  (``benchmarks/autoattack_passes.py``): docs/evaluation.md. L1: no Square (it has no L1
+  version), the other three stages in L1.
 - ``autoattack``: AutoAttack's standard version budget for budget: APGD-CE 100 steps, APGD-T 9
   targets × 100 steps, FAB-T 9 targets × 100 steps (900 g + 1,800 f), Square 5,000 queries
   (5,000 f).
@@ -162,10 +164,12 @@ class Preset:
 
 #: the ``standard`` preset's scheduling rule (advex.evaluate.schedule; docs/evaluation.md)
 STANDARD_RULE: dict[str, Any] = {
-    "screen_targets": 2,  # APGD-T targets every point gets (of 9)
-    "screen_keep": 0.1,  # the share of a batch's survivors closest to breaking: full budget
-    "screen_margin": 0.1,  # normalised margin at or below which a point gets the full budget
-    "square_screen": 250,  # Square queries every point gets
+    "screen_targets": 1,  # APGD-T targets every point gets (of 9): the class that came closest
+    "target_keep": 0.5,  # APGD-T: the closest half of the points go on to each next target
+    "screen_keep": 0.1,  # FAB-T, Square: the share of a batch's survivors closest to breaking
+    "screen_margin": 0.05,  # probability gap at or below which a point gets the full budget
+    "fab_screen_targets": 1,  # FAB-T targets before it stops unless it broke a point
+    "square_screen": 100,  # Square queries every point gets
     "square_queries": 5000,  # ... and the points picked by the rule (AutoAttack's budget)
 }
 
@@ -198,7 +202,7 @@ PRESETS: dict[str, Preset] = {
                     "targeted": True,
                     "n_target_classes": 9,
                     "screen_targets": STANDARD_RULE["screen_targets"],
-                    "screen_keep": STANDARD_RULE["screen_keep"],
+                    "screen_keep": STANDARD_RULE["target_keep"],
                     "screen_margin": STANDARD_RULE["screen_margin"],
                 },
             ),
@@ -208,7 +212,7 @@ PRESETS: dict[str, Preset] = {
                 {
                     "steps": 100,
                     "n_target_classes": 9,
-                    "screen_targets": 3,
+                    "screen_targets": STANDARD_RULE["fab_screen_targets"],
                     "screen_keep": STANDARD_RULE["screen_keep"],
                     "screen_margin": STANDARD_RULE["screen_margin"],
                 },

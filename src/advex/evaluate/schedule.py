@@ -1,37 +1,38 @@
 """Per-point scheduling for the ``standard`` preset: spend passes where points may still break.
 
 After the first stage the evaluation knows, for every point still robust, how close the attacks
-came: the logits at the best point found, hence its **margin** and which wrong classes came
-closest. A :class:`Ledger` (one per batch, shared by the stages) keeps that, and the scheduled
-attacks read it to decide per point how many targets, steps and queries it gets:
+came: the logits at the best point found, hence its **margin** (the probability gap
+``p_y − max_{i≠y} p_i`` of the softmax: 0 on the decision boundary) and which wrong classes
+came closest. A :class:`Ledger` (one per batch, shared by the stages) keeps, per point, the
+smallest margin seen and the logits there; the scheduled attacks read it to decide per point
+how many targets, steps and queries it gets:
 
 - :class:`ScheduledAPGD` records, after its runs, the logits at the best point of every point
   it left robust (one forward pass per such point, counted). Targeted (APGD-T), it attacks the
   wrong classes in the order of those logits (the classes that came closest first) instead of
-  the clean logits' order, runs the first ``screen_targets`` targets on every point, and the
-  remaining ones (up to ``n_target_classes``) only on the points the :func:`close` rule picks.
+  the clean logits' order: the first ``screen_targets`` targets for every point, then each
+  further target only for the points the :func:`close` rule picks among those that got the
+  previous one (margins re-measured before each; with ``screen_keep=0.5`` the number of points
+  halves per target and the closest go on to all ``n_target_classes``).
 - :class:`ScheduledFABT` runs FAB-T only on the points the rule picks (in the ledger's class
   order); the others are handed back unattacked (they cost the attack's two forward passes).
 - :class:`ScheduledSquare` spends ``screen`` queries on every point; the points the rule picks
-  (by the ledger's margins, or by Square's own margin after the screen) search on to
-  ``n_queries``.
+  from the ledger's margins search on to ``n_queries``, and every point does when the screen
+  broke at least a ``screen_keep`` share of them.
 
-**The rule** (:func:`close`): a point gets a stage's full budget when (a) its normalised margin
-``m = (z_y − max_{i≠y} z_i) / (z_(1) − z_(3))`` at the best point any stage found so far is at
-most ``screen_margin``, or (b) it is among the ``screen_keep`` share of the batch's points still
-robust with the smallest margins, or (c) the stage's screen broke at least that share of the
-points it attacked (evidence that the stages before it miss points: masking, a misleading loss;
-then every point gets the full budget). Otherwise the point is stopped after the screen. ``m``
-is the DLR loss's margin: 0 on the decision boundary, 1 when the runner-up class is as far
-below the label as the third one (it does not depend on the logits' scale).
+**The rule** (:func:`close`): a point goes on to a stage's further budget when (a) its margin
+at the best point any stage found so far is at most ``screen_margin``, or (b) it is among the
+``screen_keep`` share of the points considered with the smallest margins, or (c) the stage's
+screen broke at least that share of the points (Square always; APGD-T with
+``screen_escalate``): evidence that the stages before it miss points (masking, a misleading
+loss), and then no point is stopped. Otherwise it stops.
 
-This is an empirical rule, not a proof: a point far from the boundary after 100 APGD-CE steps
-and the APGD-T screen could in principle be broken by the targets or queries it no longer gets.
-What backs it is measured (docs/evaluation.md, ``benchmarks/autoattack_passes.py``): on every
-benchmark model, every point AutoAttack breaks is broken.
+This is an empirical rule, not a proof: a point far from the boundary after APGD-CE and the
+APGD-T screen could in principle be broken by the targets or queries it no longer gets. What
+backs it is measured (docs/evaluation.md, ``benchmarks/autoattack_passes.py``).
 
 >>> ledger = Ledger()
->>> atk = ScheduledAPGD(eps=0.3, targeted=True, screen_targets=2, ledger=ledger)
+>>> atk = ScheduledAPGD(eps=0.3, targeted=True, screen_targets=1, screen_keep=0.5, ledger=ledger)
 """
 
 from __future__ import annotations
@@ -53,21 +54,18 @@ __all__ = [
     "ScheduledFABT",
     "ScheduledSquare",
     "close",
-    "normalized_margin",
+    "probability_gap",
     "share_ledger",
 ]
 
 
-def normalized_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``(z_y − max_{i≠y} z_i) / (z_(1) − z_(3))`` per row (the DLR loss's margin; negative
-    when misclassified). Shapes: ``(n, C)``, ``(n,)`` → ``(n,)``."""
-    z = logits.detach().float()
-    zy = z.gather(1, y[:, None]).squeeze(1)
-    other = z.scatter(1, y[:, None], float("-inf")).amax(1)
-    top = z.sort(1, descending=True).values
-    k = min(2, z.shape[1] - 1)
-    scale = (top[:, 0] - top[:, k]).clamp_min(1e-12)
-    return (zy - other) / scale
+def probability_gap(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``p_y − max_{i≠y} p_i`` per row, with ``p = softmax(logits)``: in [−1, 1], 0 on the
+    decision boundary, negative when misclassified. Shapes: ``(n, C)``, ``(n,)`` → ``(n,)``."""
+    p = logits.detach().float().softmax(1)
+    py = p.gather(1, y[:, None]).squeeze(1)
+    other = p.scatter(1, y[:, None], float("-inf")).amax(1)
+    return py - other
 
 
 def _keys(x: torch.Tensor) -> list[bytes]:
@@ -76,9 +74,9 @@ def _keys(x: torch.Tensor) -> list[bytes]:
 
 
 class Ledger:
-    """What the stages of one batch learned per point: the smallest normalised margin seen and
-    the logits at that point. Points are identified by their content (the stages see subsets
-    of the batch). One ledger per batch; :func:`share_ledger` hands it to the stages.
+    """What the stages of one batch learned per point: the smallest margin (probability gap)
+    seen and the logits at that point. Points are identified by their content (the stages see
+    subsets of the batch). One ledger per batch; :func:`share_ledger` hands it to the stages.
     """
 
     def __init__(self) -> None:
@@ -89,7 +87,7 @@ class Ledger:
 
     def record(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> None:
         """Keep, per point, the logits with the smallest margin so far."""
-        m = normalized_margin(logits, y).tolist()
+        m = probability_gap(logits, y).tolist()
         lg = logits.detach().float().cpu()
         for i, k in enumerate(_keys(x)):
             old = self._rows.get(k)
@@ -150,8 +148,12 @@ class ScheduledAPGD(APGD):
     """:class:`~advex.attacks.APGD` that feeds and reads a :class:`Ledger` (module docstring).
 
     Extra arguments: ``screen_targets`` (APGD-T: targets run on every point; None = all
-    ``n_target_classes``), ``screen_keep`` and ``screen_margin`` (the :func:`close` rule for
-    the remaining targets), ``ledger`` (usually set by :func:`share_ledger`). Without a ledger
+    ``n_target_classes``), ``screen_keep`` and ``screen_margin`` (the :func:`close` rule,
+    applied before each further target to the points that got the previous one: with
+    ``screen_keep=0.5`` the points attacked halve per target, the closest going deepest),
+    ``screen_escalate`` (None: off; a share: every point gets every target when the screen
+    broke at least that share of the points), ``ledger`` (usually set by
+    :func:`share_ledger`).
     the targets follow the clean logits and the rule uses the margins after the screen.
 
     Cost: APGD's, plus 1 forward per point left robust (its margin), plus, targeted, the
@@ -166,10 +168,14 @@ class ScheduledAPGD(APGD):
         screen_targets: int | None = None,
         screen_keep: float = 0.1,
         screen_margin: float = 0.0,
+        screen_escalate: float | None = None,
         ledger: Ledger | None = None,
         **kwargs,
     ) -> None:
         super().__init__(eps, norm, **kwargs)
+        if screen_escalate is not None:
+            screen_escalate = _check_share("screen_escalate", screen_escalate)
+        self.screen_escalate = screen_escalate
         if screen_targets is not None:
             if isinstance(screen_targets, bool) or int(screen_targets) != screen_targets:
                 raise ValueError(f"screen_targets must be an integer, got {screen_targets!r}")
@@ -188,7 +194,7 @@ class ScheduledAPGD(APGD):
         idx = (~found).nonzero().squeeze(1)
         if idx.numel():
             logits = caller.logits(best_x[idx], idx)
-            out[idx] = normalized_margin(logits, goal.y[idx]).to(out.device)
+            out[idx] = probability_gap(logits, goal.y[idx]).to(out.device)
             if self.ledger is not None:
                 self.ledger.record(x[idx], goal.y[idx], logits)
         return out
@@ -210,16 +216,18 @@ class ScheduledAPGD(APGD):
         screen = k if self.screen_targets is None else min(self.screen_targets, k)
         allowed = torch.ones_like(found)
         n_start = int((~found).sum())
+        escalated = False
         for j in range(k):
-            if j == screen and screen < k:
-                # the screen is over: the rule picks the points that get the other targets
-                margin = self._record(caller, x, goal, best_x, found)
-                broken = int((found & ~done).sum())
-                if broken >= max(1.0, self.screen_keep * n_start):
-                    allowed = torch.ones_like(found)  # (c): the screen broke many points
-                else:
+            if j >= screen and not escalated:
+                # past the screen: before each further target the rule picks, among the points
+                # that got the previous one, those that go on (margins re-measured, 1 forward)
+                margin = self._record(caller, x, goal, best_x, found | ~allowed)
+                esc = self.screen_escalate
+                if j == screen and esc is not None:
+                    escalated = int((found & ~done).sum()) >= max(1.0, esc * n_start)
+                if not escalated:
+                    live = (~found & allowed).nonzero().squeeze(1)
                     allowed = torch.zeros_like(found)
-                    live = (~found).nonzero().squeeze(1)
                     if live.numel():
                         m = margin[live]
                         if self.ledger is not None:
@@ -286,10 +294,11 @@ class ScheduledFABT(FABT):
 
 
 class ScheduledSquare(Square):
-    """:class:`~advex.attacks.Square` whose screen lets on, besides the ``screen_keep`` share
-    closest to success by its own margin, every point the :func:`close` rule picks from the
-    :class:`Ledger`'s margins (module docstring). Extra arguments: ``screen_margin``,
-    ``ledger``."""
+    """:class:`~advex.attacks.Square` whose silent screen lets on the points the :func:`close`
+    rule picks from the :class:`Ledger`'s margins (the gradient stages' margins, not Square's
+    own after a few random queries); a screen that broke at least ``screen_keep`` of the points
+    lets every point on (module docstring). Without a ledger: Square's own rule. Extra
+    arguments: ``screen_margin``, ``ledger``."""
 
     name = "square-scheduled"
 
@@ -308,10 +317,9 @@ class ScheduledSquare(Square):
         self._close: torch.Tensor | None = None
 
     def screen_select(self, obj: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        keep = super().screen_select(obj, idx)
-        if self._close is not None:
-            keep = keep | self._close[idx.to(self._close.device)].to(keep.device)
-        return keep
+        if self._close is None:  # no ledger: Square's own rule
+            return super().screen_select(obj, idx)
+        return self._close[idx.to(self._close.device)].to(obj.device)
 
     def _attack(self, caller: ModelCaller, x, goal: Goal, done, clean_logits):
         if self.ledger is None or goal.targeted:
