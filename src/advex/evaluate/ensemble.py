@@ -361,9 +361,9 @@ def evaluate(
         threat: a :class:`~advex.threats.ThreatModel`, or give ``eps`` (and ``norm``:
             ``"linf"`` | ``"l2"`` | ``"l1"``; ``bounds``, default the data's or (0, 1)).
         preset: ``"quick"``, ``"standard"`` (AutoAttack's standard attacks, passes scheduled
-            per point: APGD-CE, APGD-T 2 of 9 targets (the classes that came closest), then
-            all 9 targets, FAB-T and Square's 5,000 queries only for the points still close
-            to breaking; rule in :mod:`advex.evaluate.schedule`),
+            per point: APGD-CE, APGD-T against the classes that came closest, further targets
+            (up to 9), FAB-T and Square's 5,000 queries only for the points still close to
+            breaking; rule in :mod:`advex.evaluate.schedule`),
             ``"autoattack"`` (AutoAttack's standard budgets throughout), ``"thorough"``, a
             :class:`~advex.evaluate.presets.Preset` (``PRESETS["standard"].scaled(0.1)`` for a
             cheaper run), or a list / dict of attacks run in that order.

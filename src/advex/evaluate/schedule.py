@@ -54,6 +54,7 @@ __all__ = [
     "ScheduledFABT",
     "ScheduledSquare",
     "close",
+    "logit_margin",
     "probability_gap",
     "share_ledger",
 ]
@@ -68,6 +69,14 @@ def probability_gap(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return py - other
 
 
+def logit_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``z_y − max_{i≠y} z_i`` per row (the points' order by it does not depend on the logits'
+    scale, unlike its value; it still ranks points whose softmax is saturated)."""
+    z = logits.detach().float()
+    zy = z.gather(1, y[:, None]).squeeze(1)
+    return zy - z.scatter(1, y[:, None], float("-inf")).amax(1)
+
+
 def _keys(x: torch.Tensor) -> list[bytes]:
     flat = x.detach().reshape(x.shape[0], -1).float().cpu().contiguous().numpy()
     return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in flat]
@@ -80,24 +89,32 @@ class Ledger:
     """
 
     def __init__(self) -> None:
-        self._rows: dict[bytes, tuple[float, torch.Tensor]] = {}
+        self._rows: dict[bytes, tuple[float, float, torch.Tensor]] = {}
 
     def __len__(self) -> int:
         return len(self._rows)
 
     def record(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> None:
-        """Keep, per point, the logits with the smallest margin so far."""
-        m = probability_gap(logits, y).tolist()
+        """Keep, per point, the logits with the smallest logit margin so far."""
+        lm = logit_margin(logits, y).tolist()
+        gap = probability_gap(logits, y).tolist()
         lg = logits.detach().float().cpu()
         for i, k in enumerate(_keys(x)):
             old = self._rows.get(k)
-            if old is None or m[i] < old[0]:
-                self._rows[k] = (m[i], lg[i])
+            if old is None or lm[i] < old[0]:
+                self._rows[k] = (lm[i], gap[i], lg[i])
 
     def margin(self, x: torch.Tensor) -> torch.Tensor:
-        """Per point: the smallest margin recorded (``inf`` when none)."""
+        """Per point: the smallest logit margin recorded (``inf`` when none)."""
+        return self._column(x, 0)
+
+    def gap(self, x: torch.Tensor) -> torch.Tensor:
+        """Per point: the probability gap where that margin was seen (``inf`` when none)."""
+        return self._column(x, 1)
+
+    def _column(self, x: torch.Tensor, j: int) -> torch.Tensor:
         return torch.tensor(
-            [self._rows.get(k, (math.inf, None))[0] for k in _keys(x)],
+            [self._rows.get(k, (math.inf, math.inf, None))[j] for k in _keys(x)],
             dtype=torch.float32,
             device=x.device,
         )
@@ -107,8 +124,8 @@ class Ledger:
         out = fallback.detach().float().clone()
         for i, k in enumerate(_keys(x)):
             row = self._rows.get(k)
-            if row is not None and row[1].numel() == out.shape[1]:
-                out[i] = row[1].to(out.device)
+            if row is not None and row[2].numel() == out.shape[1]:
+                out[i] = row[2].to(out.device)
         return out
 
 
@@ -121,14 +138,15 @@ def share_ledger(attacks) -> Ledger:
     return ledger
 
 
-def close(margin: torch.Tensor, screen_keep: float, screen_margin: float) -> torch.Tensor:
-    """The rule's parts (a) and (b): points with ``margin <= screen_margin`` or among the
-    ``screen_keep`` share with the smallest margins (ties and unknown margins: ``inf`` ranks
-    last). Returns a boolean mask."""
-    m = margin.float()
-    out = m <= float(screen_margin)
-    if m.numel() and screen_keep > 0:
-        out |= closest_share(-m, float(screen_keep))
+def close(
+    margin: torch.Tensor, gap: torch.Tensor, screen_keep: float, screen_margin: float
+) -> torch.Tensor:
+    """The rule's parts (a) and (b): points whose probability ``gap`` is at most
+    ``screen_margin``, or among the ``screen_keep`` share with the smallest logit ``margin``
+    (unknown margins, ``inf``, rank last). Returns a boolean mask."""
+    out = gap.float() <= float(screen_margin)
+    if margin.numel() and screen_keep > 0:
+        out |= closest_share(-margin.float(), float(screen_keep))
     return out
 
 
@@ -187,17 +205,20 @@ class ScheduledAPGD(APGD):
         self.screen_margin = _check_margin(screen_margin)
         self.ledger = ledger
 
-    def _record(self, caller: ModelCaller, x, goal: Goal, best_x, found) -> torch.Tensor:
+    def _record(self, caller: ModelCaller, x, goal: Goal, best_x, found):
         """Margins at the best points of the rows not fooled (1 forward each, counted); the
-        ledger keeps them. Returns per row the margin (``-inf`` for fooled rows)."""
-        out = torch.full((x.shape[0],), float("-inf"), device=x.device)
+        ledger keeps them. Returns per row the logit margin and the probability gap (``-inf``
+        for the rows skipped)."""
+        lm = torch.full((x.shape[0],), float("-inf"), device=x.device)
+        gap = lm.clone()
         idx = (~found).nonzero().squeeze(1)
         if idx.numel():
             logits = caller.logits(best_x[idx], idx)
-            out[idx] = probability_gap(logits, goal.y[idx]).to(out.device)
+            lm[idx] = logit_margin(logits, goal.y[idx]).to(lm.device)
+            gap[idx] = probability_gap(logits, goal.y[idx]).to(lm.device)
             if self.ledger is not None:
                 self.ledger.record(x[idx], goal.y[idx], logits)
-        return out
+        return lm, gap
 
     def _attack(self, caller: ModelCaller, x, goal: Goal, done, clean_logits):
         if not (self.targeted and not goal.targeted):
@@ -221,7 +242,7 @@ class ScheduledAPGD(APGD):
             if j >= screen and not escalated:
                 # past the screen: before each further target the rule picks, among the points
                 # that got the previous one, those that go on (margins re-measured, 1 forward)
-                margin = self._record(caller, x, goal, best_x, found | ~allowed)
+                margin, gap = self._record(caller, x, goal, best_x, found | ~allowed)
                 esc = self.screen_escalate
                 if j == screen and esc is not None:
                     escalated = int((found & ~done).sum()) >= max(1.0, esc * n_start)
@@ -229,10 +250,11 @@ class ScheduledAPGD(APGD):
                     live = (~found & allowed).nonzero().squeeze(1)
                     allowed = torch.zeros_like(found)
                     if live.numel():
-                        m = margin[live]
-                        if self.ledger is not None:
-                            m = torch.minimum(m, self.ledger.margin(x[live]).to(m.device))
-                        allowed[live] = close(m, self.screen_keep, self.screen_margin)
+                        m, g = margin[live], gap[live]
+                        if self.ledger is not None:  # the smallest seen by any stage
+                            m = self.ledger.margin(x[live]).to(m.device)
+                            g = self.ledger.gap(x[live]).to(m.device)
+                        allowed[live] = close(m, g, self.screen_keep, self.screen_margin)
             for r in range(self.restarts):
                 idx = (~found & allowed).nonzero().squeeze(1)
                 if idx.numel() == 0:
@@ -285,7 +307,8 @@ class ScheduledFABT(FABT):
         live = (~done).nonzero().squeeze(1)
         if live.numel():
             m = self.ledger.margin(x[live]).to(x.device)
-            pick[live] = close(m, self.screen_keep, self.screen_margin)
+            g = self.ledger.gap(x[live]).to(x.device)
+            pick[live] = close(m, g, self.screen_keep, self.screen_margin)
         self._rank_logits = self.ledger.logits(x, clean_logits).to(clean_logits.device)
         try:
             return super()._attack(caller, x, goal, done | ~pick, clean_logits)
@@ -325,7 +348,7 @@ class ScheduledSquare(Square):
         if self.ledger is None or goal.targeted:
             return super()._attack(caller, x, goal, done, clean_logits)
         m = self.ledger.margin(x).to(x.device)
-        self._close = close(m, 0.0, self.screen_margin)
+        self._close = close(m, self.ledger.gap(x).to(x.device), 0.0, self.screen_margin)
         # (b) by the ledger too: the closest share among the points attacked
         live = (~done).nonzero().squeeze(1)
         if live.numel() and self.screen_keep > 0:
