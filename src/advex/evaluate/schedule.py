@@ -1,10 +1,11 @@
 """Per-point scheduling for the ``standard`` preset: spend passes where points may still break.
 
 After the first stage the evaluation knows, for every point still robust, how close the attacks
-came: the logits at the best point found, hence its **margin** (the probability gap
-``p_y − max_{i≠y} p_i`` of the softmax: 0 on the decision boundary) and which wrong classes
-came closest. A :class:`Ledger` (one per batch, shared by the stages) keeps, per point, the
-smallest margin seen and the logits there; the scheduled attacks read it to decide per point
+came: the logits at the best point found, hence its **margin** (the logit margin
+``z_y − max_{i≠y} z_i``, and the probability gap ``p_y − max_{i≠y} p_i`` of the softmax there:
+both 0 on the decision boundary) and which wrong classes came closest. A :class:`Ledger` (one
+per batch, shared by the stages) keeps, per point, the smallest logit margin seen, the gap
+there and the logits; the scheduled attacks read it to decide per point
 how many targets, steps and queries it gets:
 
 - :class:`ScheduledAPGD` records, after its runs, the logits at the best point of every point
@@ -20,10 +21,11 @@ how many targets, steps and queries it gets:
   from the ledger's margins search on to ``n_queries``, and every point does when the screen
   broke at least a ``screen_keep`` share of them.
 
-**The rule** (:func:`close`): a point goes on to a stage's further budget when (a) its margin
-at the best point any stage found so far is at most ``screen_margin``, or (b) it is among the
-``screen_keep`` share of the points considered with the smallest margins, or (c) the stage's
-screen broke at least that share of the points (Square always; APGD-T with
+**The rule** (:func:`close`): a point goes on to a stage's further budget when (a) its
+probability gap at the best point any stage found so far is at most ``screen_margin``, or (b)
+it is among the ``screen_keep`` share of the points considered closest to the boundary (the
+smallest gaps; ties, as in a saturated softmax, broken by the smallest logit margin), or
+(c) the stage's screen broke at least that share of the points (Square always; APGD-T with
 ``screen_escalate``): evidence that the stages before it miss points (masking, a misleading
 loss), and then no point is stopped. Otherwise it stops.
 
@@ -142,11 +144,18 @@ def close(
     margin: torch.Tensor, gap: torch.Tensor, screen_keep: float, screen_margin: float
 ) -> torch.Tensor:
     """The rule's parts (a) and (b): points whose probability ``gap`` is at most
-    ``screen_margin``, or among the ``screen_keep`` share with the smallest logit ``margin``
-    (unknown margins, ``inf``, rank last). Returns a boolean mask."""
+    ``screen_margin``, or among the ``screen_keep`` share closest to the boundary: smallest
+    gap, ties (a saturated softmax: gap 1) broken by the smallest logit ``margin`` (unknown,
+    ``inf``, rank last). Returns a boolean mask."""
     out = gap.float() <= float(screen_margin)
-    if margin.numel() and screen_keep > 0:
-        out |= closest_share(-margin.float(), float(screen_keep))
+    n = int(gap.numel())
+    if n and screen_keep > 0:
+        # closest first: by the gap, ties (a saturated softmax) by the logit margin
+        order = torch.argsort(margin.double(), stable=True)
+        order = order[torch.argsort(gap.double()[order], stable=True)]
+        score = torch.empty(n, dtype=torch.float64, device=gap.device)
+        score[order] = -torch.arange(n, dtype=torch.float64, device=gap.device)
+        out |= closest_share(score, float(screen_keep))
     return out
 
 
