@@ -33,7 +33,7 @@ def test_standard_preset_on_zoo_cnn(mnist_model, mnist_test):
     assert ev.stage_names == ["apgd-ce", "apgd-t", "fab-t", "square"]
     stages = {s["name"]: s["params"] for s in ev.preset["stages"]}
     assert stages["apgd-ce"]["steps"] == 100 and stages["apgd-t"]["n_target_classes"] == 9
-    assert stages["fab-t"]["n_target_classes"] == 9 and stages["square"]["n_queries"] == 10000
+    assert stages["fab-t"]["n_target_classes"] == 9 and stages["square"]["n_queries"] == 5000
     alone = APGD(eps=0.3, steps=100, loss="ce")(mnist_model, x, y)
     assert ev.robust_accuracy <= alone.robust_accuracy
     assert ev.clean_accuracy >= 0.94 and ev.robust_accuracy <= 0.02

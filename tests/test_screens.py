@@ -93,15 +93,17 @@ def test_screen_arguments_are_checked():
 def test_standard_preset_screens_and_autoattack_preset_does_not():
     std = {s["name"]: s["params"] for s in PRESETS["standard"].describe("linf")["stages"]}
     aa = {s["name"]: s["params"] for s in PRESETS["autoattack"].describe("linf")["stages"]}
-    assert std["fab-t"]["n_target_classes"] == 9 and std["fab-t"]["screen_targets"] == 3
-    assert std["square"]["n_queries"] == 10000 and std["square"]["screen"] == 1000
+    assert std["fab-t"]["n_target_classes"] == 9 and std["fab-t"]["screen_targets"] == 1
+    # the per-point rule (advex.evaluate.schedule): 100 queries for all, AutoAttack's 5,000
+    # for the points closest to breaking (was 1,000 / 10,000 before the rule)
+    assert std["square"]["n_queries"] == 5000 and std["square"]["screen"] == 100
     assert std["square"]["screen_keep"] == 0.1
     assert "screen_targets" not in aa["fab-t"] and "screen" not in aa["square"]
     # scaling a preset scales the screen with the budget
     small = {
         s["name"]: s["params"] for s in PRESETS["standard"].scaled(0.1).describe("linf")["stages"]
     }
-    assert small["square"]["n_queries"] == 1000 and small["square"]["screen"] == 100
+    assert small["square"]["n_queries"] == 500 and small["square"]["screen"] == 10
     # scaled down until the screen is the whole budget: no screen left
     tiny = PRESETS["standard"].scaled(1e-4).describe("linf")["stages"][-1]["params"]
     assert tiny["n_queries"] == 1 and "screen" not in tiny and "screen_keep" not in tiny

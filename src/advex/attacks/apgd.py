@@ -236,7 +236,7 @@ class APGD(FixedBudgetAttack):
                 break
             if bool(succ.any()):
                 keep = ~succ
-                g = caller.input_grad(obj[keep], x_leaf, s.idx[keep])[keep]
+                g = caller.input_grad(obj[keep], x_leaf, s.idx)[keep]  # backward ran on all rows
                 s = s.keep(keep)
                 lossv = lossv[keep]
             else:

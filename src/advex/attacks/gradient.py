@@ -182,7 +182,7 @@ class IterativeGradientAttack(FixedBudgetAttack):
             if bool(stop.any()):
                 keep = ~stop
                 _flush(idx[stop], bx[stop], bl[stop], bf[stop], best_x, best_loss, found)
-                g = caller.input_grad(obj[keep], x_leaf, idx[keep])[keep]
+                g = caller.input_grad(obj[keep], x_leaf, idx)[keep]  # backward ran on all rows
                 cur, xa, idx, ga = cur[keep], xa[keep], idx[keep], ga[keep]
                 bx, bl, bf = bx[keep], bl[keep], bf[keep]
                 state = self._subset_state(state, keep)

@@ -308,6 +308,11 @@ class Square(FixedBudgetAttack):
         delta = delta / _l2(delta, (1, 2, 3)).clamp_min(1e-12) * eps
         return (x4 + delta).clamp(lo, hi)
 
+    def screen_select(self, obj: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """After a silent screen: the points (a mask over ``idx``, the rows still searching,
+        with margins ``obj``) that search on: the ``screen_keep`` share closest to success."""
+        return closest_share(obj, self.screen_keep)
+
     # -- main loop ---------------------------------------------------------------------------
     def _attack(self, caller: ModelCaller, x, goal: Goal, done, clean_logits):
         threat = self.threat
@@ -355,7 +360,7 @@ class Square(FixedBudgetAttack):
                     screened_out = True
                     broken = int((found & ~done).sum())
                     if broken < max(1.0, self.screen_keep * int((~done).sum())):
-                        keep = closest_share(obj, self.screen_keep)
+                        keep = self.screen_select(obj, idx)
                         if not bool(keep.any()):
                             break
                         drop = ~keep

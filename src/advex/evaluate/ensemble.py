@@ -24,6 +24,7 @@ from torch import nn
 
 from .._stats import clopper_pearson
 from ..core.validate import check_batch
+from ..models.counting import BACKWARD_COST
 from ..models.guards import match_input_dtype
 from ..report.table import verdict_text
 from ..threats import ThreatModel
@@ -33,6 +34,7 @@ from .examples import Examples
 from .presets import Preset, derive_seed, get_preset
 from .progress import StageProgress
 from .robust import robust_accuracy
+from .schedule import share_ledger
 from .state import RunState, model_hash, tensor_hash
 
 __all__ = ["evaluate", "EvaluateOptions", "Evaluation", "StageResult", "clopper_pearson"]
@@ -116,6 +118,13 @@ class Evaluation:
         """Forward passes of the attacks (gradient passes included) plus one clean pass/point."""
         return sum(s.queries for s in self.per_attack) + self.n
 
+    def weighted_passes(self, backward_cost: float = BACKWARD_COST) -> float:
+        """The cost in forward-pass units: ``queries_total`` (every forward row, the clean pass
+        included) plus ``backward_cost`` per backward row (``gradients_total``); the cost unit
+        is documented in :mod:`advex.models.counting`. Equal to what a
+        :class:`~advex.models.PassCounter` around the model counts (``checks=False``)."""
+        return self.queries_total + float(backward_cost) * self.gradients_total
+
     @property
     def broken_only_by_black_box(self) -> int:
         black = [j for j, s in enumerate(self.per_attack) if s.black_box]
@@ -138,7 +147,12 @@ class Evaluation:
             "adaptations": self.adaptations,
             "seed": self.seed,
             "per_attack": [s.to_dict() for s in self.per_attack],
-            "passes": {"gradients": self.gradients_total, "queries": self.queries_total},
+            "passes": {
+                "gradients": self.gradients_total,
+                "queries": self.queries_total,
+                "backward_cost": BACKWARD_COST,
+                "weighted": self.weighted_passes(),
+            },
             "broken_only_by_black_box": self.broken_only_by_black_box,
             "checks": [c.to_dict() for c in self.checks],
             "curve": self.curve,
@@ -346,9 +360,10 @@ def evaluate(
         data: ``(x, y)`` tensors, an ``advex.data`` dataset, a torch Dataset or a DataLoader.
         threat: a :class:`~advex.threats.ThreatModel`, or give ``eps`` (and ``norm``:
             ``"linf"`` | ``"l2"`` | ``"l1"``; ``bounds``, default the data's or (0, 1)).
-        preset: ``"quick"``, ``"standard"`` (AutoAttack's standard attacks: APGD-CE, APGD-T 9
-            targets, FAB-T 9 targets stopped after 3 unless they broke a point, Square 1,000
-            queries for every point and 10,000 for the 10% closest to success),
+        preset: ``"quick"``, ``"standard"`` (AutoAttack's standard attacks, passes scheduled
+            per point: APGD-CE, APGD-T against the classes that came closest, further targets
+            (up to 9), FAB-T and Square's 5,000 queries only for the points still close to
+            breaking; rule in :mod:`advex.evaluate.schedule`),
             ``"autoattack"`` (AutoAttack's standard budgets throughout), ``"thorough"``, a
             :class:`~advex.evaluate.presets.Preset` (``PRESETS["standard"].scaled(0.1)`` for a
             cheaper run), or a list / dict of attacks run in that order.
@@ -610,6 +625,7 @@ def _run_batch(view, xb, yb, k, offset, spec, thr, seed, stages, adaptations, de
     attacks = {
         s.name: s.build(thr, derive_seed(seed, j), spec.budget_scale) for j, s in enumerate(stages)
     }
+    share_ledger(attacks.values())  # what a stage learns per point, the later ones read
     for a in attacks.values():
         if adaptations["eot_samples"] > 1:
             a.eot_samples = int(adaptations["eot_samples"])

@@ -29,6 +29,7 @@ from torch import nn
 
 from ..core.result import AttackResult
 from ..core.validate import check_batch, check_classes, check_label_range
+from ..models.counting import counting_stage
 from ..models.guards import attack_mode, checked_logits, match_input_dtype
 from ._data import Batches, resolve_target
 from .progress import StageProgress
@@ -171,12 +172,15 @@ class BatchLoop:
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
         """One attack stage of the current batch: shown by name on the progress bar, with the
-        model's forward passes counted while it runs, and ticked off at the end."""
+        model's forward passes counted while it runs, and ticked off at the end. A
+        :class:`~advex.models.PassCounter` inside the model counts the stage's passes under
+        ``name``."""
         if self.bar is None:
-            yield
+            with counting_stage(self.model, name):
+                yield
             return
         self.bar.start(name)
-        with self.bar.watch(self.model):
+        with self.bar.watch(self.model), counting_stage(self.model, name):
             yield
         self.bar.done()
         self._pending -= 1

@@ -10,16 +10,18 @@ Pass budgets per point still robust when a stage starts (``g`` = forward+backwar
 forward; early exit stops a point as soon as it is broken):
 
 - ``quick``: APGD-CE 50 steps (50 g), APGD-T 3 targets × 50 steps (150 g).
-- ``standard``: AutoAttack's standard version with its last two stages run as screens.
-  APGD-CE 100 steps (100 g) plus a second random start on the 25 % of survivors closest to
-  success (≤ 25 g), APGD-T 9 targets × 100 steps (900 g), FAB-T 9 targets × 100
-  steps but stopped after 3 targets (300 g + 600 f) unless they broke a point, Square with
-  1,000 queries for every point and the paper's 10,000 for the 10 % of points closest to
-  success after them (1,000 + 10 % × 9,000 = 1,900 f on average), or for all points if the
-  first 1,000 broke 10 % of them. A point these stages break is one the gradient stages
-  before them missed (masking, a misleading loss). Why screening keeps AutoAttack's strength,
-  and the comparison with the real AutoAttack (``benchmarks/autoattack_compare.py``):
-  docs/evaluation.md. L1: no Square (it has no L1 version), the other three stages in L1.
+- ``standard``: AutoAttack's standard attacks, with passes scheduled per point by what the
+  earlier stages learned (:mod:`advex.evaluate.schedule`, parameters in
+  :data:`STANDARD_RULE`). APGD-CE 100 steps (100 g) plus a second random start on the 25 % of
+  survivors closest to success (≤ 25 g); APGD-T against the classes that came closest: the
+  first for every point (100 g), then target by target the closest half of the points go on
+  (and any point with a probability gap ≤ 0.02), up to 9 targets (900 g); FAB-T (9 targets ×
+  100 steps, stopped after 1 unless it broke a point) only for the 10 % closest; Square 100
+  queries for every point, AutoAttack's 5,000 for the 10 % closest (for every point when the
+  first 100 broke ≥ 10 %). Each gradient stage adds 1 forward per point left robust (its
+  margin). The comparison with the real AutoAttack, in model passes
+  (``benchmarks/autoattack_passes.py``): docs/evaluation.md. L1: no Square (it has no L1
+  version), the other three stages in L1.
 - ``autoattack``: AutoAttack's standard version budget for budget: APGD-CE 100 steps, APGD-T 9
   targets × 100 steps, FAB-T 9 targets × 100 steps (900 g + 1,800 f), Square 5,000 queries
   (5,000 f).
@@ -39,8 +41,9 @@ from typing import Any
 from .._io import derive_seed
 from ..attacks import registry
 from ..threats import ThreatModel
+from .schedule import ScheduledAPGD, ScheduledFABT, ScheduledSquare
 
-__all__ = ["Stage", "Preset", "PRESETS", "get_preset", "derive_seed"]
+__all__ = ["Stage", "Preset", "PRESETS", "STANDARD_RULE", "get_preset", "derive_seed"]
 
 _SCALED = ("steps", "n_queries", "screen")
 
@@ -50,15 +53,16 @@ class Stage:
     """One attack of a preset.
 
     Either ``attack`` (a name in :mod:`advex.attacks.registry`: ``"APGD"``, ``"FABT"``,
-    ``"Square"``, ...) with constructor ``kwargs``, or ``instance`` (a ready attack, copied
-    and re-seeded per stage). ``black_box`` marks attacks that use no gradients (their wins
-    over every white-box stage feed the masking verdict); ``norms`` lists the norms it supports.
+    ``"Square"``, ..., or an attack class) with constructor ``kwargs``, or ``instance`` (a
+    ready attack, copied and re-seeded per stage). ``black_box`` marks attacks that use no
+    gradients (their wins over every white-box stage feed the masking verdict); ``norms`` lists
+    the norms it supports.
     Both default to what the attack declares (``black_box``, ``norms`` on its class); a ready
     instance runs in any norm unless ``norms`` says otherwise.
     """
 
     name: str
-    attack: str | None = None
+    attack: str | type | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     black_box: bool | None = None
     norms: tuple[str, ...] | None = None
@@ -94,7 +98,9 @@ class Stage:
             return {"name": self.name, "attack": type(self.instance).__name__, "params": params}
         return {
             "name": self.name,
-            "attack": self.attack,
+            "attack": self.attack
+            if isinstance(self.attack, str)
+            else registry.registry_name(self.attack),
             "params": _scaled(self.kwargs, scale),
             "black_box": self.black_box,
         }
@@ -156,6 +162,18 @@ class Preset:
         }
 
 
+#: the ``standard`` preset's scheduling rule (advex.evaluate.schedule; docs/evaluation.md)
+STANDARD_RULE: dict[str, Any] = {
+    "screen_targets": 1,  # APGD-T targets every point gets (of 9): the class that came closest
+    "target_keep": 0.5,  # APGD-T: the closest half of the points go on to each next target
+    "screen_keep": 0.1,  # FAB-T, Square: the share of a batch's survivors closest to breaking
+    "screen_margin": 0.02,  # APGD-T: a probability gap at or below which a point goes on
+    "fab_screen_targets": 1,  # FAB-T targets before it stops unless it broke a point
+    "square_screen": 100,  # Square queries every point gets
+    "square_queries": 5000,  # ... and the points picked by the rule (AutoAttack's budget)
+}
+
+
 def _sq(n_queries: int, restarts: int = 1, **kwargs: Any) -> Stage:
     return Stage("square", "Square", {"n_queries": n_queries, "restarts": restarts, **kwargs})
 
@@ -173,12 +191,40 @@ PRESETS: dict[str, Preset] = {
         (
             Stage(
                 "apgd-ce",
-                "APGD",
+                ScheduledAPGD,
                 {"steps": 100, "loss": "ce", "restarts": 2, "restart_keep": 0.25},
             ),
-            Stage("apgd-t", "APGD", {"steps": 100, "targeted": True, "n_target_classes": 9}),
-            Stage("fab-t", "FABT", {"steps": 100, "n_target_classes": 9, "screen_targets": 3}),
-            _sq(10000, screen=1000, screen_keep=0.1),
+            Stage(
+                "apgd-t",
+                ScheduledAPGD,
+                {
+                    "steps": 100,
+                    "targeted": True,
+                    "n_target_classes": 9,
+                    "screen_targets": STANDARD_RULE["screen_targets"],
+                    "screen_keep": STANDARD_RULE["target_keep"],
+                    "screen_margin": STANDARD_RULE["screen_margin"],
+                },
+            ),
+            Stage(
+                "fab-t",
+                ScheduledFABT,
+                {
+                    "steps": 100,
+                    "n_target_classes": 9,
+                    "screen_targets": STANDARD_RULE["fab_screen_targets"],
+                    "screen_keep": STANDARD_RULE["screen_keep"],
+                },
+            ),
+            Stage(
+                "square",
+                ScheduledSquare,
+                {
+                    "n_queries": STANDARD_RULE["square_queries"],
+                    "screen": STANDARD_RULE["square_screen"],
+                    "screen_keep": STANDARD_RULE["screen_keep"],
+                },
+            ),
         ),
     ),
     "autoattack": Preset(

@@ -23,6 +23,13 @@ from .adapters import (
     load_sklearn,
 )
 from .blackbox import BlackBoxError, LabelBlackBox, ScoreBlackBox
+from .counting import (
+    BACKWARD_COST,
+    PassCounter,
+    PassCounts,
+    counting_stage,
+    measure_backward_cost,
+)
 from .guards import (
     InputDtypeWarning,
     ProbabilityOutputWarning,
@@ -66,6 +73,11 @@ __all__ = [
     "export_sklearn_onnx",
     "load_onnx",
     "load_sklearn",
+    "BACKWARD_COST",
+    "PassCounter",
+    "PassCounts",
+    "counting_stage",
+    "measure_backward_cost",
     "AdaptedModel",
     "BPDA",
     "BlackBoxError",
