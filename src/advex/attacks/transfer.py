@@ -135,7 +135,7 @@ def distill_surrogate(
     Machine Learning* (AsiaCCS 2017). Without augmentation the first ``queries`` inputs of
     ``data`` (its labels, if any, are ignored: the attacker labels them with the black box) are
     sent once each and a surrogate is trained on the answers. With ``augment="jacobian"``, a
-    seed set of ``queries // 2**rounds`` inputs is labelled, and each round trains the surrogate
+    seed set of ``⌈queries / 2**rounds⌉`` inputs is labelled, and each round trains the surrogate
     and adds ``x + λ·sign(∇ₓ F_ŷ(x))`` for every point (``F`` the surrogate, ``ŷ`` the black
     box's label of ``x``), doubling the set; the last round is cut so that the total is exactly
     ``queries``.
@@ -196,11 +196,11 @@ def distill_surrogate(
         raise ValueError("labels='soft' needs scores, but the black box returns labels only")
     soft = labels == "soft" or (labels == "auto" and not isinstance(black_box, LabelBlackBox))
     rounds = int(rounds) if augment == "jacobian" else 0
-    n0 = queries if not rounds else queries // (2**rounds)
-    if n0 < 1:
+    n0 = queries if not rounds else -(-queries // (2**rounds))  # ceil: the last round fills up
+    if rounds and queries < 2**rounds:
         raise ValueError(
             f"queries={queries} is too small for {rounds} rounds of augmentation "
-            f"(the seed set would be empty): use queries >= {2**rounds} or fewer rounds"
+            f"(each round doubles the set): use queries >= {2**rounds} or fewer rounds"
         )
     if n0 > len(x_all):
         raise ValueError(
@@ -480,6 +480,17 @@ class TransferAttack(Attack):
         self.steps, self.decay, self.loss = self._inner.steps, self._inner.decay, self._inner.loss
         self.step_size = self._inner.step_size
 
+    def attack(self, model, x, y, target=None):
+        """As for every attack; the target model must not be one of the surrogates."""
+        if any(s is model for s in self._surrogates):
+            raise ValueError(
+                "the target is one of the surrogates: that is a white-box attack, not a "
+                "transfer (use MIFGSM on it)"
+            )
+        return super().attack(model, x, y, target)
+
+    __call__ = attack
+
     def _rebudget(self, old: float, new: float) -> None:
         self._inner = self._inner.with_budget(new)
         self.step_size = self._inner.step_size
@@ -500,12 +511,6 @@ class TransferAttack(Attack):
         if rows.numel() == 0:
             return x_adv
         models = self.surrogate_models()
-        for m in models:
-            if m is caller.model:
-                raise ValueError(
-                    "the target is one of the surrogates: that is a white-box attack, not a "
-                    "transfer (use MIFGSM on it)"
-                )
         ens: nn.Module = models[0] if len(models) == 1 else SurrogateEnsemble(models)
         if self.diversity > 0:
             seed = 0 if self.seed is None else int(self.seed)

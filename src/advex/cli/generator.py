@@ -57,6 +57,12 @@ def generator() -> None:
 @click.option("--sampling", type=click.Choice(["conv", "pixel"]), default="conv", show_default=True)
 @click.option("--schedule", default="constant", show_default=True)
 @click.option(
+    "--n-train",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Train on the first N points of the train split (default: all).",
+)
+@click.option(
     "--eval-n",
     type=click.IntRange(min=1),
     default=1000,
@@ -90,6 +96,7 @@ def fit(
     blocks,
     sampling,
     schedule,
+    n_train,
     eval_n,
     out,
     seed,
@@ -108,7 +115,7 @@ def fit(
     if not eps > 0:
         raise click.UsageError(f"--eps must be > 0, got {eps}")
     out_dir = prepare_out(out)
-    train = load_data(data_spec, "train", None)
+    train = load_data(data_spec, "train", n_train)
     test = load_data(data_spec, "test", eval_n)
     model = load_model(model_spec, weights, normalize)
     atk = run_errors(
