@@ -399,7 +399,8 @@ class TransferAttack(Attack):
 
     Args:
         surrogates: one ``nn.Module`` or a sequence of them (logits, same classes as the
-            target), or zoo names (``"mnist-smallcnn"``), loaded on first use.
+            target), or zoo names (``"mnist-smallcnn"``, or comma-separated in one string, the
+            CLI's ``--param surrogates=a,b``), loaded on first use.
         eps: budget ε. norm: ``"linf"`` (default) | ``"l2"``.
         steps: MI-FGSM iterations (10). step_size: (ε / steps). decay: momentum μ (1.0).
         diversity: probability of the input-diversity transform per step (0 = plain MI-FGSM;
@@ -423,7 +424,7 @@ class TransferAttack(Attack):
 
     def __init__(
         self,
-        surrogates: nn.Module | str | Sequence[nn.Module | str] | None = None,
+        surrogates: Any = None,
         eps: float | None = None,
         norm: str = "linf",
         *,
@@ -447,7 +448,9 @@ class TransferAttack(Attack):
                 "TransferAttack needs surrogates: a model, a zoo name, or a list of them "
                 "(e.g. --param surrogates=mnist-smallcnn on the command line)"
             )
-        items = [surrogates] if isinstance(surrogates, nn.Module | str) else list(surrogates)
+        if isinstance(surrogates, str):  # zoo names, comma-separated (the CLI's form)
+            surrogates = [n.strip() for n in surrogates.split(",") if n.strip()]
+        items = [surrogates] if isinstance(surrogates, nn.Module) else list(surrogates)
         if not items:
             raise ValueError("TransferAttack needs at least one surrogate")
         for s in items:
