@@ -46,16 +46,16 @@ def generator() -> None:
 @click.option("--eps", type=float, default=0.3, show_default=True, help="Budget ε (> 0).")
 @click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
 @click.option("--target", type=int, default=None, help="Target class (default: untargeted).")
-@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--alpha", type=float, default=0.1, show_default=True, help="GAN loss weight.")
-@click.option("--beta", type=float, default=0.1, show_default=True, help="Hinge loss weight.")
+@click.option("--beta", type=float, default=1.0, show_default=True, help="Hinge loss weight.")
 @click.option("--kappa", type=float, default=0.0, show_default=True, help="Margin confidence.")
 @click.option("--width", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--blocks", type=click.IntRange(min=0), default=2, show_default=True)
 @click.option("--sampling", type=click.Choice(["conv", "pixel"]), default="conv", show_default=True)
-@click.option("--schedule", default="constant", show_default=True)
+@click.option("--schedule", default="cosine", show_default=True)
 @click.option(
     "--n-train",
     type=click.IntRange(min=2),

@@ -301,7 +301,7 @@ class GeneratorLoss(AdversarialLoss):
 
         if generator is None:
             generator = AdvGAN(
-                threat=threat, width=8, alpha=0.1, beta=0.1, kappa=5.0, schedule="constant"
+                threat=threat, width=8, alpha=0.1, beta=1.0, kappa=0.0, schedule="constant"
             )
         if not isinstance(generator, AdvGAN):
             raise TypeError(f"generator must be an advex.attacks.AdvGAN, got {type(generator)}")
