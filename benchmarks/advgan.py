@@ -16,13 +16,14 @@ digits measures success (next to uniform noise of the same ε) and throughput (i
 - ``pgd-40`` (advex default, fooled points stop early) and ``pgd-40 no early stop`` (all 40
   steps for every point, the textbook cost) on the same model and points.
 
-``--section transfer``: trains the other models of the table (the zoo CNN's architecture with
-another seed, an MLP, a short PGD-AT model with a stated recipe, a generator-trained model) and
-reports, per model: PGD-40 success (white-box), the success of the generator trained on the zoo
-CNN (``--generator DIR``, as written by ``--save-generator``; trained here if absent), of a
-generator trained against that model itself, and uniform noise; then the distilled variant (a
-surrogate distilled from label queries to the zoo CNN, a generator trained against the
-surrogate, success on the zoo CNN, queries spent).
+``--section transfer`` (``--parts table,distilled,at``): ``table`` trains the other models of
+the transfer table (the zoo CNN's architecture with another seed, an MLP, a short PGD-AT model
+with a stated recipe), a generator against the zoo CNN (A) and one against the PGD-AT model
+(D), and reports per model: clean accuracy, PGD-40 success (white-box), uniform noise and the
+generators' success; ``distilled`` distils a surrogate from label queries to A, trains a
+generator against the surrogate (labels: the surrogate's), and reports its success on A and
+the queries spent; ``at`` trains the same architecture with ``standard``, ``generator`` and
+``pgd`` adversarial training (same epochs, seed) and reports clean accuracy and PGD-40 success.
 
 ``--quick``: tiny sizes (a smoke test of the script, numbers meaningless).
 """
@@ -32,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -162,113 +162,127 @@ def _train_plain(net: nn.Module, train, epochs: int, seed: int) -> nn.Module:
     return net.eval()
 
 
+def _at_model(method: str, train, args, eps: float) -> tuple[nn.Module, str, float]:
+    torch.manual_seed(3)
+    net = smallcnn()
+    t = time.process_time()
+    kw = {"attack_steps": args.at_steps} if method == "pgd" else {}
+    AdversarialTrainer(
+        net,
+        method,
+        eps,
+        epochs=args.at_epochs,
+        batch_size=64,
+        eval_n=200,
+        eval_steps=10,
+        final_eval_steps=10,
+        select_best=False,
+        progress=False,
+        seed=3,
+        **kw,
+    ).fit(train)
+    cpu = time.process_time() - t
+    for p in net.parameters():
+        p.requires_grad_(False)
+    inner = {
+        "pgd": f"PGD-{args.at_steps}, step 2.5 eps/{args.at_steps}, random start",
+        "generator": "online AdvGAN (width 8, alpha 0.1), 1 generator step per batch",
+    }.get(method, "none")
+    recipe = (
+        f"smallcnn, {method} eps={eps} (inner: {inner}), Adam onecycle 1e-3, "
+        f"{args.at_epochs} epochs, batch 64, seed 3, {len(train[0])} digits, {cpu:.0f} s CPU"
+    )
+    return net.eval(), recipe, cpu
+
+
+def _row(name, m, recipe, x, y, eps, generators: dict) -> dict:
+    row = {"model": name, "recipe": recipe, "clean_accuracy": _accuracy(m, x, y)}
+    row["noise_success"] = _noise_success(m, x, y, eps)
+    row["pgd40_success"] = float(PGD(eps, steps=40, seed=0)(m, x, y).success.float().mean())
+    for label, g in generators.items():
+        row[f"{label}_success"] = float(g(m, x, y).success.float().mean())
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def transfer_section(args, train, test) -> dict:
     x, y = test
     eps = args.eps
-    q = args.quick
-    models: dict[str, nn.Module] = {"A: zoo mnist-smallcnn": zoo.load("mnist-smallcnn")}
-    recipes: dict[str, str] = {"A: zoo mnist-smallcnn": "zoo recipe (12 epochs, shift aug.)"}
-    times: dict[str, float] = {}
-    ep = 1 if q else 6
-    torch.manual_seed(1)
-    t = time.process_time()
-    models["B: smallcnn seed 1"] = _train_plain(smallcnn(), train, ep, 1)
-    recipes["B: smallcnn seed 1"] = f"smallcnn, Adam 1e-3, {ep} epochs, batch 64, seed 1"
-    times["B"] = time.process_time() - t
-    torch.manual_seed(2)
-    t = time.process_time()
-    mlp = nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
-    models["C: MLP 784-256-10 seed 2"] = _train_plain(mlp, train, 2 * ep, 2)
-    recipes["C: MLP 784-256-10 seed 2"] = f"MLP, Adam 1e-3, {2 * ep} epochs, batch 64, seed 2"
-    times["C"] = time.process_time() - t
-    at_epochs, at_steps = (1, 2) if q else (args.at_epochs, args.at_steps)
-    for method, label in (("pgd", "D: PGD-AT"), ("generator", "E: generator-AT")):
-        torch.manual_seed(3)
-        net = smallcnn()
+    parts = set(args.parts.split(","))
+    out: dict = {"section": "transfer", "eps": eps, "n_test": len(x), "n_train": len(train[0])}
+    a = zoo.load("mnist-smallcnn", progress=False)
+    if "table" in parts:
+        models = {"A: zoo mnist-smallcnn": (a, "zoo recipe (12 epochs, shift augmentation)")}
+        ep = args.plain_epochs
+        torch.manual_seed(1)
+        models["B: smallcnn seed 1"] = (
+            _train_plain(smallcnn(), train, ep, 1),
+            f"smallcnn, Adam 1e-3, {ep} epochs, batch 64, seed 1",
+        )
+        torch.manual_seed(2)
+        mlp = nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
+        models["C: MLP 784-256-10 seed 2"] = (
+            _train_plain(mlp, train, 2 * ep, 2),
+            f"MLP, Adam 1e-3, {2 * ep} epochs, batch 64, seed 2",
+        )
+        d_net, d_recipe, _ = _at_model("pgd", train, args, eps)
+        models["D: PGD-AT"] = (d_net, d_recipe)
+        g_a = _advgan(args)
         t = time.process_time()
-        kw = {"attack_steps": at_steps} if method == "pgd" else {}
-        trainer = AdversarialTrainer(
-            net,
-            method,
-            eps,
-            epochs=at_epochs,
-            batch_size=64,
-            eval_n=200,
-            eval_steps=10,
-            final_eval_steps=10,
-            select_best=False,
-            progress=False,
-            seed=3,
-            **kw,
+        g_a.fit(a, train)
+        g_a_cpu = time.process_time() - t
+        g_d = _advgan(args)
+        t = time.process_time()
+        g_d.fit(d_net, train)
+        g_d_cpu = time.process_time() - t
+        table = []
+        for name, (m, recipe) in models.items():
+            gens = {"advgan_trained_on_A": g_a}
+            if name.startswith("D"):
+                gens["advgan_trained_on_D"] = g_d
+            table.append(_row(name, m, recipe, x, y, eps, gens))
+        out.update(
+            table=table,
+            generator_recipe=g_a.params(),
+            generator_fit_cpu_seconds={"A": g_a_cpu, "D": g_d_cpu},
         )
-        trainer.fit(train)
-        times[label[0]] = time.process_time() - t
-        for p in net.parameters():
-            p.requires_grad_(False)
-        models[label] = net.eval()
-        recipes[label] = (
-            f"smallcnn, {method} eps={eps} (inner: "
-            + (f"PGD-{at_steps}, step 2.5 eps/{at_steps}" if method == "pgd" else "online AdvGAN")
-            + f"), Adam onecycle 1e-3, {at_epochs} epochs, batch 64, seed 3, "
-            f"{times[label[0]]:.0f} s CPU"
+    if "distilled" in parts:
+        box = LabelBlackBox(a, num_classes=10)
+        t = time.process_time()
+        d = distill_surrogate(
+            box,
+            train[0],
+            args.distill_queries,
+            augment="jacobian",
+            rounds=2,
+            epochs=args.distill_epochs,
         )
-    gen_dir = Path(args.generator) if args.generator else None
-    waited = 0.0
-    while gen_dir is not None and not (gen_dir / "card.json").is_file() and waited < 3600:
-        time.sleep(20)  # a main section running alongside writes it when its fit ends
-        waited += 20
-    if gen_dir is not None and (gen_dir / "card.json").is_file():
-        g_a = AdvGAN.load(gen_dir, input_shape=(1, 28, 28))
-        g_a_from = str(gen_dir)
-    else:
-        g_a = _advgan(args, epochs=1 if q else args.epochs)
-        g_a.fit(models["A: zoo mnist-smallcnn"], train)
-        g_a_from = "trained here"
-    table = []
-    own_epochs = 1 if q else args.own_epochs
-    for name, m in models.items():
-        row = {"model": name, "recipe": recipes[name], "clean_accuracy": _accuracy(m, x, y)}
-        row["noise_success"] = _noise_success(m, x, y, eps)
-        row["pgd40_success"] = float(PGD(eps, steps=40, seed=0)(m, x, y).success.float().mean())
-        row["advgan_from_A_success"] = float(g_a(m, x, y).success.float().mean())
-        if not name.startswith("A"):
-            own = _advgan(args, epochs=own_epochs)
-            t = time.process_time()
-            own.fit(m, train)
-            row["advgan_own_success"] = float(own(m, x, y).success.float().mean())
-            row["advgan_own_fit_cpu_seconds"] = time.process_time() - t
-        table.append(row)
-        print(json.dumps(row))
-    # the distilled variant: label queries to A, a surrogate, a generator against it
-    box = LabelBlackBox(models["A: zoo mnist-smallcnn"], num_classes=10)
-    budget = 500 if q else args.distill_queries
-    t = time.process_time()
-    d = distill_surrogate(
-        box, train[0], budget, augment="jacobian", rounds=2, epochs=2 if q else 10, seed=0
-    )
-    g_s = _advgan(args, epochs=own_epochs)
-    with torch.no_grad():  # the attacker's labels: the surrogate's (no further query of A)
-        y_s = d.model(train[0]).argmax(1)
-    g_s.fit(d.model, (train[0], y_s))
-    distilled = {
-        "queries": d.queries,
-        "rounds": d.rounds,
-        "surrogate_agreement_on_test": d.agreement(models["A: zoo mnist-smallcnn"], x),
-        "success_on_A": float(g_s(models["A: zoo mnist-smallcnn"], x, y).success.float().mean()),
-        "success_on_surrogate": float(g_s(d.model, x, y).success.float().mean()),
-        "cpu_seconds": time.process_time() - t,
-    }
-    print(json.dumps(distilled))
-    return {
-        "section": "transfer",
-        "eps": eps,
-        "n_test": len(x),
-        "generator_A": g_a_from,
-        "generator_recipe": g_a.params(),
-        "training_cpu_seconds": times,
-        "table": table,
-        "distilled": distilled,
-    }
+        g_s = _advgan(args)
+        with torch.no_grad():  # the attacker's labels: the surrogate's (no further query of A)
+            y_s = d.model(train[0]).argmax(1)
+        g_s.fit(d.model, (train[0], y_s))
+        queries = box.queries
+        out["distilled"] = {
+            "queries": d.queries,
+            "black_box_counter": queries,
+            "rounds": d.rounds,
+            "surrogate_agreement_on_test": d.agreement(a, x),
+            "success_on_A": float(g_s(a, x, y).success.float().mean()),
+            "success_on_surrogate": float(g_s(d.model, x, y).success.float().mean()),
+            "noise_success_on_A": _noise_success(a, x, y, eps),
+            "cpu_seconds": time.process_time() - t,
+            "generator_recipe": g_s.params(),
+        }
+        print(json.dumps(out["distilled"]), flush=True)
+    if "at" in parts:
+        rows = []
+        for method in ("standard", "generator", "pgd"):
+            net, recipe, cpu = _at_model(method, train, args, eps)
+            row = _row(method, net, recipe, x, y, eps, {})
+            row["train_cpu_seconds"] = cpu
+            rows.append(row)
+        out["adversarial_training"] = rows
+    return out
 
 
 def main() -> None:
@@ -276,7 +290,6 @@ def main() -> None:
     ap.add_argument("--section", choices=["main", "transfer"], default="main")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--own-epochs", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--width", type=int, default=8)
     ap.add_argument("--blocks", type=int, default=2)
@@ -287,6 +300,11 @@ def main() -> None:
     ap.add_argument("--schedule", default="cosine")
     ap.add_argument("--eps", type=float, default=0.3)
     ap.add_argument("--at-epochs", type=int, default=5)
+    ap.add_argument("--plain-epochs", type=int, default=3)
+    ap.add_argument("--distill-epochs", type=int, default=5)
+    ap.add_argument("--parts", default="table,distilled,at")
+    ap.add_argument("--n-train", type=int, default=None)
+    ap.add_argument("--n-test", type=int, default=None)
     ap.add_argument("--at-steps", type=int, default=10)
     ap.add_argument("--distill-queries", type=int, default=4000)
     ap.add_argument("--threads", type=int, default=1)
@@ -298,8 +316,13 @@ def main() -> None:
     x_train, y_train = data.mnist5k("train").tensors()
     x, y = data.mnist5k("test").tensors()
     if args.quick:
-        args.epochs = 1
+        args.epochs, args.at_epochs, args.at_steps, args.plain_epochs = 1, 1, 2, 1
+        args.distill_queries, args.distill_epochs = 400, 1
         x_train, y_train, x, y = x_train[:500], y_train[:500], x[:100], y[:100]
+    if args.n_train:
+        x_train, y_train = x_train[: args.n_train], y_train[: args.n_train]
+    if args.n_test:
+        x, y = x[: args.n_test], y[: args.n_test]
     train, test = (x_train, y_train), (x, y)
     if args.section == "main":
         summary = main_section(args, train, test)
