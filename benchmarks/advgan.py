@@ -225,20 +225,27 @@ def transfer_section(args, train, test) -> dict:
             _train_plain(mlp, train, 2 * ep, 2),
             f"MLP, Adam 1e-3, {2 * ep} epochs, batch 64, seed 2",
         )
-        d_net, d_recipe, _ = _at_model("pgd", train, args, eps)
-        models["D: PGD-AT"] = (d_net, d_recipe)
-        g_a = _advgan(args)
-        t = time.process_time()
-        g_a.fit(a, train)
-        g_a_cpu = time.process_time() - t
-        g_d = _advgan(args)
-        t = time.process_time()
-        g_d.fit(d_net, train)
-        g_d_cpu = time.process_time() - t
+        if not args.skip_at_model:
+            d_net, d_recipe, _ = _at_model("pgd", train, args, eps)
+            models["D: PGD-AT"] = (d_net, d_recipe)
+        if args.generator:  # a generator trained on A by --section main --save-generator
+            g_a = AdvGAN.load(args.generator, input_shape=tuple(x.shape[1:]))
+            g_a_cpu = None
+        else:
+            g_a = _advgan(args)
+            t = time.process_time()
+            g_a.fit(a, train)
+            g_a_cpu = time.process_time() - t
+        g_d, g_d_cpu = None, None
+        if not args.skip_at_model:
+            g_d = _advgan(args)
+            t = time.process_time()
+            g_d.fit(d_net, train)
+            g_d_cpu = time.process_time() - t
         table = []
         for name, (m, recipe) in models.items():
             gens = {"advgan_trained_on_A": g_a}
-            if name.startswith("D"):
+            if name.startswith("D") and g_d is not None:
                 gens["advgan_trained_on_D"] = g_d
             table.append(_row(name, m, recipe, x, y, eps, gens))
         out.update(
@@ -303,13 +310,14 @@ def main() -> None:
     ap.add_argument("--plain-epochs", type=int, default=3)
     ap.add_argument("--distill-epochs", type=int, default=5)
     ap.add_argument("--parts", default="table,distilled,at")
+    ap.add_argument("--skip-at-model", action="store_true", help="table without model D")
     ap.add_argument("--n-train", type=int, default=None)
     ap.add_argument("--n-test", type=int, default=None)
     ap.add_argument("--at-steps", type=int, default=10)
     ap.add_argument("--distill-queries", type=int, default=4000)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--save-generator", default=None)
-    ap.add_argument("--generator", default=None)
+    ap.add_argument("--generator", default=None, help="table: G_A from this directory")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
