@@ -163,3 +163,36 @@ def test_distillation_errors():
     with pytest.raises(TypeError, match="nn.Module"):
         distill_surrogate(lambda z: z, x, 10)
     assert box.queries == 0  # every refusal came before the first query
+
+
+# -- the benchmark scripts run (tiny sizes; their numbers are not checked here) --------------
+@pytest.mark.parametrize("script", ["advgan.py", "transfer.py"])
+def test_benchmark_script_quick_smoke(script, mnist_model, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(root / "src"), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    out = tmp_path / "r.json"
+    proc = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / script), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    payload = json.loads(out.read_text())
+    assert payload["quick"] is True
+    if script == "advgan.py":
+        assert payload["ratios"]["generate vs pgd-40"] > 0
+    else:
+        rows = payload["rows"]
+        assert payload["distillation"]["queries"] == 200
+        assert all(r["max_linf"] <= 0.3 + 1e-6 for r in rows.values() if "max_linf" in r)
