@@ -5,6 +5,7 @@ save/load, and clear errors for bad input."""
 from __future__ import annotations
 
 import json
+import math
 import warnings
 
 import pytest
@@ -247,3 +248,113 @@ def test_mask_is_respected_and_save_refuses_it(tmp_path):
     assert torch.equal(res.x_adv[:, :, 4:], x[:, :, 4:])
     with pytest.raises(ValueError, match="no mask"):
         atk.save(tmp_path / "g")
+
+
+# -- the sub-pixel generator ---------------------------------------------------------------------
+def test_pixel_generator_shapes_threat_and_files(tmp_path):
+    g = ConvGenerator(3, width=4, sampling="pixel")
+    assert g(torch.rand(2, 3, 7, 9)).shape == (2, 3, 7, 9)
+    with pytest.raises(ValueError, match="sampling"):
+        ConvGenerator(1, sampling="bilinear")
+    net, x, y = _toy()
+    atk = _tiny(0.2, sampling="pixel").fit(net, (x, y))
+    assert bool(atk.threat.contains(atk(net, x, y).x_adv, x, tol=1e-6).all())
+    atk.save(tmp_path / "g")
+    back = AdvGAN.load(tmp_path / "g")
+    assert back.sampling == "pixel" and torch.equal(back.generate(x), atk.generate(x))
+
+
+# -- the command line --------------------------------------------------------------------------
+def test_cli_generator_fit_then_attack_round_trip(tmp_path):
+    from click.testing import CliRunner
+
+    from advex.cli import main
+
+    out = tmp_path / "gen"
+    runner = CliRunner()
+    fit = ["generator", "fit", "--model", "mnist-smallcnn", "--data", "mnist5k", "--eps", "0.3"]
+    fit += ["--epochs", "1", "--batch-size", "128", "--width", "2", "--blocks", "0"]
+    fit += ["--n-train", "256", "--eval-n", "40", "--out", str(out), "--no-progress"]
+    r = runner.invoke(main, fit)
+    assert r.exit_code == 0, r.output
+    for name in ("generator.safetensors", "card.json", "report.json", "grid.png"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    assert report["n"] == 40 and report["throughput_ratio_vs_pgd40"] > 0
+    assert 0 <= report["success"] <= 1 and report["pgd40_success"] >= report["noise_success"]
+    assert "images/s generated" in r.output
+    # resuming a finished run trains nothing more and gives the same generator
+    before = (out / "generator.safetensors").read_bytes()
+    r = runner.invoke(main, [*fit, "--resume"])
+    assert r.exit_code == 0, r.output
+    assert (out / "generator.safetensors").read_bytes() == before
+
+    res_dir = tmp_path / "atk"
+    args = ["attack", "--attack", "advgan", "--generator", str(out), "--n", "40"]
+    r = runner.invoke(main, [*args, "--out", str(res_dir), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((res_dir / "results.json").read_text())
+    assert "advgan" in json.dumps(doc["evaluation"])
+    gen = AdvGAN.load(out)
+    x, y = data.mnist5k("test").tensors()
+    model = zoo.load("mnist-smallcnn", progress=False)
+    direct = gen(model, x[:40], y[:40])
+    n_ok = int((direct.clean_pred == y[:40]).sum())
+    assert doc["evaluation"]["n"] == 40
+    assert doc["evaluation"]["robust_accuracy"] == pytest.approx(
+        (n_ok - int((direct.success & (direct.clean_pred == y[:40])).sum())) / 40
+    )
+    # bad input: a generator for another input shape, no generator, eps <= 0
+    r = runner.invoke(main, [*args, "--data", "digits", "--out", str(tmp_path / "x")])
+    assert r.exit_code != 0 and "trained for inputs of shape (1, 28, 28)" in r.output
+    r = runner.invoke(main, ["attack", "--attack", "advgan", "--out", str(tmp_path / "y")])
+    assert r.exit_code != 0 and "needs --generator" in r.output
+    r = runner.invoke(main, [*args, "--eps", "0", "--out", str(tmp_path / "z")])
+    assert r.exit_code != 0 and "eps > 0" in r.output
+    bad = [*fit[:7], "0", *fit[8:]]
+    r = runner.invoke(main, bad)
+    assert r.exit_code != 0 and "--eps must be > 0" in r.output
+
+
+# -- a generator as the inner attack of adversarial training -----------------------------------
+def test_generator_as_inner_attack_of_adversarial_training(tmp_path):
+    from advex.defenses import AdversarialTrainer
+
+    torch.manual_seed(0)
+    x = torch.rand(96, 1, 8, 8)
+    y = (x[:, 0, :4].mean((1, 2)) > x[:, 0, 4:].mean((1, 2))).long()
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 2))
+    w0 = _weights(net)
+    g = AdvGAN(0.1, width=2, blocks=0, seed=0)
+    kw = dict(epochs=2, batch_size=32, eval_n=32, eval_steps=2, final_eval_steps=2)
+    tr = AdversarialTrainer(net, "generator", 0.1, progress=False, generator=g, **kw)
+    res = tr.fit((x, y), (x, y))
+    assert g.generator_ is None  # the caller's attack object is not changed
+    assert any(not torch.equal(w0[k], v) for k, v in net.state_dict().items())
+    assert all(math.isfinite(e["train_loss"]) for e in res.log)
+    assert tr.config()["generator"]["width"] == 2
+    # it resumes: the generator and discriminator travel with the checkpoint
+    net2 = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 2))
+    net2.load_state_dict(w0)
+    whole = {k: v.clone() for k, v in net.state_dict().items()}
+
+    def stop(trainer, epoch, entry):
+        if epoch == 0:
+            raise TrainingInterrupted("simulated")
+
+    d = tmp_path / "run"
+    gen2 = AdvGAN(0.1, width=2, blocks=0, seed=0)
+    t2 = AdversarialTrainer(net2, "generator", 0.1, progress=False, generator=gen2, out_dir=d, **kw)
+    with pytest.raises(TrainingInterrupted):
+        t2.fit((x, y), (x, y), on_epoch_end=lambda t, e, entry: stop(None, e, entry))
+    t3 = AdversarialTrainer(
+        net2, "generator", 0.1, progress=False, generator=gen2, out_dir=d, resume=True, **kw
+    )
+    t3.fit((x, y), (x, y))
+    assert all(torch.equal(whole[k], v) for k, v in net2.state_dict().items())
+    with pytest.raises(ValueError, match="differs from the training threat"):
+        AdversarialTrainer(net, "generator", 0.3, generator=g)
+    with pytest.raises(ValueError, match="inner attack of method='generator'"):
+        AdversarialTrainer(net, "pgd", 0.1, generator=g)
+    with pytest.raises(ValueError, match="untargeted"):
+        AdversarialTrainer(net, "generator", 0.1, generator=AdvGAN(0.1, target=1))

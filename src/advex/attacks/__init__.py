@@ -21,13 +21,14 @@ from .deepfool import DeepFool
 from .ead import EAD
 from .fab import FAB, FABT
 from .fixed import FixedBudgetAttack
-from .generative import AdvGAN
+from .generative import AdvGAN, OnlineAdvGAN
 from .gradient import BIM, FGSM, MIFGSM, PGD
 from .jsma import JSMA
 from .lbfgs import LBFGS
 from .physical import RP2, AdversarialPatch
 from .square import Square
 from .tabular import ConstrainedEvolution, ConstrainedPGD, LowProFool
+from .transfer import Distillation, TransferAttack, distill_surrogate
 from .universal import UniversalPerturbation
 
 __all__ = [
@@ -55,3 +56,6 @@ __all__ = [
     "UniversalPerturbation",
     "registry",
 ]
+
+# transfer attacks (surrogates distilled from queries) and the online AdvGAN generator
+__all__ += ["Distillation", "OnlineAdvGAN", "TransferAttack", "distill_surrogate"]

@@ -31,7 +31,7 @@ from ..training import (
 )
 from .base import Attack, ModelCaller, make_threat
 
-__all__ = ["AdvGAN", "ConvGenerator", "ConvDiscriminator", "GENERATOR_FORMAT"]
+__all__ = ["AdvGAN", "ConvGenerator", "ConvDiscriminator", "OnlineAdvGAN", "GENERATOR_FORMAT"]
 
 #: the ``format`` of a saved generator's card (``card.json``)
 GENERATOR_FORMAT = "advex-generator/1"
@@ -40,16 +40,25 @@ GENERATOR_FORMAT = "advex-generator/1"
 class ConvGenerator(nn.Module):
     """AdvGAN's generator: a small convolutional encoder–decoder ``(B, C, H, W) → (B, C, H, W)``.
 
-    Conv3×3(C→w) → Conv4×4/2(w→2w) → ``blocks`` residual blocks of two Conv3×3(2w) →
-    ConvTranspose4×4/2(2w→w) → Conv3×3(w→C); ReLU between, no normalisation layer (the
-    generator behaves the same in train and eval mode). An odd height or width is padded by
-    replication to an even size and the output cropped back. The output is unbounded: the
-    attack maps it into the threat.
+    Conv3×3(C→w) → Conv4×4/2(w→2w) → ``blocks`` residual blocks of two Conv3×3(2w) → back to
+    full resolution: ``sampling="conv"`` (default) ConvTranspose4×4/2(2w→w) → Conv3×3(w→C);
+    ``sampling="pixel"`` Conv3×3(2w→4C) → PixelShuffle(2) (sub-pixel convolution, Shi et al.
+    2016: nothing after the stem runs at full resolution, about half the cost per image).
+
+    ReLU between layers, no normalisation layer (the generator behaves the same in train and
+    eval mode). An odd height or width is padded by replication to an even size and the output
+    cropped back. The output layer starts at zero and the output is unbounded: the attack maps
+    it into the threat.
     """
 
-    def __init__(self, channels: int, width: int = 16, blocks: int = 2) -> None:
+    def __init__(
+        self, channels: int, width: int = 16, blocks: int = 2, sampling: str = "conv"
+    ) -> None:
         super().__init__()
+        if sampling not in ("conv", "pixel"):
+            raise ValueError(f"sampling must be 'conv' or 'pixel', got {sampling!r}")
         w = int(width)
+        self.sampling = sampling
         self.stem = nn.Conv2d(channels, w, 3, padding=1)
         self.down = nn.Conv2d(w, 2 * w, 4, stride=2, padding=1)
         self.blocks = nn.ModuleList(
@@ -60,8 +69,11 @@ class ConvGenerator(nn.Module):
             )
             for _ in range(int(blocks))
         )
-        self.up = nn.ConvTranspose2d(2 * w, w, 4, stride=2, padding=1)
-        self.head = nn.Conv2d(w, channels, 3, padding=1)
+        if sampling == "conv":
+            self.up = nn.ConvTranspose2d(2 * w, w, 4, stride=2, padding=1)
+            self.head = nn.Conv2d(w, channels, 3, padding=1)
+        else:
+            self.head = nn.Conv2d(2 * w, 4 * channels, 3, padding=1)
         nn.init.zeros_(self.head.weight)  # δ = 0 at the start: no saturated tanh from step one
         nn.init.zeros_(self.head.bias)
 
@@ -73,8 +85,11 @@ class ConvGenerator(nn.Module):
         z = F.relu(self.down(z))
         for block in self.blocks:
             z = F.relu(z + block(z))
-        z = F.relu(self.up(z))
-        return self.head(z)[..., :h, :w]
+        if self.sampling == "conv":
+            z = self.head(F.relu(self.up(z)))
+        else:
+            z = F.pixel_shuffle(self.head(z), 2)
+        return z[..., :h, :w]
 
 
 class ConvDiscriminator(nn.Module):
@@ -222,6 +237,7 @@ class AdvGAN(Attack):
         schedule: str = "constant",
         width: int = 16,
         blocks: int = 2,
+        sampling: str = "conv",
         disc_width: int = 16,
         bounds: tuple[float, float] = (0.0, 1.0),
         threat: ThreatModel | None = None,
@@ -261,7 +277,10 @@ class AdvGAN(Attack):
         self.c = None if c is None else float(c)
         self.epochs, self.batch_size = int(epochs), int(batch_size)
         self.lr, self.schedule = float(lr), schedule
+        if sampling not in ("conv", "pixel"):
+            raise ValueError(f"sampling must be 'conv' or 'pixel', got {sampling!r}")
         self.width, self.blocks, self.disc_width = int(width), int(blocks), int(disc_width)
+        self.sampling = sampling
         self.progress = bool(progress)
         self.generator_: ConvGenerator | None = None
         self.input_shape_: tuple[int, ...] | None = None
@@ -342,7 +361,7 @@ class AdvGAN(Attack):
             seed = 0 if self.seed is None else int(self.seed)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(derive_seed64(seed, 0xADC))
-                gen = ConvGenerator(x.shape[1], self.width, self.blocks)
+                gen = ConvGenerator(x.shape[1], self.width, self.blocks, self.sampling)
                 disc = ConvDiscriminator(x.shape[1], self.disc_width)
             gen, disc = gen.to(device, dtype), disc.to(device, dtype)
             loss = _AdvGANLoss(self, model, disc, self.lr)
@@ -424,6 +443,20 @@ class AdvGAN(Attack):
         """Hyperparameters for reports (the fitted attributes ``generator_``, ... left out)."""
         return {k: v for k, v in super().params().items() if not k.endswith("_")}
 
+    def online(self, x: torch.Tensor) -> OnlineAdvGAN:
+        """A generator that trains alongside a changing classifier (see :class:`OnlineAdvGAN`)
+        for inputs like ``x`` ``(B, C, H, W)``: a copy of the fitted generator if there is one,
+        else a fresh one from ``seed``. This attack is not changed."""
+        if x.dim() != 4:
+            raise ValueError(f"AdvGAN expects images (N, C, H, W), got shape {tuple(x.shape)}")
+        if self.generator_ is not None and tuple(x.shape[1:]) != self.input_shape_:
+            raise ValueError(
+                f"this generator was trained for inputs of shape {self.input_shape_}, got "
+                f"{tuple(x.shape[1:])}"
+            )
+        dtype = x.dtype if x.is_floating_point() else torch.float32
+        return OnlineAdvGAN(self, int(x.shape[1]), x.device, dtype)
+
     def _rebudget(self, old: float, new: float) -> None:
         if not new > 0:
             raise ValueError(f"AdvGAN needs a budget eps > 0, got {new}")
@@ -440,7 +473,11 @@ class AdvGAN(Attack):
             "target": self.target,
             "input_shape": list(input_shape),
             "num_classes": int(num_classes),
-            "architecture": {"width": self.width, "blocks": self.blocks},
+            "architecture": {
+                "width": self.width,
+                "blocks": self.blocks,
+                "sampling": self.sampling,
+            },
             "training": {
                 "alpha": self.alpha,
                 "beta": self.beta,
@@ -512,9 +549,10 @@ class AdvGAN(Attack):
             bounds=tuple(card["bounds"]),
             width=arch["width"],
             blocks=arch["blocks"],
+            sampling=arch.get("sampling", "conv"),
             **{k: train[k] for k in train if k in _TRAINING_KEYS},
         )
-        gen = ConvGenerator(saved[0], atk.width, atk.blocks)
+        gen = ConvGenerator(saved[0], atk.width, atk.blocks, atk.sampling)
         gen.load_state_dict(load_file(str(weights), device=str(map_location)), strict=True)
         gen.eval()
         for p in gen.parameters():
@@ -523,6 +561,75 @@ class AdvGAN(Attack):
         atk.input_shape_ = saved
         atk.num_classes_ = int(card["num_classes"])
         return atk
+
+
+class OnlineAdvGAN:
+    """An AdvGAN generator trained alongside a classifier that changes (generator-based
+    adversarial training): :meth:`step` takes one generator (and discriminator) step against
+    the classifier *as it is now*, :meth:`generate` returns ``x + G(x)`` inside the threat.
+
+    Built by :meth:`AdvGAN.online`; used by
+    :class:`~advex.defenses.AdversarialTrainer` (``method="generator"``) as the inner attack
+    (cf. Baluja & Fischer 2018, adversarial transformation networks; Lee et al. 2017,
+    generative adversarial trainer). Only the generator's parameters receive gradients from
+    :meth:`step`: the classifier's ``.grad`` is left alone.
+    """
+
+    def __init__(self, attack: AdvGAN, channels: int, device, dtype) -> None:
+        self.attack = attack
+        seed = 0 if attack.seed is None else int(attack.seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed64(seed, 0xADC))
+            gen = ConvGenerator(channels, attack.width, attack.blocks, attack.sampling)
+            disc = ConvDiscriminator(channels, attack.disc_width)
+        if attack.generator_ is not None:  # warm start from a fitted generator (a copy)
+            gen.load_state_dict(attack.generator_.state_dict())
+        self.generator = gen.to(device, dtype)
+        for p in self.generator.parameters():
+            p.requires_grad_(True)
+        self.disc = disc.to(device, dtype)
+        self.loss = _AdvGANLoss(attack, None, self.disc, attack.lr)
+        self.opt = torch.optim.Adam(self.generator.parameters(), lr=attack.lr, betas=(0.5, 0.999))
+
+    def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One discriminator and one generator step against ``model`` on ``(x, y)``; returns
+        the generator's loss. ``model`` keeps its mode; its parameters get no gradient."""
+        self.loss.model = model
+        self.generator.train()
+        try:
+            loss, _ = self.loss(self.generator, x, y, None)
+        finally:
+            self.loss.model = None
+        params = [p for p in self.generator.parameters()]
+        grads = torch.autograd.grad(loss, params)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    def generate(self, x: torch.Tensor) -> torch.Tensor:
+        """``x + δ`` inside the threat (no gradient)."""
+        self.generator.eval()
+        with torch.no_grad():
+            return self.attack._perturb(self.generator, x).detach()
+
+    def checkpoint_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """``(meta, tensors)``: generator, its Adam, discriminator and its Adam."""
+        meta, disc_tensors = self.loss.checkpoint_state()
+        opt_meta, opt_tensors = optimizer_state(self.opt)
+        tensors = {f"gen.{k}": v for k, v in self.generator.state_dict().items()}
+        tensors.update({f"gen_opt.{k}": v for k, v in opt_tensors.items()})
+        tensors.update(disc_tensors)
+        return {**meta, "gen_opt": opt_meta}, tensors
+
+    def restore_state(self, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+        """Undo :meth:`checkpoint_state`."""
+        gen = {k[4:]: v for k, v in tensors.items() if k.startswith("gen.")}
+        self.generator.load_state_dict(gen, strict=True)
+        opt = {k[8:]: v for k, v in tensors.items() if k.startswith("gen_opt.")}
+        load_optimizer_state(self.opt, meta["gen_opt"], opt)
+        self.loss.restore_state(meta, tensors)
 
 
 _TRAINING_KEYS = (

@@ -1,4 +1,4 @@
-"""The ``advex`` command line: ``advex demo | attack | evaluate | train | list``.
+"""The ``advex`` command line: ``advex demo | attack | evaluate | train | list | generator``.
 
 A thin layer over the library: each command lives in its own module (:mod:`.demo`,
 :mod:`.attack`, :mod:`.evaluate`, :mod:`.train`, :mod:`.list`); what they share (attacks by
@@ -21,6 +21,7 @@ from .common import (
 )
 from .demo import demo
 from .evaluate import evaluate
+from .generator import generator
 from .list import list_cmd
 from .physical import physical
 from .train import train
@@ -47,7 +48,7 @@ def main() -> None:
     """
 
 
-for _command in (demo, attack, evaluate, train, list_cmd, physical):
+for _command in (demo, attack, evaluate, train, list_cmd, physical, generator):
     main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover

@@ -40,12 +40,20 @@ __all__ = ["attack", "save_adversarial"]
     help="Perturbation budget (required by fixed-budget attacks; a minimum-norm attack given "
     "--eps counts only adversarials within it).",
 )
+@click.option(
+    "--generator",
+    "generator_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="With --attack advgan: a generator saved by `advex generator fit`.",
+)
 @common_options
 @schema_option
 def attack(
     attack_name,
     eps,
     schema_file,
+    generator_dir,
     model_spec,
     weights,
     normalize,
@@ -75,6 +83,7 @@ def attack(
       advex attack --attack pgd --eps 0.3 --target 3 --param steps=100
       advex attack --model mypkg.nets:make_cnn --weights cnn.safetensors --attack fgsm --eps 0.1
       advex attack --model sms-spam-cnn --data sms:PATH --attack deepwordbug --target ham
+      advex attack --attack advgan --generator gens/mnist --out out/
     """
     if is_tabular(data_spec, schema_file):  # rows of named features: advex.cli.tabular
         kw = dict(locals())
@@ -105,9 +114,14 @@ def attack(
     run = RunSettings(batch_size, out, force, seed, progress)
     out_dir = prepare_out(run.out, "attack", run.force)
     ds = source.load_data()
-    atk = build_attack(
-        attack_name, eps=eps, norm=norm.lower(), seed=run.seed, params=params, bounds=ds.bounds
-    )
+    if generator_dir is not None or find_attack(attack_name).name == "advgan":
+        from .generator import load_generator
+
+        atk = load_generator(attack_name, generator_dir, ds, eps, norm.lower(), params)
+    else:
+        atk = build_attack(
+            attack_name, eps=eps, norm=norm.lower(), seed=run.seed, params=params, bounds=ds.bounds
+        )
     model = source.load_model()
     tgt = targets_for(ds, targeted, target, run.seed)
     res = run_errors(

@@ -19,6 +19,10 @@ with one of four recipes for the inner maximisation and the outer loss:
   ``α = 1.25 ε`` from a uniform random start, with the paper's guard against catastrophic
   overfitting (stop and revert when PGD accuracy on a held-out batch collapses).
 - ``"standard"`` — plain cross-entropy training (the baseline).
+- ``"generator"`` — the inner attack is an AdvGAN generator (:class:`advex.attacks.AdvGAN`)
+  trained alongside the model, ``attack_steps`` generator steps per batch against the model
+  as it is (default 1), then the cross-entropy on ``x + G(x)``: one generator pass per point
+  instead of PGD's ``attack_steps`` model passes (fast, and expected weaker than PGD-AT).
 
 The inner maximisation uses the same primitives as :class:`advex.attacks.PGD`
 (:meth:`ThreatModel.random_start`, the norm's steepest-ascent step and
@@ -73,6 +77,7 @@ __all__ = [
     "MadryLoss",
     "TRADESLoss",
     "MARTLoss",
+    "GeneratorLoss",
     "METHOD_LOSSES",
     "TrainingResult",
     "TrainingInterrupted",
@@ -86,7 +91,7 @@ __all__ = [
     "plot_training_curve",
 ]
 
-METHODS = ("pgd", "trades", "mart", "fgsm-rs", "standard")
+METHODS = ("pgd", "trades", "mart", "fgsm-rs", "standard", "generator")
 _DEFAULT_BETA = {"trades": 6.0, "mart": 6.0}
 
 
@@ -282,6 +287,63 @@ class MARTLoss(AdversarialLoss):
         return mart_loss(logits_nat, logits_adv, yb, self.beta), logits_adv
 
 
+class GeneratorLoss(AdversarialLoss):
+    """Generator-based adversarial training: an AdvGAN generator
+    (:class:`advex.attacks.OnlineAdvGAN`) takes ``steps`` steps against the model as it is
+    on each batch, then the model is trained on the cross-entropy of ``x + G(x)``. The
+    generator (a fitted :class:`~advex.attacks.AdvGAN` as a warm start, or a fresh one) and
+    its discriminator travel with the Trainer's checkpoint. Call :meth:`start` with a sample
+    batch before training."""
+
+    def __init__(self, threat: ThreatModel, *, generator=None, **kwargs) -> None:
+        super().__init__(threat, **kwargs)
+        from ..attacks import AdvGAN
+
+        if generator is None:
+            generator = AdvGAN(
+                threat=threat, width=8, alpha=0.1, beta=1.0, kappa=0.0, schedule="constant"
+            )
+        if not isinstance(generator, AdvGAN):
+            raise TypeError(f"generator must be an advex.attacks.AdvGAN, got {type(generator)}")
+        if generator.target is not None:
+            raise ValueError("adversarial training needs an untargeted generator (target=None)")
+        if (
+            generator.threat.norm != threat.norm
+            or abs(float(generator.threat.eps) - float(threat.eps)) > 1e-12
+        ):
+            raise ValueError(
+                f"the generator's threat ({generator.threat.norm}, eps={generator.threat.eps}) "
+                f"differs from the training threat ({threat.norm}, eps={threat.eps})"
+            )
+        self.generator = generator
+        self.online = None
+
+    def start(self, x: torch.Tensor) -> None:
+        """Build the online generator for inputs like ``x`` (idempotent)."""
+        if self.online is None:
+            self.online = self.generator.online(x)
+
+    def __call__(self, model, xb, yb, gen):
+        if self.online is None:
+            self.start(xb)
+        was = model.training
+        model.train(self.generation_mode == "train")
+        try:
+            for _ in range(self.steps):
+                self.online.step(model, xb, yb)
+        finally:
+            model.train(was)
+        x_adv = self.online.generate(xb)
+        logits = model(x_adv)
+        return F.cross_entropy(logits, yb), logits
+
+    def checkpoint_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        return self.online.checkpoint_state()
+
+    def restore_state(self, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+        self.online.restore_state(meta, tensors)
+
+
 #: the loss object of each method of :class:`AdversarialTrainer`
 METHOD_LOSSES: dict[str, type[AdversarialLoss]] = {
     "pgd": MadryLoss,
@@ -289,6 +351,7 @@ METHOD_LOSSES: dict[str, type[AdversarialLoss]] = {
     "trades": TRADESLoss,
     "mart": MARTLoss,
     "standard": StandardLoss,
+    "generator": GeneratorLoss,
 }
 
 
@@ -419,10 +482,15 @@ class AdversarialTrainer:
         arch_kwargs: dict | None = None,
         progress: bool = True,
         channels_last: bool | None = None,
+        generator: Any = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         method = str(method).lower().replace("_", "-")
+        if generator is not None and method != "generator":
+            raise ValueError(
+                f"generator= is the inner attack of method='generator', not of {method!r}"
+            )
         if method == "fgsm":
             method = "fgsm-rs"
         if method == "madry":
@@ -453,7 +521,9 @@ class AdversarialTrainer:
                 raise ValueError(f"fgsm-rs takes exactly one attack step, got {attack_steps}")
             attack_steps = 1
         elif attack_steps is None:
-            attack_steps = 40
+            attack_steps = 1 if method == "generator" else 40
+        if method == "generator" and float(eps_warmup_epochs) > 0:
+            raise ValueError("method='generator' has no ε warm-up: its generator has a fixed ε")
         check_positive_int(attack_steps, "attack_steps")
         if attack_step_size is not None and not float(attack_step_size) > 0:
             raise ValueError(f"attack_step_size must be > 0, got {attack_step_size}")
@@ -505,6 +575,9 @@ class AdversarialTrainer:
         self.arch_kwargs = dict(arch_kwargs or {})
         self.progress = bool(progress)
         self.channels_last = None if channels_last is None else bool(channels_last)
+        self.generator = generator
+        if method == "generator":
+            self.loss_object()  # checks the generator against the threat now, not in fit
 
     # -- configuration -------------------------------------------------------------------------
     def config(self) -> dict:
@@ -533,6 +606,17 @@ class AdversarialTrainer:
             "guard_n": self.guard_n,
             "generation_mode": self.generation_mode,
             "seed": self.seed,
+            **self._generator_config(),
+        }
+
+    def _generator_config(self) -> dict:
+        if self.method != "generator":
+            return {}
+        g = self.loss_object().generator
+        keys = ("width", "blocks", "sampling", "alpha", "beta", "kappa", "lr", "seed")
+        return {
+            "generator": {k: getattr(g, k) for k in keys},
+            "generator_warm_start": g.generator_ is not None,
         }
 
     # keys that may differ between an interrupted run and its resumption
@@ -540,6 +624,14 @@ class AdversarialTrainer:
 
     def loss_object(self) -> AdversarialLoss:
         """The method as a loss object of :class:`advex.training.Trainer`."""
+        if self.method == "generator":
+            return GeneratorLoss(
+                self.threat,
+                generator=self.generator,
+                steps=self.attack_steps,
+                step_size=self.attack_step_size,
+                generation_mode=self.generation_mode,
+            )
         return METHOD_LOSSES[self.method](
             self.threat,
             steps=self.attack_steps,
@@ -634,9 +726,12 @@ class AdversarialTrainer:
             src_x, src_y = (xval, yval) if xval is not None else (xtr, ytr)
             guard = (src_x[: self.guard_n], src_y[: self.guard_n])
         check = _EpochCheck(self, xval, yval, guard)
+        loss = self.loss_object()
+        if isinstance(loss, GeneratorLoss):
+            loss.start(xtr[:1])
         trainer = Trainer(
             self.model,
-            self.loss_object(),
+            loss,
             epochs=self.epochs,
             batch_size=self.batch_size,
             lr=self.lr,
