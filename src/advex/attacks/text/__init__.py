@@ -1,0 +1,1 @@
+"""Text attacks: word substitutions, character edits, white-box token flips."""
