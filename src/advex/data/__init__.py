@@ -14,6 +14,7 @@ from __future__ import annotations
 from .core import ArrayDataset, DatasetError
 from .idx import fashion_mnist, mnist, read_idx
 from .small import digits, mnist5k
+from .text import TextDataset, sms_spam
 
 __all__ = [
     "ArrayDataset",
@@ -23,24 +24,30 @@ __all__ = [
     "mnist",
     "fashion_mnist",
     "read_idx",
+    "TextDataset",
+    "sms_spam",
     "load",
     "SPEC_FORMS",
 ]
 
-SPEC_FORMS = ("mnist5k", "digits", "mnist:PATH", "fashion-mnist:PATH")
+SPEC_FORMS = ("mnist5k", "digits", "mnist:PATH", "fashion-mnist:PATH", "sms:PATH")
 
 
-def load(spec: str, split: str = "test") -> ArrayDataset:
+def load(spec: str, split: str = "test") -> ArrayDataset | TextDataset:
     """Resolve a dataset *spec* string (what the CLI ``--data`` option takes).
 
     Valid forms: ``"mnist5k"``, ``"digits"``, ``"mnist:PATH"``, ``"fashion-mnist:PATH"``
-    where ``PATH`` is a directory holding the original IDX files.
+    where ``PATH`` is a directory holding the original IDX files; ``"sms:PATH"`` (or ``"sms"``
+    for the default location) is the SMS Spam Collection (a :class:`TextDataset`), ``PATH``
+    its folder or its ``SMSSpamCollection`` file.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"dataset spec must be a non-empty string, got {spec!r}; {_valid()}")
     spec = spec.strip()
     kind, sep, path = spec.partition(":")
     kind = kind.strip().lower()
+    if kind in ("sms", "sms-spam", "sms_spam"):  # text: the SMS Spam Collection
+        return sms_spam(path.strip() or None, split)
     if not sep:
         if kind == "mnist5k":
             return mnist5k(split)

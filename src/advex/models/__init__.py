@@ -32,12 +32,20 @@ from .loading import (
     load_weights,
     read_state_dict,
 )
+from .text import (
+    CallableTextClassifier,
+    SklearnTextClassifier,
+    TextClassifier,
+    TorchTextClassifier,
+    as_text_classifier,
+)
 from .wrappers import BPDA, EOT, CastInput, Normalize, SelectOutput
 
 __all__ = [
     "AdaptedModel",
     "BPDA",
     "BlackBoxError",
+    "CallableTextClassifier",
     "CastInput",
     "EOT",
     "ExportedModel",
@@ -49,7 +57,11 @@ __all__ = [
     "ProbabilityOutputWarning",
     "ScoreBlackBox",
     "SelectOutput",
+    "SklearnTextClassifier",
+    "TextClassifier",
+    "TorchTextClassifier",
     "adapt_for_attack",
+    "as_text_classifier",
     "attack_dtype",
     "attack_mode",
     "check_logits",

@@ -17,9 +17,11 @@ from .lp import LpBall, ThreatModel, check_budget
 from .norms import L1, L2, NORMS, LInf, Norm, get_norm
 from .projections import project_hyperplane_box, project_l1_box
 from .random import PointRandom, point_keys
+from .text import EditBudget
 
 __all__ = [
     "Box",
+    "EditBudget",
     "L1",
     "L2",
     "LInf",

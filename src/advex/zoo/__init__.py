@@ -116,6 +116,13 @@ _FULL_MNIST = Recipe(
 # on first use (under ``_models_root(cache_dir) / name``, with ``_file_lock``) and returns the
 # model (a torch module or a models-layer adapter) carrying its card as ``.card``.
 _EXTERNAL: dict[str, str] = {}
+# text: the SMS spam models (advex.zoo.text)
+_EXTERNAL.update(
+    {
+        "sms-spam-cnn": "advex.zoo.text:load_text_model",
+        "sms-spam-tfidf": "advex.zoo.text:load_text_model",
+    }
+)
 
 
 def _load_external(name: str, **kwargs):
