@@ -123,6 +123,8 @@ _EXTERNAL.update(
         "sms-spam-tfidf": "advex.zoo.text:load_text_model",
     }
 )
+# text: the sentence-encoder reference model (advex.zoo.text_encoder)
+_EXTERNAL["sms-spam-minilm"] = "advex.zoo.text_encoder:load_encoder_model"
 
 
 def _load_external(name: str, **kwargs):

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+
 import torch
 
 from ...core.goals import Goal
@@ -107,6 +108,11 @@ class TextFooler(TextAttack):
         min_cosine: least GloVe cosine of a neighbour to the word (raw GloVe is less
             synonym-like than the paper's counter-fitted vectors, hence above its δ = 0.5).
         synonyms: ``"wordnet+glove"`` (default), ``"wordnet"`` or ``"glove"``.
+        positions: word positions tried per step, in importance order. 1 is the paper's
+            greedy walk down the importance ranking (one position at a time, each tried once);
+            ``p > 1`` puts the candidates of the next ``p`` untried important positions side
+            by side and keeps the best substitution among them (more queries per step, better
+            use of a small word budget); the positions not chosen stay in the queue.
         similarity: ``similarity(originals, adversarials) -> scores``; default
             :func:`minilm_similarity`. ``budget=`` replaces all the limits at once.
         seed: unused by the search (it is deterministic), kept for the interface.
@@ -132,6 +138,7 @@ class TextFooler(TextAttack):
         glove_k: int = 50,
         min_cosine: float = 0.7,
         synonyms: str = "wordnet+glove",
+        positions: int = 1,
         similarity: SimilarityFn | None = None,
         budget: EditBudget | None = None,
         seed: int | None = 0,
@@ -163,6 +170,9 @@ class TextFooler(TextAttack):
         self.glove_k = glove_k
         self.min_cosine = float(min_cosine)
         self.synonyms = "+".join(sources)
+        if isinstance(positions, bool) or not isinstance(positions, int) or positions < 1:
+            raise ValueError(f"positions must be an integer >= 1, got {positions!r}")
+        self.positions = positions
         self._source: SynonymSource | None = None
 
     @property
@@ -233,33 +243,36 @@ class TextFooler(TextAttack):
             ranked = sorted(imp.get(id(s), []), key=lambda t: (-t[0], t[1]))
             s.order = [j for _, j in ranked]
 
-    def _next_candidates(self, s: _State) -> tuple[int, list[str]] | None:
-        """The next word position of ``s`` that has candidates, and the candidate words."""
-        while s.pos < len(s.order):
-            j = s.order[s.pos]
-            s.pos += 1
+    def _next_candidates(self, s: _State) -> list[tuple[int, list[str]]]:
+        """The next ``positions`` untried word positions of ``s`` that have candidates, with
+        their candidate words (removed from the queue only when tried and not chosen in the
+        one-position walk; with several, the chosen one leaves the queue)."""
+        out = []
+        k = s.pos
+        while k < len(s.order) and len(out) < self.positions:
+            j = s.order[k]
+            k += 1
             pre, core, post = _split_core(s.words[j])
             cands = self.source(core)
             if cands:
-                return j, [pre + c + post for c in cands]
-        return None
+                out.append((j, [pre + c + post for c in cands]))
+            elif k == s.pos + 1:
+                s.pos += 1  # nothing to try here, ever
+        return out
 
     def _step(self, caller, active: list[_State], goal: Goal, texts: list[str]) -> None:
         batch, owner, meta = [], [], []
         for s in active:
-            nxt = self._next_candidates(s)
-            if nxt is None:
-                continue
-            j, cands = nxt
-            for c in cands:
-                words = list(s.words)
-                words[j] = c
-                batch.append(" ".join(words))
-                owner.append(s)
-                meta.append((j, c))
+            for j, cands in self._next_candidates(s):
+                for c in cands:
+                    words = list(s.words)
+                    words[j] = c
+                    batch.append(" ".join(words))
+                    owner.append(s)
+                    meta.append((j, c))
         if not batch:
             for s in active:
-                s.done = s.done or s.pos >= len(s.order)
+                s.pos = len(s.order)
             return
         rows = torch.tensor([s.i for s in owner])
         scores = caller.scores(batch, rows.tolist())
@@ -272,6 +285,7 @@ class TextFooler(TextAttack):
         # similarity is checked lazily: the flipping candidates, then the best improvers
         for sid, ks in groups.items():
             s = by_id[sid]
+            tried = list(dict.fromkeys(meta[k][0] for k in ks))
             flips = [k for k in ks if bool(hit[k])]
             chosen = None
             if flips:
@@ -297,6 +311,11 @@ class TextFooler(TextAttack):
                 s.words[j] = c
                 s.changed += 1
                 s.score = float(g[chosen])
+            # the queue: the paper's walk drops every tried position; the wider search drops
+            # the chosen one (or, when nothing helped, all tried ones)
+            drop = set(tried) if (self.positions == 1 or chosen is None) else {meta[chosen][0]}
+            rest = [j for j in s.order[s.pos :] if j not in drop]
+            s.order = s.order[: s.pos] + rest
 
     def _passes(self, sim: float | None) -> bool:
         return self.min_similarity is None or sim is None or sim >= self.min_similarity
