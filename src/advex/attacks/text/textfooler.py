@@ -15,8 +15,9 @@ For each example still to attack:
    place, one query each;
 4. **the similarity constraint** — a candidate must keep the sentence embedding similarity
    (MiniLM cosine, :mod:`advex.models.minilm`) to the *original* text at or above
-   ``min_similarity``; among candidates that reach the goal, the most similar is taken and the
-   example stops (per-point early exit); otherwise the candidate that moves the goal score
+   ``min_similarity``; among candidates that reach the goal, the most similar is taken (of the
+   first eight, in synonym order, that hold one passing the constraint) and the example stops
+   (per-point early exit); otherwise the candidate that moves the goal score
    most (and passes the constraint) is kept and the next word is tried;
 5. **the budget** — at most ``max_word_fraction`` of the words (and ``max_words``) change.
 
@@ -37,6 +38,7 @@ exactly one whitespace-separated word, as :class:`~advex.threats.text.EditBudget
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -113,6 +115,8 @@ class TextFooler(TextAttack):
             ``p > 1`` puts the candidates of the next ``p`` untried important positions side
             by side and keeps the best substitution among them (more queries per step, better
             use of a small word budget); the positions not chosen stay in the queue.
+        max_text_words: a message with more words is left unchanged (with a warning): ranking
+            its words costs one query per word.
         similarity: ``similarity(originals, adversarials) -> scores``; default
             :func:`minilm_similarity`. ``budget=`` replaces all the limits at once.
         seed: unused by the search (it is deterministic), kept for the interface.
@@ -139,6 +143,7 @@ class TextFooler(TextAttack):
         min_cosine: float = 0.7,
         synonyms: str = "wordnet+glove",
         positions: int = 1,
+        max_text_words: int = 2000,
         similarity: SimilarityFn | None = None,
         budget: EditBudget | None = None,
         seed: int | None = 0,
@@ -173,6 +178,11 @@ class TextFooler(TextAttack):
         if isinstance(positions, bool) or not isinstance(positions, int) or positions < 1:
             raise ValueError(f"positions must be an integer >= 1, got {positions!r}")
         self.positions = positions
+        if isinstance(max_text_words, bool) or not isinstance(max_text_words, int):
+            raise ValueError(f"max_text_words must be an integer >= 1, got {max_text_words!r}")
+        if max_text_words < 1:
+            raise ValueError(f"max_text_words must be an integer >= 1, got {max_text_words!r}")
+        self.max_text_words = max_text_words
         self._source: SynonymSource | None = None
 
     @property
@@ -201,14 +211,24 @@ class TextFooler(TextAttack):
         todo = (~done).nonzero().squeeze(1).tolist()
         clean_g = _goal_prob(clean_scores, goal, torch.arange(len(texts)))
         states: list[_State] = []
+        too_long = []
         for i in todo:
             words = split_words(texts[i])
+            if len(words) > self.max_text_words:
+                too_long.append(i)
+                continue
             limit = self.threat.word_limit(texts[i])
             if not words or limit is None or limit < 1:
                 continue
             st = _State(i, words, limit)
             st.score = float(clean_g[i])
             states.append(st)
+        if too_long:
+            warnings.warn(
+                f"TextFooler: {len(too_long)} message(s) longer than max_text_words="
+                f"{self.max_text_words} words left unchanged (first: example {too_long[0]})",
+                stacklevel=3,
+            )
         if not states:
             return adv
         self._rank_by_deletion(caller, states, goal)
@@ -288,12 +308,17 @@ class TextFooler(TextAttack):
             tried = list(dict.fromkeys(meta[k][0] for k in ks))
             flips = [k for k in ks if bool(hit[k])]
             chosen = None
-            if flips:
-                sims = self._similarities(texts[s.i], [batch[k] for k in flips])
-                ok = [(sims[t], -t, k) for t, k in enumerate(flips) if self._passes(sims[t])]
+            # flipping candidates in synonym order, eight at a time: the most similar of the
+            # first eight that hold a passing one (the paper takes the most similar of all;
+            # this bounds the similarity model's work when dozens of candidates flip)
+            for start in range(0, len(flips), 8):
+                chunk = flips[start : start + 8]
+                sims = self._similarities(texts[s.i], [batch[k] for k in chunk])
+                ok = [(sims[t], -t, k) for t, k in enumerate(chunk) if self._passes(sims[t])]
                 if ok:
-                    chosen = max(ok)[2]
+                    chosen = max(ok, key=lambda v: (v[0] if v[0] is not None else 1.0, v[1]))[2]
                     s.done = True
+                    break
             if chosen is None:
                 better = sorted(
                     (k for k in ks if float(g[k]) > s.score + 1e-7 and not bool(hit[k])),
