@@ -71,7 +71,25 @@ def attack(
       advex attack --model mnist-smallcnn --attack pgd --eps 0.3 --n 100 --out out/
       advex attack --attack pgd --eps 0.3 --target 3 --param steps=100
       advex attack --model mypkg.nets:make_cnn --weights cnn.safetensors --attack fgsm --eps 0.1
+      advex attack --model sms-spam-cnn --data sms:PATH --attack deepwordbug --target ham
     """
+    from .text import is_text_data, run_text_attack
+
+    if is_text_data(data_spec):  # text: advex.cli.text (text models and text attacks)
+        run = RunSettings(batch_size, out, force, seed, progress)
+        run_text_attack(
+            attack_name=attack_name,
+            model_spec=model_spec,
+            data_spec=data_spec,
+            split=split,
+            n=n,
+            target=target,
+            params=params,
+            batch_size=run.batch_size,
+            out_dir=prepare_out(run.out, "attack", run.force),
+            seed=run.seed,
+        )
+        return
     from advex.evaluate import robust_accuracy
     from advex.report import format_table, save_triptych, to_json
 

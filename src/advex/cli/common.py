@@ -210,6 +210,13 @@ def targets_for(ds, targeted: bool, target: int | None, seed: int):
     import torch
 
     if target is not None:
+        try:
+            target = int(target)
+        except ValueError:
+            raise click.BadParameter(
+                f"{target!r} is not a class index of {ds.name} (0..{ds.num_classes - 1})",
+                param_hint="--target",
+            ) from None
         if not 0 <= target < ds.num_classes:
             raise click.BadParameter(
                 f"{target} is not a class of {ds.name} (0..{ds.num_classes - 1})",
@@ -318,10 +325,10 @@ def common_options(f):
         ),
         click.option(
             "--target",
-            type=int,
+            type=str,
             default=None,
             help="Target class for every point (implies --targeted; points of that "
-            "class are skipped).",
+            "class are skipped): an index, or a class name for text data (ham).",
         ),
         click.option(
             "--param",

@@ -35,6 +35,12 @@ def list_cmd() -> None:
         click.echo(head)
         ps = ", ".join(f"{k}={v!r}" for k, v in registry.instance_defaults(cls).items())
         click.echo(f"  {'':<10} {ps}")
+    from advex.attacks.text import available_text_attacks, find_text_attack, text_attack_params
+
+    click.echo("\ntext attacks (with --data sms:PATH and a text model):")
+    for name in available_text_attacks():
+        ps = ", ".join(f"{k}={v!r}" for k, v in text_attack_params(find_text_attack(name)).items())
+        click.echo(f"  {name:<12} {ps}")
     click.echo("\nzoo models (--model NAME): " + ", ".join(zoo.available()))
     click.echo(
         "architectures (advex train --model NAME, fresh weights): "

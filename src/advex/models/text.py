@@ -45,8 +45,10 @@ __all__ = [
     "TextClassifier",
     "TextModelCaller",
     "TorchTextClassifier",
+    "WordTokenizer",
     "as_text_classifier",
     "load_skops",
+    "load_tokenizer",
 ]
 
 EXPOSES = ("gradients", "scores", "labels")
@@ -397,13 +399,12 @@ class CharTokenizer:
         """Ids ``(N, L)`` (int64), padded with 0 to the longest text (at most ``max_length``;
         at least 1) or to ``length``."""
         texts = check_texts(texts)
-        if self.lowercase:
-            texts = [t.lower() for t in texts]
         cut = [t[: self.max_length] for t in texts]
         L = length if length is not None else max([len(t) for t in cut] + [1])
         ids = torch.zeros(len(cut), L, dtype=torch.int64)
+        low = self.lowercase
         for r, t in enumerate(cut):
-            row = [self._index.get(c, self.UNK) for c in t[:L]]
+            row = [self._index.get(c.lower() if low else c, self.UNK) for c in t[:L]]
             if row:
                 ids[r, : len(row)] = torch.tensor(row, dtype=torch.int64)
         return ids
@@ -411,6 +412,11 @@ class CharTokenizer:
     def decode(self, ids: torch.Tensor) -> str:
         """The text of one row of ids (padding dropped)."""
         return "".join(self.token(int(i)) for i in ids.tolist())
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """``(start, end)`` in ``text`` of each token the model sees (one per character, up to
+        ``max_length``)."""
+        return [(i, i + 1) for i in range(min(len(text), self.max_length))]
 
     def to_dict(self) -> dict:
         return {
@@ -429,17 +435,136 @@ class CharTokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CharTokenizer:
+        return load_tokenizer(path, cls)
+
+
+class WordTokenizer:
+    """A deterministic word-level tokenizer: tokens are runs of letters and digits or single
+    punctuation marks / symbols (emoji included), lower-cased; id 0 = padding, 1 = unknown,
+    then one id per word of ``vocab``. Saved as JSON (:meth:`save` / :meth:`load`).
+
+    Args:
+        vocab: the tokens with their own id (no duplicates).
+        max_length: tokens per text kept (the first ``max_length``).
+        lowercase: lower-case tokens before lookup (default True).
+
+    >>> tok = WordTokenizer.fit(["Win cash now!", "win a prize"], min_count=1)
+    >>> tok.decode(tok.encode(["WIN cash"])[0])
+    'win cash'
+    """
+
+    PAD, UNK = 0, 1
+    PATTERN = r"[^\W_]+|[^\w\s]"
+
+    def __init__(self, vocab: Sequence[str], max_length: int = 128, lowercase: bool = True):
+        import re
+
+        words = list(vocab)
+        if any(not isinstance(w, str) or not w or w != w.strip() for w in words):
+            raise ValueError("WordTokenizer: vocab entries must be non-empty strings")
+        if len(set(words)) != len(words):
+            raise ValueError("WordTokenizer: vocab has duplicate tokens")
+        if isinstance(max_length, bool) or int(max_length) < 1:
+            raise ValueError(f"WordTokenizer: max_length must be >= 1, got {max_length!r}")
+        self.vocab = tuple(words)
+        self.max_length = int(max_length)
+        self.lowercase = bool(lowercase)
+        self._index = {w: i + 2 for i, w in enumerate(words)}
+        self._re = re.compile(self.PATTERN)
+        self.level = "word"
+
+    @classmethod
+    def fit(
+        cls,
+        texts: Sequence[str],
+        *,
+        min_count: int = 2,
+        max_length: int = 128,
+        lowercase: bool = True,
+    ) -> WordTokenizer:
+        """The tokens seen at least ``min_count`` times, most frequent first (ties
+        alphabetical: deterministic)."""
+        import re
+
+        pat = re.compile(cls.PATTERN)
+        counts: dict[str, int] = {}
+        for t in check_texts(texts):
+            for w in pat.findall(t):
+                w = w.lower() if lowercase else w
+                counts[w] = counts.get(w, 0) + 1
+        frequent = (w for w, k in counts.items() if k >= min_count)
+        return cls(sorted(frequent, key=lambda w: (-counts[w], w)), max_length, lowercase)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab) + 2
+
+    def token(self, i: int) -> str:
+        if i == self.PAD:
+            return ""
+        if i == self.UNK:
+            return "\ufffd"
+        return self.vocab[i - 2]
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """``(start, end)`` in ``text`` of each token the model sees (up to ``max_length``)."""
+        return [m.span() for m in self._re.finditer(text)][: self.max_length]
+
+    def tokens(self, text: str) -> list[str]:
+        out = self._re.findall(text)[: self.max_length]
+        return [w.lower() for w in out] if self.lowercase else out
+
+    def encode(self, texts: Sequence[str], length: int | None = None) -> torch.Tensor:
+        """Ids ``(N, L)`` (int64), padded with 0 to the longest text (at least 1)."""
+        rows = [[self._index.get(w, self.UNK) for w in self.tokens(t)] for t in check_texts(texts)]
+        L = length if length is not None else max([len(r) for r in rows] + [1])
+        ids = torch.zeros(len(rows), L, dtype=torch.int64)
+        for r, row in enumerate(rows):
+            if row:
+                ids[r, : min(L, len(row))] = torch.tensor(row[:L], dtype=torch.int64)
+        return ids
+
+    def decode(self, ids: torch.Tensor) -> str:
+        return " ".join(self.token(int(i)) for i in ids.tolist() if int(i) != self.PAD)
+
+    def to_dict(self) -> dict:
+        return {
+            "type": "advex.WordTokenizer",
+            "vocab": list(self.vocab),
+            "max_length": self.max_length,
+            "lowercase": self.lowercase,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        from advex._io import atomic_write
+
         p = Path(path)
-        try:
-            d = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ModelLoadError(f"cannot read tokenizer {p}: {e}") from e
-        if not isinstance(d, dict) or d.get("type") != "advex.CharTokenizer":
-            raise ModelLoadError(f"{p} is not an advex CharTokenizer file")
-        try:
+        atomic_write(p, json.dumps(self.to_dict(), ensure_ascii=True, indent=0) + "\n")
+        return p
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> WordTokenizer:
+        return load_tokenizer(path, cls)
+
+
+def load_tokenizer(path: str | os.PathLike, kind: type | None = None):
+    """A :class:`CharTokenizer` or :class:`WordTokenizer` from its JSON file (the file says
+    which); ``ModelLoadError`` for anything else."""
+    p = Path(path)
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"cannot read tokenizer {p}: {e}") from e
+    kinds = {"advex.CharTokenizer": CharTokenizer, "advex.WordTokenizer": WordTokenizer}
+    cls = kinds.get(d.get("type")) if isinstance(d, dict) else None
+    if cls is None or (kind is not None and cls is not kind):
+        raise ModelLoadError(f"{p} is not an advex {getattr(kind, '__name__', 'tokenizer')} file")
+    try:
+        if cls is CharTokenizer:
             return cls(d["alphabet"], max_length=d["max_length"], lowercase=d["lowercase"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise ModelLoadError(f"{p}: bad tokenizer file: {e}") from e
+        return cls(d["vocab"], max_length=d["max_length"], lowercase=d["lowercase"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelLoadError(f"{p}: bad tokenizer file: {e}") from e
 
 
 class TorchTextClassifier(TextClassifier):

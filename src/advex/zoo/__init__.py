@@ -120,6 +120,7 @@ _EXTERNAL: dict[str, str] = {}
 _EXTERNAL.update(
     {
         "sms-spam-cnn": "advex.zoo.text:load_text_model",
+        "sms-spam-charcnn": "advex.zoo.text:load_text_model",
         "sms-spam-tfidf": "advex.zoo.text:load_text_model",
     }
 )

@@ -1,8 +1,10 @@
 """Reference text models for the SMS Spam Collection, trained deterministically and cached.
 
-- ``sms-spam-cnn``: a character-level CNN (:class:`CharCNN`, white box) with its own
-  :class:`~advex.models.text.CharTokenizer`; ``model.safetensors`` + ``tokenizer.json`` +
+- ``sms-spam-cnn``: a word-level CNN (:class:`TextCNN`, white box) with its own
+  :class:`~advex.models.text.WordTokenizer`; ``model.safetensors`` + ``tokenizer.json`` +
   ``card.json``.
+- ``sms-spam-charcnn``: the same CNN over characters (:class:`~advex.models.text.CharTokenizer`),
+  white box; more robust to character edits.
 - ``sms-spam-tfidf``: scikit-learn TF-IDF (word 1–2-grams) + logistic regression, stored with
   skops (``model.skops``, loaded with the trusted-types check, never pickle); a black box.
 
@@ -41,12 +43,15 @@ from advex.models.text import (
     CharTokenizer,
     SklearnTextClassifier,
     TorchTextClassifier,
+    WordTokenizer,
     load_skops,
+    load_tokenizer,
 )
 
 __all__ = [
     "CNN_RECIPE",
-    "CharCNN",
+    "CHAR_CNN_RECIPE",
+    "TextCNN",
     "TFIDF_RECIPE",
     "load_text_model",
     "text_accuracy",
@@ -54,15 +59,37 @@ __all__ = [
 
 CARD_FILE = "card.json"
 
-#: the recipe of ``sms-spam-cnn`` (a change retrains the cached model)
+#: the recipe of ``sms-spam-cnn``: a word-level CNN (a change retrains the cached model)
 CNN_RECIPE = {
-    "embed_dim": 32,
+    "level": "word",
+    "ignore_unknown": True,
+    "embed_dim": 64,
+    "channels": 64,
+    "kernel_sizes": [1, 2, 3],
+    "dropout": 0.3,
+    "spam_weight": 2.0,
+    "max_length": 128,
+    "min_count": 2,
+    "epochs": 6,
+    "batch_size": 32,
+    "lr": 3e-3,
+    "weight_decay": 0.0,
+    "seed": 0,
+    "split_seed": 0,
+    "threads": 1,
+}
+#: the recipe of ``sms-spam-charcnn``: a character-level CNN
+CHAR_CNN_RECIPE = {
+    "level": "char",
+    "ignore_unknown": False,
+    "embed_dim": 24,
     "channels": 64,
     "kernel_sizes": [3, 5, 7],
     "dropout": 0.3,
+    "spam_weight": 1.0,
     "max_length": 256,
-    "min_char_count": 2,
-    "epochs": 8,
+    "min_count": 2,
+    "epochs": 6,
     "batch_size": 32,
     "lr": 3e-3,
     "weight_decay": 0.0,
@@ -83,12 +110,14 @@ TFIDF_RECIPE = {
 }
 
 
-class CharCNN(nn.Module):
-    """A character-level CNN text classifier (Kim-style): embedding → parallel 1-D convolutions
-    of several widths → ReLU → max over time → dropout → linear.
+class TextCNN(nn.Module):
+    """A token-level (characters or words) CNN text classifier (Kim 2014): embedding →
+    parallel 1-D convolutions of several widths → ReLU → max over time → dropout → linear.
 
     Padding (id 0) has a zero embedding and its positions are masked before the max, so a
-    text's logits do not depend on how much padding its batch has. White box for HotFlip: it
+    text's logits do not depend on how much padding its batch has; with ``ignore_unknown`` the
+    unknown token (id 1) is masked the same way (an out-of-vocabulary word carries no signal,
+    as in a bag of known words). White box for HotFlip: it
     exposes ``embedding`` and :meth:`forward_embedded`.
 
     Shapes: ``ids`` (N, L) int64 → logits (N, num_classes).
@@ -102,8 +131,10 @@ class CharCNN(nn.Module):
         channels: int = 64,
         kernel_sizes: tuple[int, ...] | list[int] = (3, 5, 7),
         dropout: float = 0.3,
+        ignore_unknown: bool = False,
     ) -> None:
         super().__init__()
+        self.ignore_unknown = bool(ignore_unknown)
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
         self.convs = nn.ModuleList(
             nn.Conv1d(embed_dim, channels, int(k), padding=int(k) // 2) for k in kernel_sizes
@@ -116,7 +147,8 @@ class CharCNN(nn.Module):
 
     def forward_embedded(self, embedded: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Logits from embedded tokens ``(N, L, D)`` (``ids`` (N, L) marks the padding)."""
-        keep = (ids != 0).unsqueeze(1)  # (N, 1, L)
+        # padding (0) never counts; unknown tokens (1) neither with ignore_unknown
+        keep = (ids > (1 if self.ignore_unknown else 0)).unsqueeze(1)  # (N, 1, L)
         h = (embedded * keep.transpose(1, 2).to(embedded.dtype)).transpose(1, 2)
         feats = []
         for conv in self.convs:
@@ -200,22 +232,35 @@ def _data_info(ds: TextDataset, split_seed: int) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def _train_cnn(train: TextDataset, recipe: dict, progress: bool) -> tuple[CharCNN, CharTokenizer]:
-    tok = CharTokenizer.fit(
-        train.texts, min_count=recipe["min_char_count"], max_length=recipe["max_length"]
-    )
+def _length_batches(texts: list[str], bs: int, gen: torch.Generator) -> list[list[int]]:
+    """Batches of similar lengths (less padding): a seeded shuffle, cut into pools of 16
+    batches sorted by length, then the batches in seeded order."""
+    perm = torch.randperm(len(texts), generator=gen).tolist()
+    batches = []
+    pool = 16 * bs
+    for p in range(0, len(perm), pool):
+        chunk = sorted(perm[p : p + pool], key=lambda j: len(texts[j]))
+        batches += [chunk[i : i + bs] for i in range(0, len(chunk), bs)]
+    order = torch.randperm(len(batches), generator=gen).tolist()
+    return [batches[k] for k in order]
+
+
+def _train_cnn(train: TextDataset, recipe: dict, progress: bool) -> tuple[TextCNN, CharTokenizer]:
+    kind = CharTokenizer if recipe["level"] == "char" else WordTokenizer
+    tok = kind.fit(train.texts, min_count=recipe["min_count"], max_length=recipe["max_length"])
     threads = torch.get_num_threads()
     torch.set_num_threads(recipe["threads"])
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(recipe["seed"])
-            model = CharCNN(
+            model = TextCNN(
                 tok.vocab_size,
                 len(SMS_SPAM_CLASSES),
                 recipe["embed_dim"],
                 recipe["channels"],
                 tuple(recipe["kernel_sizes"]),
                 recipe["dropout"],
+                recipe["ignore_unknown"],
             )
             gen = torch.Generator().manual_seed(recipe["seed"])
             opt = torch.optim.Adam(
@@ -228,21 +273,24 @@ def _train_cnn(train: TextDataset, recipe: dict, progress: bool) -> tuple[CharCN
                 opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * s / steps))
             )
             texts = list(train.texts)
+            # class weights (ham, spam): a higher spam weight trades precision for recall
+            weight = torch.tensor([1.0, float(recipe["spam_weight"])])
             model.train()
             for epoch in range(recipe["epochs"]):
-                perm = torch.randperm(n, generator=gen).tolist()
                 total = 0.0
-                for i in range(0, n, bs):
-                    idx = perm[i : i + bs]
+                for idx in _length_batches(texts, bs, gen):
                     ids = tok.encode([texts[j] for j in idx])
-                    loss = F.cross_entropy(model(ids), train.y[idx])
+                    loss = F.cross_entropy(model(ids), train.y[idx], weight=weight)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
                     sched.step()
                     total += float(loss.detach()) * len(idx)
                 if progress:
-                    print(f"advex.zoo: sms-spam-cnn epoch {epoch + 1}: loss {total / n:.4f}")
+                    print(
+                        f"advex.zoo: {recipe['level']}-level CNN epoch {epoch + 1}: "
+                        f"loss {total / n:.4f}"
+                    )
             model.eval()
     finally:
         torch.set_num_threads(threads)
@@ -253,10 +301,10 @@ def _load_cnn_dir(directory: Path, card: dict) -> TorchTextClassifier:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    tok = CharTokenizer.load(directory / "tokenizer.json")
+    tok = load_tokenizer(directory / "tokenizer.json")
     arch = card.get("arch_kwargs", {})
     with torch.random.fork_rng(devices=[]):
-        model = CharCNN(**arch)
+        model = TextCNN(**arch)
     try:
         state = load_file(str(directory / "model.safetensors"))
         model.load_state_dict(state, strict=True)
@@ -271,7 +319,7 @@ def _load_cnn_dir(directory: Path, card: dict) -> TorchTextClassifier:
 def _cnn(name, cache_dir, data_root, progress, retrain) -> TorchTextClassifier:
     from safetensors.torch import save_file
 
-    recipe = CNN_RECIPE
+    recipe = CHAR_CNN_RECIPE if name == "sms-spam-charcnn" else CNN_RECIPE
     directory = _root(cache_dir) / name
     rid = _recipe_id(recipe)
     with _lock(directory.parent / f".{name}.lock"):
@@ -293,7 +341,8 @@ def _cnn(name, cache_dir, data_root, progress, retrain) -> TorchTextClassifier:
             "name": name,
             "format": "advex-zoo-text/1",
             "kind": "torch",
-            "arch": "CharCNN",
+            "arch": "TextCNN",
+            "level": recipe["level"],
             "arch_kwargs": {
                 "vocab_size": tok.vocab_size,
                 "num_classes": len(SMS_SPAM_CLASSES),
@@ -301,6 +350,7 @@ def _cnn(name, cache_dir, data_root, progress, retrain) -> TorchTextClassifier:
                 "channels": recipe["channels"],
                 "kernel_sizes": list(recipe["kernel_sizes"]),
                 "dropout": recipe["dropout"],
+                "ignore_unknown": recipe["ignore_unknown"],
             },
             "recipe": recipe,
             "recipe_id": rid,
@@ -395,7 +445,7 @@ def _tfidf(name, cache_dir, data_root, progress, retrain) -> SklearnTextClassifi
         return clf
 
 
-_BUILDERS = {"sms-spam-cnn": _cnn, "sms-spam-tfidf": _tfidf}
+_BUILDERS = {"sms-spam-cnn": _cnn, "sms-spam-charcnn": _cnn, "sms-spam-tfidf": _tfidf}
 
 
 def load_text_model(

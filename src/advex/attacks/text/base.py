@@ -146,6 +146,23 @@ class TextAttackResult:
                 kw[f] = v
         return TextAttackResult(**kw)
 
+    @staticmethod
+    def cat(results: list[TextAttackResult]) -> TextAttackResult:
+        """Concatenate results of the same attack (e.g. per batch)."""
+        if not results:
+            raise ValueError("no results to concatenate")
+        first = results[0]
+        kw: dict[str, Any] = {}
+        for f in first.__dataclass_fields__:
+            vals = [getattr(r, f) for r in results]
+            if f in ("original", "adversarial"):
+                kw[f] = [t for v in vals for t in v]
+            elif isinstance(vals[0], torch.Tensor):
+                kw[f] = torch.cat(vals)
+            else:
+                kw[f] = vals[0]
+        return TextAttackResult(**kw)
+
     def records(self) -> list[dict[str, Any]]:
         """One JSON-ready dict per example: ``index``, ``original``, ``adversarial``,
         ``label``, ``target``, ``clean_prediction``, ``adversarial_prediction`` (class names),
@@ -341,12 +358,7 @@ class TextAttack(ABC):
             a :class:`TextAttackResult`, success re-predicted on the adversarial texts.
         """
         clf = as_text_classifier(model)
-        missing = set(self.needs) - set(clf.exposes)
-        if missing:
-            raise TypeError(
-                f"{type(self).__name__} needs a model exposing {sorted(self.needs)}; "
-                f"{type(clf).__name__} exposes {sorted(clf.exposes)}"
-            )
+        self._check_exposes(clf)
         texts = check_texts(texts)
         n = len(texts)
         y_t = labels_of(y, clf.class_names, n, "y")
@@ -357,6 +369,7 @@ class TextAttack(ABC):
             raise ValueError(f"{self.name} is a targeted attack: pass target=")
         caller = TextModelCaller(clf, n)
         clean = caller.scores(texts) if n else torch.zeros(0, clf.num_classes)
+        self._check_exposes(clf)  # again: a callable in "auto" mode knows after one answer
         goal = Goal(y_t, target)
         done = goal.is_success(clean) if n else torch.zeros(0, dtype=torch.bool)
         adv = list(texts)
@@ -370,6 +383,14 @@ class TextAttack(ABC):
         return self._result(texts, adv, goal, clean, adv_scores, caller, clf)
 
     __call__ = attack
+
+    def _check_exposes(self, clf) -> None:
+        missing = set(self.needs) - set(clf.exposes)
+        if missing:
+            raise TypeError(
+                f"{type(self).__name__} needs a model exposing {sorted(self.needs)}; "
+                f"{type(clf).__name__} exposes {sorted(clf.exposes)}"
+            )
 
     def _checked_output(self, adv: Any, n: int) -> list[str]:
         adv = check_texts(adv, f"{self.name} output")
