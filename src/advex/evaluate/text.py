@@ -191,8 +191,13 @@ def evaluate_text(
             )
         secs = time.perf_counter() - t0
         if not idx:
-            per_attack[key] = {"attacked": 0, "successes": 0, "success_rate": None,
-                               "threat": attack.threat.describe(), "seconds": round(secs, 3)}  # fmt: skip
+            per_attack[key] = {
+                "attacked": 0,
+                "successes": 0,
+                "success_rate": None,
+                "threat": attack.threat.describe(),
+                "seconds": round(secs, 3),
+            }
             continue
         won = res.success & res.changed
         for j, i in enumerate(idx):
