@@ -173,7 +173,9 @@ def zoo_models():
 
 def test_sentence_encoder_more_robust_than_tfidf(zoo_models, datasets_root):
     """Same attack, same budget, same spam messages (the first test spam both filters catch):
-    TextFooler flips clearly more of them past TF-IDF than past MiniLM."""
+    DeepWordBug with 30 character edits flips clearly more of them past TF-IDF (misspelled
+    words drop out of its vocabulary) than past MiniLM (WordPiece pieces keep the meaning).
+    Measured: 8/8 against 5/8 (benchmarks/text_robustness.py has the full table)."""
     from advex.data.text import sms_spam
 
     tfidf, minilm = zoo_models
@@ -181,10 +183,13 @@ def test_sentence_encoder_more_robust_than_tfidf(zoo_models, datasets_root):
     texts = [t for t in spam[:30] if tfidf([t]).argmax(1) == 1 and minilm([t]).argmax(1) == 1]
     texts = texts[:8]
     assert len(texts) == 8
-    attack = TextFooler(max_word_fraction=0.5, min_similarity=None, max_candidates=10)
+    attack = build_text_attack("deepwordbug", params=["max_char_edits=30"])
     r_tfidf = attack(tfidf, texts, "spam", target="ham")
     r_minilm = attack(minilm, texts, "spam", target="ham")
     assert r_tfidf.success_rate >= r_minilm.success_rate + 0.25, (
         r_tfidf.success_rate,
         r_minilm.success_rate,
     )
+    # both within the same budget, success re-predicted
+    assert int(r_minilm.char_edits.max()) <= 30 and int(r_tfidf.char_edits.max()) <= 30
+    assert torch.equal(r_minilm.success, minilm(r_minilm.adversarial).argmax(1) == 0)

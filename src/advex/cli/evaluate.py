@@ -138,6 +138,18 @@ def evaluate(
       advex evaluate --model mypkg.nets:make --weights w.safetensors --eps 0.5 --norm l2
       advex evaluate --attack fgsm --attack pgd --eps 0.1,0.2,0.3 --n 200
     """
+    from .text import is_text_data
+
+    if is_text_data(data_spec):  # text models: advex.cli.text (engineer B's entry point)
+        from pathlib import Path as _Path
+
+        from .text import run_text_evaluate
+
+        run_text_evaluate(
+            attack_names=attack_names, model_spec=model_spec, data_spec=data_spec, split=split,
+            n=n, target=target, params=params, out_dir=_Path(out), seed=seed,
+        )  # fmt: skip
+        return
     source = ModelData(model_spec, weights, normalize, data_spec, split, n)
     run = RunSettings(batch_size, out, force, seed, progress)
     if attack_names:
