@@ -45,7 +45,9 @@ def main() -> int:
     out["zoo.train digits mlp"] = state_hash(m)
     torch.manual_seed(0)
     m = zoo.build("smallcnn")
-    zoo.train(m, mnist, epochs=1, lr=1e-3, batch_size=64, seed=0, augment="shift", progress=False)
+    zoo.train(
+        m, mnist, epochs=1, lr=1e-3, batch_size=64, seed=0, augment="shift", progress=False
+    )
     out["zoo.train mnist smallcnn shift"] = state_hash(m)
 
     for method in ("pgd", "trades", "mart", "fgsm-rs", "standard"):
@@ -67,16 +69,8 @@ def main() -> int:
     torch.manual_seed(0)
     m = zoo.build("smallcnn")
     AdversarialTrainer(
-        m,
-        "pgd",
-        eps=0.3,
-        epochs=1,
-        batch_size=64,
-        attack_steps=2,
-        optimizer="sgd",
-        schedule="piecewise",
-        channels_last=False,
-        progress=False,
+        m, "pgd", eps=0.3, epochs=1, batch_size=64, attack_steps=2, optimizer="sgd",
+        schedule="piecewise", channels_last=False, progress=False,
     ).fit(mnist)
     out["AdversarialTrainer pgd sgd piecewise nchw"] = state_hash(m)
 

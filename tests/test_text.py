@@ -178,11 +178,14 @@ def test_sklearn_adapter_orders_columns_and_skops_refuses_untrusted(tmp_path):
     path = tmp_path / "m.skops"
     skio.dump(pipe, path)
     assert SklearnTextClassifier(load_skops(path), ("ham", "spam"))(["win"]).shape == (1, 2)
-    skio.dump({"model": pipe, "extra": np.float32}, tmp_path / "odd.skops")
-    untrusted = skio.get_untrusted_types(file=tmp_path / "odd.skops")
-    if untrusted:
-        with pytest.raises(ModelLoadError, match="not trusted"):
-            load_skops(tmp_path / "odd.skops")
+    from fractions import Fraction
+
+    skio.dump({"model": pipe, "extra": Fraction(1, 3)}, tmp_path / "odd.skops")
+    with pytest.raises(ModelLoadError, match=r"not trusted: \['fractions.Fraction'\]"):
+        load_skops(tmp_path / "odd.skops")
+    assert load_skops(tmp_path / "odd.skops", trusted=["fractions.Fraction"])["extra"] == Fraction(
+        1, 3
+    )
     (tmp_path / "junk.skops").write_bytes(b"not a zip")
     with pytest.raises(ModelLoadError):
         load_skops(tmp_path / "junk.skops")

@@ -216,9 +216,17 @@ def test_cli_attack_on_text(tmp_path, sms_root, model, monkeypatch):
     assert doc["target"] == "ham" and doc["data"]["skipped"] > 0
     # bad target, bad attack
     r = CliRunner().invoke(
-        main, ["attack", "--model", "sms-spam-cnn", "--data", f"sms:{sms_root}", "--target", "x"]
+        main,
+        ["attack", "--model", "sms-spam-cnn", "--data", f"sms:{sms_root}", "--target", "x"]
+        + ["--out", str(tmp_path / "x")],
     )
     assert r.exit_code != 0 and "not a class" in r.output
+    r = CliRunner().invoke(
+        main,
+        ["attack", "--model", "sms-spam-cnn", "--data", f"sms:{sms_root}", "--eps", "0.3"]
+        + ["--out", str(tmp_path / "e")],
+    )
+    assert r.exit_code != 0 and "max_char_edits" in r.output
     # a user's classifier as module:factory returning labels
     (tmp_path / "myfilter.py").write_text(
         "def make():\n"

@@ -88,6 +88,8 @@ def attack(
             batch_size=run.batch_size,
             out_dir=prepare_out(run.out, "attack", run.force),
             seed=run.seed,
+            eps=eps,
+            targeted=targeted,
         )
         return
     from advex.evaluate import robust_accuracy

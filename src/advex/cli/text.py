@@ -87,8 +87,17 @@ def run_text_attack(
     batch_size: int,
     out_dir: Path,
     seed: int,
+    eps: float | None = None,
+    targeted: bool = False,
 ) -> None:
     """Run one text attack over the dataset and write ``out_dir/results.json``."""
+    if eps is not None:
+        raise click.UsageError(
+            "--eps does not apply to text attacks: set the edit budget with --param, e.g. "
+            "--param max_char_edits=30 (DeepWordBug) or --param max_words=5 (HotFlip)"
+        )
+    if targeted and target is None:
+        raise click.UsageError("a targeted text attack needs --target CLASS (e.g. --target ham)")
     import torch
 
     from advex import data as D
@@ -104,9 +113,9 @@ def run_text_attack(
     if n is not None:
         ds = ds.head(n)
     try:
-        atk = build_text_attack(
-            "deepwordbug" if attack_name == "pgd" else attack_name, seed=seed, params=params
-        )
+        # the command's default attack (pgd) means the default text attack here
+        name = "deepwordbug" if attack_name == "pgd" else attack_name
+        atk = build_text_attack(name, seed=seed, params=params)
     except (ValueError, TypeError) as err:
         raise click.UsageError(f"--attack {attack_name!r}: {err}") from err
     model = load_text_classifier(model_spec, ds.class_names)

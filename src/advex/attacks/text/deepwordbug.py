@@ -252,7 +252,8 @@ class DeepWordBug(TextAttack):
                     return word[:k] + HOMOGLYPHS[word[k]] + word[k + 1 :]
         return None
 
-    def _rng(self, i: int, text: str) -> random.Random:
+    def _rng(self, text: str) -> random.Random:
+        """The example's own stream: the same text gets the same edits in any batch."""
         if self.seed is None:
             return random.Random()
         return random.Random(f"deepwordbug:{self.seed}:{text}")
@@ -271,7 +272,7 @@ class DeepWordBug(TextAttack):
             i: sorted(range(len(spans[i])), key=lambda w: (-word_scores[i][w], w)) * self.passes
             for i in active
         }
-        rngs = {i: self._rng(i, texts[i]) for i in active}
+        rngs = {i: self._rng(texts[i]) for i in active}
         current = {i: float(base[i]) for i in active}
         # per example: the words of the current text, with their spans in it
         words = {i: [texts[i][s:e] for s, e in spans[i]] for i in active}
