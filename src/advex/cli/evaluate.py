@@ -144,6 +144,18 @@ def evaluate(
     if is_tabular(data_spec, schema_file):  # rows of named features: advex.cli.tabular
         kw = dict(locals())
         return run_evaluate(**{k: kw[k] for k in TABULAR_EVAL_ARGS})
+    from .text import is_text_data
+
+    if is_text_data(data_spec):  # text models: advex.cli.text (engineer B's entry point)
+        from pathlib import Path as _Path
+
+        from .text import run_text_evaluate
+
+        run_text_evaluate(
+            attack_names=attack_names, model_spec=model_spec, data_spec=data_spec, split=split,
+            n=n, target=target, params=params, out_dir=_Path(out), seed=seed,
+        )  # fmt: skip
+        return
     source = ModelData(model_spec, weights, normalize, data_spec, split, n)
     run = RunSettings(batch_size, out, force, seed, progress)
     if attack_names:

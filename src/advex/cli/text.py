@@ -19,7 +19,13 @@ from pathlib import Path
 
 import click
 
-__all__ = ["TEXT_DATA_KINDS", "is_text_data", "load_text_classifier", "run_text_attack"]
+__all__ = [
+    "TEXT_DATA_KINDS",
+    "is_text_data",
+    "load_text_classifier",
+    "run_text_attack",
+    "run_text_evaluate",
+]
 
 #: the ``--data`` kinds that are text datasets
 TEXT_DATA_KINDS = ("sms", "sms-spam", "sms_spam")
@@ -188,3 +194,63 @@ def run_text_attack(
         },
     )
     click.echo(f"wrote {path}")
+
+
+def run_text_evaluate(
+    *,
+    attack_names: tuple[str, ...],
+    model_spec: str,
+    data_spec: str,
+    split: str,
+    n: int | None,
+    target: str | None,
+    params: tuple[str, ...],
+    out_dir: Path,
+    seed: int,
+) -> None:
+    """``advex evaluate`` on a text dataset: :func:`advex.evaluate.text.evaluate_text` with the
+    given ``--attack`` names (default: the black-box ensemble, HotFlip added for white-box
+    models), each only on the examples still robust; writes ``results.json`` and
+    ``report.html`` (side by side, changes highlighted) into ``out_dir``."""
+    from advex import data as D
+    from advex.attacks.text import build_text_attack
+    from advex.evaluate.text import default_text_attacks, evaluate_text
+
+    try:
+        ds = D.load(data_spec, split)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        raise click.UsageError(f"--data {data_spec!r}: {err}") from err
+    if n is not None:
+        ds = ds.head(n)
+    model = load_text_classifier(model_spec, ds.class_names)
+    try:
+        attacks = (
+            [build_text_attack(a, seed=seed, params=params) for a in attack_names]
+            if attack_names
+            else default_text_attacks(model, seed)
+        )
+        if target is not None and target not in ds.class_names:
+            raise ValueError(f"--target {target!r} is not a class ({', '.join(ds.class_names)})")
+        texts, y = list(ds.texts), ds.y
+        if target is not None:  # examples of the target class have nothing to reach
+            keep = [i for i in range(len(texts)) if ds.class_names[int(y[i])] != target]
+            texts, y = [texts[i] for i in keep], y[keep]
+        t0 = time.perf_counter()
+        ev = evaluate_text(model, texts, y, attacks, target=target, model_name=model_spec)
+    except (ValueError, TypeError) as err:
+        raise click.ClickException(str(err)) from err
+    files = ev.save(out_dir)
+    click.echo(
+        f"{model_spec} on {ds.name} ({ev.n} examples"
+        + (f", target {target}" if target else "")
+        + f"): clean accuracy {ev.clean_accuracy:.1%}, robust accuracy {ev.robust_accuracy:.1%} "
+        f"(95% CI {ev.robust_accuracy_ci[0]:.1%}-{ev.robust_accuracy_ci[1]:.1%}), "
+        f"{time.perf_counter() - t0:.1f} s"
+    )
+    for name, st in ev.attacks.items():
+        rate = st.get("success_rate")
+        click.echo(
+            f"  {name}: {st['successes']}/{st['attacked']} fooled"
+            + ("" if rate is None else f" ({rate:.1%}), mean queries {st['mean_queries']:.1f}")
+        )
+    click.echo(f"wrote {files['json']}\nwrote {files['html']}")

@@ -55,6 +55,7 @@ __all__ = [
     "TFIDF_RECIPE",
     "load_text_model",
     "text_accuracy",
+    "train_text_cnn",
 ]
 
 CARD_FILE = "card.json"
@@ -461,3 +462,11 @@ def load_text_model(
     if name not in _BUILDERS:
         raise ValueError(f"unknown text model {name!r}; available: {sorted(_BUILDERS)}")
     return _BUILDERS[name](name, cache_dir, data_root, progress, retrain)
+
+
+def train_text_cnn(train: TextDataset, recipe: dict | None = None, progress: bool = False):
+    """Train a fresh :class:`TextCNN` + tokenizer with a zoo recipe (default ``CNN_RECIPE``,
+    the recipe of ``sms-spam-cnn``) on ``train``; returns a :class:`TorchTextClassifier`.
+    Public for the defenses (adversarial training by augmentation retrains with it)."""
+    model, tok = _train_cnn(train, dict(recipe or CNN_RECIPE), progress)
+    return TorchTextClassifier(model, tok, train.class_names)

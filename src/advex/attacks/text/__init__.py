@@ -28,6 +28,7 @@ __all__ = [
     "HotFlip",
     "TextAttack",
     "TextAttackResult",
+    "TextFooler",
     "available_text_attacks",
     "build_text_attack",
     "find_text_attack",
@@ -47,4 +48,8 @@ def __getattr__(name: str):
         from .hotflip import HotFlip
 
         return HotFlip
+    if name in ("TextFooler", "minilm_similarity"):
+        from . import textfooler
+
+        return getattr(textfooler, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -497,6 +497,8 @@ def _keys(cls: type) -> list[str]:
 def _load_builtins() -> None:
     from . import deepwordbug, hotflip  # noqa: F401  (they register themselves)
 
+    __import__(f"{__package__}.textfooler")  # advex.attacks.text.textfooler (engineer B)
+
 
 def available_text_attacks() -> list[str]:
     """Registry names of the text attacks."""
