@@ -2,6 +2,8 @@
 
 Fixed-budget (ε given): FGSM, PGD/BIM, MIFGSM, APGD, Square, UniversalPerturbation, AdvGAN
 (a trained generator: ``fit`` first).
+Decision-based (labels only, black box; minimum-norm without ``eps``): HopSkipJump,
+BoundaryAttack, RayS.
 Minimum-norm (smallest perturbation found, convert with ``result.at_eps(eps, x)``): CW, EAD,
 LBFGS, DeepFool, FAB, JSMA.
 
@@ -15,6 +17,7 @@ from . import registry
 from .apgd import APGD
 from .base import Attack
 from .cw import CW
+from .decision import BoundaryAttack, HopSkipJump, RayS
 from .deepfool import DeepFool
 from .ead import EAD
 from .fab import FAB, FABT
@@ -31,6 +34,7 @@ __all__ = [
     "AdvGAN",
     "Attack",
     "BIM",
+    "BoundaryAttack",
     "CW",
     "DeepFool",
     "EAD",
@@ -38,10 +42,12 @@ __all__ = [
     "FABT",
     "FGSM",
     "FixedBudgetAttack",
+    "HopSkipJump",
     "JSMA",
     "LBFGS",
     "MIFGSM",
     "PGD",
+    "RayS",
     "Square",
     "UniversalPerturbation",
     "registry",
