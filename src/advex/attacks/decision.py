@@ -113,7 +113,7 @@ class _Oracle:
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(t.shape[0], -1)
+    return t.reshape(t.shape[0], math.prod(t.shape[1:]))
 
 
 def _bc(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
