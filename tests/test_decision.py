@@ -154,6 +154,6 @@ def test_no_start_point_means_failure_not_crash():
     y = torch.zeros(4, dtype=torch.long)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ProbabilityOutputWarning)  # one-hot rows
-        r = HopSkipJump(max_queries=50, init_tries=5)(Constant(), x, y)
+        r = HopSkipJump(max_queries=50, init_tries=5)(Constant().eval(), x, y)
     assert not bool(r.success.any()) and torch.equal(r.x_adv, x)
     assert int(r.queries.max()) <= 50

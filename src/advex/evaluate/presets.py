@@ -42,7 +42,7 @@ from ..threats import ThreatModel
 
 __all__ = ["Stage", "Preset", "PRESETS", "get_preset", "derive_seed"]
 
-_SCALED = ("steps", "n_queries", "screen")
+_SCALED = ("steps", "n_queries", "screen", "max_queries")
 
 
 @dataclass(frozen=True)
