@@ -64,7 +64,7 @@ class NumpyRoundTrip(nn.Module):
 def test_label_only_zoo_cnn_is_not_reported_robust_by_advex_evaluate(tmp_path, monkeypatch):
     (tmp_path / "bb_label_models.py").write_text(FACTORY)
     monkeypatch.chdir(tmp_path)
-    for factory in ("label_only", "one_hot"):
+    for factory in ("label_only",):  # one_hot: through the Python API below (same path)
         out = tmp_path / factory
         r = CliRunner().invoke(
             main,
@@ -91,6 +91,14 @@ def test_label_only_zoo_cnn_is_not_reported_robust_by_advex_evaluate(tmp_path, m
         assert 0 < doc["access"]["queries_used"] <= 12 * 10_000
         fired = {c["name"]: c for c in doc["checks"] if not c["passed"]}
         assert "HopSkipJump" in fired["usable_gradients"]["recommendation"]
+
+
+def test_one_hot_model_gets_decision_attacks(mnist_model, mnist_correct):
+    x, y = mnist_correct[0][:10], mnist_correct[1][:10]
+    ev = evaluate(OneHot(mnist_model).eval(), (x, y), eps=0.3, preset="standard")
+    assert ev.access["exposes"] == "labels" and ev.verdict == "UPPER-BOUND"
+    assert ev.stage_names == ["rays", "hsja-linf"] and ev.robust_accuracy <= 0.1
+    assert "queries spent" in ev.access["note"]
 
 
 def test_model_without_graph_gets_square_not_an_autograd_error(mnist_model, mnist_correct):

@@ -15,10 +15,11 @@ found (``result.norms`` its distance; ``result.at_eps(eps, x)`` scores it at a b
 Pass a :class:`QueryCurve` as ``curve=`` to record, per point, the best distance after every
 query spent (``curve.distance_at(1000)``, ``curve.median_at([1000, 5000])``).
 
-Starting points: a uniform-noise draw that reaches the goal (up to ``init_tries`` per point),
-else the nearest other point of the batch that the model already puts in a goal class (known
-from the clean pass: no extra query), else the nearest such point of the data given to
-:meth:`DecisionAttack.fit` (needed for targeted attacks on small batches).
+Starting points (``start="noise"``, default, as in the papers): a uniform-noise draw that
+reaches the goal (up to ``init_tries`` per point, counted), else the nearest other point of the
+batch that the model already puts in a goal class (known from the clean pass: no extra query),
+else the nearest such point of the data given to :meth:`DecisionAttack.fit` (needed for
+targeted attacks on small batches). ``start="data"`` tries the known points first.
 """
 
 from __future__ import annotations
@@ -130,6 +131,10 @@ class DecisionAttack(Attack):
         max_queries: model evaluations per point, the clean pass and the final re-prediction
             included (``result.queries <= max_queries``).
         init_tries: uniform-noise draws per point to find a starting point.
+        start: ``"noise"`` (default, the papers' order): uniform noise first, then the nearest
+            known point of a goal class (the batch's clean labels, then the ``fit`` pool; no
+            query); ``"data"``: the known points first (better below ~300 queries on MNIST,
+            worse at 1,000).
         batch_rows: most rows per model call (memory bound; points are batched together).
         curve: a :class:`QueryCurve` to record best distance vs queries per point.
         bounds, threat, seed: as for every attack.
@@ -145,6 +150,7 @@ class DecisionAttack(Attack):
         *,
         max_queries: int = 10_000,
         init_tries: int = 100,
+        start: str = "noise",
         batch_rows: int = 8192,
         curve: QueryCurve | None = None,
         bounds: tuple[float, float] = (0.0, 1.0),
@@ -159,6 +165,9 @@ class DecisionAttack(Attack):
         if self.max_queries < 3:
             raise ValueError("max_queries must be >= 3 (clean pass, one search query, re-check)")
         self.init_tries = check_steps("init_tries", init_tries)
+        if start not in ("data", "noise"):
+            raise ValueError(f"start must be 'data' or 'noise', got {start!r}")
+        self.start = start
         self.batch_rows = check_steps("batch_rows", batch_rows)
         if curve is not None and not isinstance(curve, QueryCurve):
             raise TypeError(f"curve must be a QueryCurve, got {type(curve).__name__}")
@@ -199,12 +208,25 @@ class DecisionAttack(Attack):
         return float(hi - lo)
 
     def _starts(self, oracle: _Oracle, x, goal: Goal, todo, clean_logits, gen):
-        """Adversarial starting points ``(B, ...)`` and a mask of the points that have one."""
+        """Adversarial starting points ``(B, ...)`` and a mask of the points that have one:
+        in ``start`` order, known points of a goal class (the batch, whose labels the clean
+        pass gave, then the ``fit`` pool; no query) and uniform noise (counted queries)."""
         n = x.shape[0]
         start = x.clone()
         found = torch.zeros(n, dtype=torch.bool, device=x.device)
-        lo, hi = self.threat.box.bounds_for(x)
         pending = todo.clone()
+        order = ("data", "noise") if self.start == "data" else ("noise", "data")
+        for how in order:
+            if pending.numel() == 0:
+                break
+            if how == "noise":
+                pending = self._noise_starts(oracle, x, pending, start, found, gen)
+            else:
+                pending = self._data_starts(x, goal, pending, start, found, clean_logits)
+        return start, found
+
+    def _noise_starts(self, oracle, x, pending, start, found, gen):
+        lo, hi = self.threat.box.bounds_for(x)
         for _ in range(self.init_tries):
             pending = pending[oracle.left(pending) >= 2]
             if pending.numel() == 0:
@@ -215,29 +237,31 @@ class DecisionAttack(Attack):
             start[pending[ok]] = cand[ok]
             found[pending[ok]] = True
             pending = pending[~ok]
-        if pending.numel():  # nearest point already in a goal class: batch, then pool
-            pools = [(x, clean_logits.argmax(1))]
-            if self._pool is not None:
-                pools.append((self._pool[0].to(x.device, x.dtype), self._pool[1].to(x.device)))
-            for px, plab in pools:
-                if pending.numel() == 0:
-                    break
-                g = goal[pending]
-                good = (
-                    plab[None, :] == g.target[:, None]
-                    if g.target is not None
-                    else plab[None, :] != g.y[:, None]
-                )
-                if px is x:
-                    good[torch.arange(pending.numel()), pending] = False
-                d = torch.cdist(_flat(x[pending]).float(), _flat(px).float())
-                d = d.masked_fill(~good, math.inf)
-                best, j = d.min(1)
-                ok = torch.isfinite(best)
-                start[pending[ok]] = px[j[ok]]
-                found[pending[ok]] = True
-                pending = pending[~ok]
-        return start, found
+        return pending
+
+    def _data_starts(self, x, goal, pending, start, found, clean_logits):
+        pools = [(x, clean_logits.argmax(1))]
+        if self._pool is not None:
+            pools.append((self._pool[0].to(x.device, x.dtype), self._pool[1].to(x.device)))
+        for px, plab in pools:
+            if pending.numel() == 0:
+                break
+            g = goal[pending]
+            good = (
+                plab[None, :] == g.target[:, None]
+                if g.target is not None
+                else plab[None, :] != g.y[:, None]
+            )
+            if px is x:
+                good[torch.arange(pending.numel()), pending] = False
+            d = torch.cdist(_flat(x[pending]).float(), _flat(px).float())
+            d = d.masked_fill(~good, math.inf)
+            best, j = d.min(1)
+            ok = torch.isfinite(best)
+            start[pending[ok]] = px[j[ok]]
+            found[pending[ok]] = True
+            pending = pending[~ok]
+        return pending
 
     def _theta(self, d: int) -> float:
         # HopSkipJump's binary-search threshold (gamma = 1): d^-3/2 (L2), d^-2 (Linf)
@@ -345,6 +369,7 @@ class HopSkipJump(DecisionAttack):
         max_evals: int = 10_000,
         max_halvings: int = 25,
         init_tries: int = 100,
+        start: str = "noise",
         batch_rows: int = 8192,
         curve: QueryCurve | None = None,
         bounds: tuple[float, float] = (0.0, 1.0),
@@ -356,6 +381,7 @@ class HopSkipJump(DecisionAttack):
             norm,
             max_queries=max_queries,
             init_tries=init_tries,
+            start=start,
             batch_rows=batch_rows,
             curve=curve,
             bounds=bounds,
@@ -516,6 +542,7 @@ class BoundaryAttack(DecisionAttack):
         step_adaptation: float = 1.5,
         check_every: int = 10,
         init_tries: int = 100,
+        start: str = "noise",
         batch_rows: int = 8192,
         curve: QueryCurve | None = None,
         bounds: tuple[float, float] = (0.0, 1.0),
@@ -527,6 +554,7 @@ class BoundaryAttack(DecisionAttack):
             norm,
             max_queries=max_queries,
             init_tries=init_tries,
+            start=start,
             batch_rows=batch_rows,
             curve=curve,
             bounds=bounds,
@@ -713,6 +741,8 @@ class RayS(DecisionAttack):
             xs, rs = x[idx], ray[rows]
             while True:
                 go = ((hi - lo) > tol) & (oracle.left(idx) >= 1)
+                if self.threat.eps is not None:  # inside the ball is all a fixed budget needs
+                    go &= hi > self.threat.eps
                 g = go.nonzero().squeeze(1)
                 if g.numel() == 0:
                     break
