@@ -126,8 +126,10 @@ def run_advex(cnn, x, y, budgets):
     wall = time.perf_counter() - t
     assert tracker.rows == int(r.queries.sum()) == box.queries, "query counts disagree"
     assert int(r.queries.max()) <= max(budgets)
+    grid = _grid(max(budgets))
     return {
         "median_l2": {str(b): curve.median_at([b])[0] for b in budgets},
+        "curve": {"queries": grid, "median_l2": curve.median_at(grid)},
         "median_l2_returned": float(r.norms.median()),
         "success": float(r.success.float().mean()),
         "queries_at_model": tracker.rows,
@@ -167,6 +169,7 @@ def run_foolbox(cnn, x, y, budgets):
         "queries_at_model": tracker.rows,
         "max_queries_per_point": int(tracker.queries.max()),
         "stopped_at_budget": stopped,
+        "curve": _tracker_curve(tracker, max(budgets)),
         "wall_s": wall,
         "model_s": tracker.model_time,
     }
@@ -203,9 +206,43 @@ def run_art(cnn, x, y, budgets):
         "median_l2": {str(b): _median(tracker.distance_at(b)) for b in budgets},
         "queries_at_model": tracker.rows,
         "max_queries_per_point": int(tracker.queries.max()),
+        "curve": _tracker_curve(tracker, max(budgets)),
         "wall_s": wall,
         "model_s": tracker.model_time,
     }
+
+
+def _grid(top: int) -> list[int]:
+    return sorted({int(round(v)) for v in np.geomspace(min(50, top), top, 40)})
+
+
+def _tracker_curve(tracker: Tracker, top: int) -> dict:
+    grid = _grid(top)
+    return {"queries": grid, "median_l2": [_median(tracker.distance_at(b)) for b in grid]}
+
+
+def save_figure(res: dict, path: Path) -> None:
+    """Median L2 vs queries per point, one line per tool (docs/img/blackbox-hsja.png)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in ("advex", "foolbox", "art"):
+        c = res.get(name, {}).get("curve")
+        if c:
+            ys = [v if math.isfinite(v) else np.nan for v in c["median_l2"]]
+            ax.plot(c["queries"], ys, label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("queries per point (counted at the model)")
+    ax.set_ylabel("median L2 of the adversarial examples")
+    ax.set_title(f"HopSkipJump, untargeted L2, MNIST CNN, {res['points']} points")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def run_linf(cnn, x, y, budget, eps):
@@ -291,7 +328,9 @@ def main(argv=None) -> dict:
         from advex._io import write_json
 
         write_json(a.out, res)
-        print(f"wrote {a.out}")
+        fig = Path(__file__).resolve().parents[1] / "docs" / "img" / "blackbox-hsja.png"
+        save_figure(res, fig)
+        print(f"wrote {a.out} and {fig}")
     return res
 
 

@@ -87,7 +87,9 @@ def probe_capability(model: Any, x: torch.Tensor, y: torch.Tensor) -> Capability
     y = y[:16]
     declared = declared_capability(model)
     if declared != "gradients":
-        return Capability(declared, f"the model declares that it exposes {declared} only")
+        return Capability(
+            declared, f"the model declares that it exposes {declared} only", {"declared": True}
+        )
     ctx = (
         attack_mode(model, warn=False) if isinstance(model, nn.Module) else contextlib.nullcontext()
     )
@@ -194,9 +196,13 @@ def check_capability(cap: Capability) -> Check:
     else:
         rec = (
             "use score-based black-box attacks (advex.attacks.Square), or decision-based ones "
-            "(HopSkipJump, RayS); or make forward differentiable (remove no_grad/detach/numpy, "
-            "or wrap the non-differentiable step in advex.models.BPDA) for white-box attacks"
+            "(HopSkipJump, RayS)"
         )
+        if not cap.evidence.get("declared"):
+            rec += (
+                "; or make forward differentiable (remove no_grad/detach/numpy, or wrap the "
+                "non-differentiable step in advex.models.BPDA) for white-box attacks"
+            )
     return Check("usable_gradients", False, cap.reason, rec, cap.to_dict())
 
 
