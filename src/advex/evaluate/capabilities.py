@@ -102,8 +102,11 @@ def probe_capability(model: Any, x: torch.Tensor, y: torch.Tensor) -> Capability
                 out = model(xg)
         except RuntimeError as err:  # e.g. .numpy() on a tensor that requires grad
             failed = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:160]}"
-            with torch.no_grad():
-                out = model(x)
+            try:
+                with torch.no_grad():
+                    out = model(x)
+            except Exception:  # the model rejects the input itself: the usual checks say why
+                return Capability("gradients", "the model fails on the probe batch")
         if not isinstance(out, torch.Tensor):
             return Capability("gradients", "output is not a tensor (left to the usual checks)")
         if _is_label_output(out.detach()):
