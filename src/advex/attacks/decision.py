@@ -139,7 +139,8 @@ class DecisionAttack(Attack):
             (the MNIST CNN costs 1.5 ms/row at 100-200 rows per call, 3 ms at 1,000); raise it
             on a GPU.
         curve: a :class:`QueryCurve` to record best distance vs queries per point.
-        bounds, threat, seed: as for every attack.
+        bounds, threat, seed, eot_samples: as for every attack (with EOT, one query is one
+            call of the model averaged over ``eot_samples`` draws).
     """
 
     black_box = True
@@ -158,11 +159,12 @@ class DecisionAttack(Attack):
         bounds: tuple[float, float] = (0.0, 1.0),
         threat: ThreatModel | None = None,
         seed: int | None = 0,
+        eot_samples: int = 1,
     ) -> None:
         t = make_threat(eps, norm, bounds, None, threat, need_eps=False, attack=type(self).__name__)
         if t.mask is not None:
             raise ValueError(f"{type(self).__name__} does not support a mask")
-        super().__init__(t, seed=seed)
+        super().__init__(t, seed=seed, eot_samples=eot_samples)
         self.max_queries = check_steps("max_queries", max_queries)
         if self.max_queries < 3:
             raise ValueError("max_queries must be >= 3 (clean pass, one search query, re-check)")
@@ -377,6 +379,7 @@ class HopSkipJump(DecisionAttack):
         bounds: tuple[float, float] = (0.0, 1.0),
         threat: ThreatModel | None = None,
         seed: int | None = 0,
+        eot_samples: int = 1,
     ) -> None:
         super().__init__(
             eps,
@@ -389,6 +392,7 @@ class HopSkipJump(DecisionAttack):
             bounds=bounds,
             threat=threat,
             seed=seed,
+            eot_samples=eot_samples,
         )
         self.init_evals = check_steps("init_evals", init_evals)
         self.max_evals = check_steps("max_evals", max_evals)
@@ -550,6 +554,7 @@ class BoundaryAttack(DecisionAttack):
         bounds: tuple[float, float] = (0.0, 1.0),
         threat: ThreatModel | None = None,
         seed: int | None = 0,
+        eot_samples: int = 1,
     ) -> None:
         super().__init__(
             eps,
@@ -562,6 +567,7 @@ class BoundaryAttack(DecisionAttack):
             bounds=bounds,
             threat=threat,
             seed=seed,
+            eot_samples=eot_samples,
         )
         self.spherical_step = check_positive("spherical_step", spherical_step)
         self.source_step = check_positive("source_step", source_step)
@@ -688,6 +694,7 @@ class RayS(DecisionAttack):
         bounds: tuple[float, float] = (0.0, 1.0),
         threat: ThreatModel | None = None,
         seed: int | None = 0,
+        eot_samples: int = 1,
     ) -> None:
         super().__init__(
             eps,
@@ -698,6 +705,7 @@ class RayS(DecisionAttack):
             bounds=bounds,
             threat=threat,
             seed=seed,
+            eot_samples=eot_samples,
         )
         self.tol = None if tol is None else check_positive("tol", tol)
 
