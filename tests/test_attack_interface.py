@@ -65,6 +65,14 @@ FACTORIES = {
     "fab-minimum-norm": (lambda norm, eps: A.FAB(norm=norm, steps=5), ["linf", "l2", "l1"], False),
     "fabt": (_fixed(A.FABT, steps=4, n_target_classes=2), ["linf"], True),
     "jsma": (lambda norm, eps: A.JSMA(gamma=0.3), ["l2"], False),
+    "hopskipjump": (_fixed(A.HopSkipJump, max_queries=60, init_evals=8), ["l2", "linf"], True),
+    "hopskipjump-minimum-norm": (
+        lambda norm, eps: A.HopSkipJump(norm=norm, max_queries=60, init_evals=8),
+        ["l2", "linf"],
+        False,
+    ),
+    "boundary": (_fixed(A.BoundaryAttack, max_queries=60), ["l2"], True),
+    "rays": (_fixed(A.RayS, max_queries=60), ["linf"], True),
 }
 # attacks that only run targeted / only untargeted, as their papers define them
 TARGETED_ONLY = {"lbfgs"}

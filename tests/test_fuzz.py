@@ -87,6 +87,13 @@ ATTACKS = {
     "MIFGSM": (lambda n, e: A.MIFGSM(e, n, steps=2), ("linf", "l2"), "any"),
     "PGD": (lambda n, e: A.PGD(e, n, steps=2), ("linf", "l2", "l1"), "any"),
     "Square": (lambda n, e: A.Square(e, n, n_queries=10), ("linf", "l2"), "any"),
+    "HopSkipJump": (
+        lambda n, e: A.HopSkipJump(e, n, max_queries=30, init_evals=4, init_tries=3),
+        ("linf", "l2"),
+        "any",
+    ),
+    "BoundaryAttack": (lambda n, e: A.BoundaryAttack(e, n, max_queries=20), ("l2",), "any"),
+    "RayS": (lambda n, e: A.RayS(e, n, max_queries=20), ("linf",), "any"),
     "UniversalPerturbation": (
         lambda n, e: A.UniversalPerturbation(e, n, max_epochs=1, inner_steps=2, candidates=3),
         ("linf", "l2"),

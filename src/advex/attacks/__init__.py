@@ -2,6 +2,8 @@
 
 Fixed-budget (ε given): FGSM, PGD/BIM, MIFGSM, APGD, Square, UniversalPerturbation, AdvGAN
 (a trained generator: ``fit`` first).
+Decision-based (labels only, black box; minimum-norm without ``eps``): HopSkipJump,
+BoundaryAttack, RayS.
 Minimum-norm (smallest perturbation found, convert with ``result.at_eps(eps, x)``): CW, EAD,
 LBFGS, DeepFool, FAB, JSMA.
 Tabular, inside a feature schema (``advex.threats.TabularThreat``): ConstrainedPGD,
@@ -17,6 +19,7 @@ from . import registry
 from .apgd import APGD
 from .base import Attack
 from .cw import CW
+from .decision import BoundaryAttack, HopSkipJump, RayS
 from .deepfool import DeepFool
 from .ead import EAD
 from .fab import FAB, FABT
@@ -37,6 +40,7 @@ __all__ = [
     "AdversarialPatch",
     "Attack",
     "BIM",
+    "BoundaryAttack",
     "CW",
     "ConstrainedEvolution",
     "ConstrainedPGD",
@@ -46,12 +50,14 @@ __all__ = [
     "FABT",
     "FGSM",
     "FixedBudgetAttack",
+    "HopSkipJump",
     "JSMA",
     "LBFGS",
     "LowProFool",
     "MIFGSM",
     "PGD",
     "RP2",
+    "RayS",
     "Square",
     "UniversalPerturbation",
     "registry",

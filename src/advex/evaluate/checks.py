@@ -269,6 +269,13 @@ def masking_checks(
         raise ValueError("masking checks need a threat model with a finite eps")
     x, y = x[:max_points].detach(), y[:max_points]
     model = match_input_dtype(model, x)
+    # a model without usable gradients (no graph, labels only) gets one check that names the
+    # black-box attacks, instead of an autograd error from the gradient probes below
+    from .capabilities import check_capability, probe_capability
+
+    cap = probe_capability(model, x, y)
+    if cap.black_box:
+        return [check_capability(cap)]
     checks: list[Check] = []
 
     def pgd(e, s=seed):

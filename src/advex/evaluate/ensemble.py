@@ -29,6 +29,7 @@ from ..models.guards import match_input_dtype
 from ..report.table import verdict_text
 from ..threats import ThreatModel
 from ._data import as_batches, model_device
+from .capabilities import access_record, black_box_preset, check_capability, probe_access
 from .checks import Check, masking_checks, verdict
 from .examples import Examples
 from .presets import Preset, derive_seed, get_preset
@@ -104,6 +105,9 @@ class Evaluation:
     resumed_batches: int = 0
     ci_method: str = "clopper-pearson 95%"
     meta: dict[str, Any] = field(default_factory=dict)
+    #: what the model exposes (``exposes``: gradients / scores / labels, ``reason``) and, for
+    #: a black-box-only evaluation, the ``note`` that the number is an upper bound
+    access: dict[str, Any] = field(default_factory=dict)
 
     @property
     def stage_names(self) -> list[str]:
@@ -160,6 +164,7 @@ class Evaluation:
             "checks_time_s": self.checks_time_s,
             "resumed_batches": self.resumed_batches,
             "examples": None if self.examples is None else self.examples.to_dict(),
+            "access": self.access,
         }
         if per_point:
             out["per_point"] = {
@@ -199,6 +204,7 @@ class Evaluation:
             f"clean accuracy  {self.clean_accuracy:7.2%}   (n = {self.n})",
             f"robust accuracy {self.robust_accuracy:7.2%}   95% CI [{lo:.2%}, {hi:.2%}]",
             f"verdict         {verdict_text(self.verdict)}",
+            *([f"                {self.access['note']}"] if self.access.get("note") else []),
             "",
             f"{'stage':<12}{'robust after':>13}{'broke':>7}{'attacked':>10}"
             f"{'grads':>10}{'queries':>10}{'time':>9}",
@@ -403,6 +409,12 @@ def evaluate(
     dev = model_device(model, device)
     view, adaptations = _adapt(model, adapt, eot_samples)
     view, layout = _fast_layout(view, channels_last, dev)
+    # what the model exposes (gradients / scores / labels), before any attack runs: a model
+    # without usable gradients gets the black-box stages instead of an autograd error later
+    access = probe_access(view, batches, dev)
+    if access is not None and access.black_box:
+        spec = black_box_preset(spec, access, thr.norm)
+        stages = spec.for_norm(thr.norm)
 
     state = None
     if out_dir is not None:
@@ -520,7 +532,9 @@ def evaluate(
     check_list: list[Check] = []
     curve = None
     t_checks = time.perf_counter()
-    if checks:
+    if checks and access is not None and access.black_box:
+        check_list = [check_capability(access)]
+    elif checks:
         black = [j for j, s in enumerate(stages) if s.black_box]
         n_black = int(sum(int((cat["broken_by"] == j).sum()) for j in black))
         cached = state.load_json("checks.json") if state is not None else None
@@ -557,7 +571,9 @@ def evaluate(
         n_correct=n_correct,
         n_robust=n_robust,
         per_attack=per_attack,
-        verdict=verdict(check_list) if checks else "UNCHECKED",
+        verdict="UPPER-BOUND"
+        if access is not None and access.black_box
+        else (verdict(check_list) if checks else "UNCHECKED"),
         checks=check_list,
         threat=thr.to_dict(),
         preset=spec.describe(thr.norm),
@@ -575,6 +591,7 @@ def evaluate(
         data_name=batches.name,
         class_names=batches.class_names,
         resumed_batches=resumed,
+        access=access_record(access, [p.to_dict() for p in per_attack]),
     )
 
 

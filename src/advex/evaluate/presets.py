@@ -45,7 +45,7 @@ from .schedule import ScheduledAPGD, ScheduledFABT, ScheduledSquare
 
 __all__ = ["Stage", "Preset", "PRESETS", "STANDARD_RULE", "get_preset", "derive_seed"]
 
-_SCALED = ("steps", "n_queries", "screen")
+_SCALED = ("steps", "n_queries", "screen", "max_queries")
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,8 @@ VERDICT_TEXT = {
     "PASS": "evaluation: trustworthy (no gradient-masking check fired)",
     "SUSPECT": "evaluation: suspect — see checks (robust accuracy may be overestimated)",
     "UNCHECKED": "evaluation: unchecked (masking checks disabled)",
+    "UPPER-BOUND": "evaluation: an upper bound from black-box attacks only (the model exposes "
+    "no usable gradients)",
 }
 
 
