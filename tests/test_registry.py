@@ -101,6 +101,10 @@ def _build(cls, norm):
         kw["eps"] = None  # its eps has a default; the threat brings the budget
     if cls is A.CW and norm == "linf":
         kw.pop("binary_search_steps", None)  # an L2-only parameter
+    if cls is A.TransferAttack:  # a transfer attack needs a surrogate to attack
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            kw["surrogates"] = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     threat = ThreatModel(norm=norm, eps=NORM_EPS[norm] if fixed else None)
     return cls(threat=threat, **kw)
 

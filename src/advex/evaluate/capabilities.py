@@ -56,6 +56,8 @@ class Capability:
     exposes: str  # "gradients" | "scores" | "labels"
     reason: str
     evidence: dict[str, Any] = field(default_factory=dict)
+    #: model rows the probe itself cost: ``{"forward": rows, "backward": rows}``
+    passes: dict[str, int] = field(default_factory=lambda: {"forward": 0, "backward": 0})
 
     @property
     def black_box(self) -> bool:
@@ -82,7 +84,21 @@ def probe_capability(model: Any, x: torch.Tensor, y: torch.Tensor) -> Capability
     labels (or an adapter declares labels), ``"scores"`` when the output carries no gradient
     graph or the backward pass fails (or an adapter declares scores), else ``"gradients"``
     (with ``evidence["gradient"]`` = ``"zero"`` / ``"not finite"`` when they carry nothing).
+    ``Capability.passes`` holds the model rows the probe cost (the evaluation counts them).
     """
+    passes = {"forward": 0, "backward": 0}
+
+    def counted(inp: torch.Tensor):
+        passes["forward"] += int(inp.shape[0])
+        return model(inp)
+
+    cap = _probe(counted, model, x, y, passes)
+    cap.passes = passes
+    return cap
+
+
+def _probe(counted, model: Any, x: torch.Tensor, y: torch.Tensor, passes: dict) -> Capability:
+    """The body of :func:`probe_capability`; ``counted`` calls the model and counts rows."""
     x = x.detach()[:16]
     y = y[:16]
     declared = declared_capability(model)
@@ -99,12 +115,12 @@ def probe_capability(model: Any, x: torch.Tensor, y: torch.Tensor) -> Capability
         failed = None
         try:
             with torch.enable_grad():
-                out = model(xg)
+                out = counted(xg)
         except RuntimeError as err:  # e.g. .numpy() on a tensor that requires grad
             failed = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:160]}"
             try:
                 with torch.no_grad():
-                    out = model(x)
+                    out = counted(x)
             except Exception:  # the model rejects the input itself: the usual checks say why
                 return Capability("gradients", "the model fails on the probe batch")
         if not isinstance(out, torch.Tensor):
@@ -127,6 +143,7 @@ def probe_capability(model: Any, x: torch.Tensor, y: torch.Tensor) -> Capability
         try:
             with torch.enable_grad():
                 obj = margin(out, Goal(y.to(out.device).long())).sum()
+                passes["backward"] += int(x.shape[0])
                 (g,) = torch.autograd.grad(obj, xg, allow_unused=True)
         except RuntimeError as err:
             return Capability(

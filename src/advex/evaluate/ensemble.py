@@ -24,7 +24,7 @@ from torch import nn
 
 from .._stats import clopper_pearson
 from ..core.validate import check_batch
-from ..models.counting import BACKWARD_COST
+from ..models.counting import BACKWARD_COST, counting_stage
 from ..models.guards import match_input_dtype
 from ..report.table import verdict_text
 from ..threats import ThreatModel
@@ -108,6 +108,8 @@ class Evaluation:
     #: what the model exposes (``exposes``: gradients / scores / labels, ``reason``) and, for
     #: a black-box-only evaluation, the ``note`` that the number is an upper bound
     access: dict[str, Any] = field(default_factory=dict)
+    #: model rows spent by the capability probe before the attacks (``forward``/``backward``)
+    probe_passes: dict[str, int] = field(default_factory=dict)
 
     @property
     def stage_names(self) -> list[str]:
@@ -115,12 +117,15 @@ class Evaluation:
 
     @property
     def gradients_total(self) -> int:
-        return sum(s.gradients for s in self.per_attack)
+        """Backward rows of the attacks plus those of the capability probe."""
+        return sum(s.gradients for s in self.per_attack) + self.probe_passes.get("backward", 0)
 
     @property
     def queries_total(self) -> int:
-        """Forward passes of the attacks (gradient passes included) plus one clean pass/point."""
-        return sum(s.queries for s in self.per_attack) + self.n
+        """Forward passes of the attacks (gradient passes included), one clean pass per point
+        and the capability probe's forward rows."""
+        attacks = sum(s.queries for s in self.per_attack)
+        return attacks + self.n + self.probe_passes.get("forward", 0)
 
     def weighted_passes(self, backward_cost: float = BACKWARD_COST) -> float:
         """The cost in forward-pass units: ``queries_total`` (every forward row, the clean pass
@@ -156,6 +161,7 @@ class Evaluation:
                 "queries": self.queries_total,
                 "backward_cost": BACKWARD_COST,
                 "weighted": self.weighted_passes(),
+                "probe": dict(self.probe_passes),
             },
             "broken_only_by_black_box": self.broken_only_by_black_box,
             "checks": [c.to_dict() for c in self.checks],
@@ -411,7 +417,8 @@ def evaluate(
     view, layout = _fast_layout(view, channels_last, dev)
     # what the model exposes (gradients / scores / labels), before any attack runs: a model
     # without usable gradients gets the black-box stages instead of an autograd error later
-    access = probe_access(view, batches, dev)
+    with counting_stage(view, "probe"):
+        access = probe_access(view, batches, dev)
     if access is not None and access.black_box:
         spec = black_box_preset(spec, access, thr.norm)
         stages = spec.for_norm(thr.norm)
@@ -592,6 +599,7 @@ def evaluate(
         class_names=batches.class_names,
         resumed_batches=resumed,
         access=access_record(access, [p.to_dict() for p in per_attack]),
+        probe_passes=dict(access.passes) if access is not None else {},
     )
 
 
