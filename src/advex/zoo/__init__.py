@@ -586,6 +586,20 @@ def load_card(
 
     A named model must have been trained already (by :func:`load`).
     """
+    if isinstance(name_or_path, str) and name_or_path in _EXTERNAL:
+        directory = _models_root(cache_dir) / name_or_path
+        if not (directory / CARD_FILE).is_file():
+            raise FileNotFoundError(
+                f"{name_or_path!r} is not in the cache ({directory}); "
+                f"call advex.zoo.load({name_or_path!r}) first to train it"
+            )
+        try:  # cards of other model kinds (scikit-learn, text) name no torch architecture
+            card = json.loads((directory / CARD_FILE).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ZooError(f"cannot read model card {directory / CARD_FILE}: {err}") from err
+        if not isinstance(card, dict):
+            raise ZooError(f"model card {directory / CARD_FILE} is not a JSON object")
+        return card
     if isinstance(name_or_path, str) and name_or_path in _RECIPES:
         key, _ = _named_key(name_or_path, data_root)
         directory = _models_root(cache_dir) / key
@@ -594,7 +608,13 @@ def load_card(
                 f"{name_or_path!r} is not in the cache ({directory}); "
                 f"call advex.zoo.load({name_or_path!r}) first to train it"
             )
-        return _read_card(directory)
+        try:  # cards of other model kinds (scikit-learn, text) name no torch architecture
+            card = json.loads((directory / CARD_FILE).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ZooError(f"cannot read model card {directory / CARD_FILE}: {err}") from err
+        if not isinstance(card, dict):
+            raise ZooError(f"model card {directory / CARD_FILE} is not a JSON object")
+        return card
     path = _resolve_path(name_or_path)
     if path is not None:
         return _read_card(path)

@@ -24,12 +24,10 @@ trained with another recipe is retrained.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +37,7 @@ from torch import nn
 from advex._io import atomic_write
 from advex.models.wrappers import Normalize
 
-from . import CARD_FILE, ZooError, accuracy, cache_dir, register_arch, save, train
+from . import CARD_FILE, ZooError, accuracy, file_lock, models_root, register_arch, save, train
 from . import load as load_dir
 
 __all__ = ["TABULAR_MODELS", "load_tabular", "tabular_logreg", "tabular_mlp"]
@@ -113,22 +111,6 @@ _FORMAT = "advex-zoo-tabular/1"
 def _recipe_id(name: str) -> str:
     text = json.dumps({"format": _FORMAT, "name": name, **TABULAR_MODELS[name]}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - non-POSIX: saves are still atomic
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def _data():
@@ -273,7 +255,7 @@ def load_tabular(
         raise ValueError(f"unknown tabular model {name!r}; available: {sorted(TABULAR_MODELS)}")
     if data_root is not None:
         raise ValueError(f"data_root is not supported for {name!r} (its data ships with sklearn)")
-    root = (Path(cache_dir).expanduser() if cache_dir is not None else _cache_root()) / "zoo"
+    root = models_root(cache_dir)
     directory = root / name
     kind = TABULAR_MODELS[name]["kind"]
 
@@ -288,7 +270,7 @@ def load_tabular(
     model = cached()
     if model is not None:
         return model
-    with _lock(root / f".{name}.lock"):
+    with file_lock(root / f".{name}.lock"):
         model = None if retrain else cached()
         if model is not None:
             return model
@@ -301,7 +283,3 @@ def load_tabular(
     if model is None:  # pragma: no cover - a write that did not land
         raise ZooError(f"training {name} did not leave a usable model in {directory}")
     return model
-
-
-def _cache_root() -> Path:
-    return cache_dir()

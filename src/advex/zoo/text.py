@@ -22,14 +22,12 @@ tensor([1, 0])
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import json
 import math
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -47,6 +45,8 @@ from advex.models.text import (
     load_skops,
     load_tokenizer,
 )
+
+from . import file_lock, models_root
 
 __all__ = [
     "CNN_RECIPE",
@@ -161,30 +161,6 @@ class TextCNN(nn.Module):
 # --------------------------------------------------------------------------------------------
 # Cache helpers
 # --------------------------------------------------------------------------------------------
-
-
-def _root(cache_dir: str | os.PathLike | None) -> Path:
-    from advex.zoo import cache_dir as default_cache
-
-    base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache()
-    return base / "zoo"
-
-
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """An exclusive inter-process lock (parallel processes train a model only once)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - non-POSIX
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def _recipe_id(recipe: dict) -> str:
@@ -321,9 +297,9 @@ def _cnn(name, cache_dir, data_root, progress, retrain) -> TorchTextClassifier:
     from safetensors.torch import save_file
 
     recipe = CHAR_CNN_RECIPE if name == "sms-spam-charcnn" else CNN_RECIPE
-    directory = _root(cache_dir) / name
+    directory = models_root(cache_dir) / name
     rid = _recipe_id(recipe)
-    with _lock(directory.parent / f".{name}.lock"):
+    with file_lock(directory.parent / f".{name}.lock"):
         card = _read_card(directory)
         if card is not None and card.get("recipe_id") == rid and not retrain:
             return _load_cnn_dir(directory, card)
@@ -377,10 +353,10 @@ def _cnn(name, cache_dir, data_root, progress, retrain) -> TorchTextClassifier:
 
 def _tfidf(name, cache_dir, data_root, progress, retrain) -> SklearnTextClassifier:
     recipe = TFIDF_RECIPE
-    directory = _root(cache_dir) / name
+    directory = models_root(cache_dir) / name
     rid = _recipe_id(recipe)
     path = directory / "model.skops"
-    with _lock(directory.parent / f".{name}.lock"):
+    with file_lock(directory.parent / f".{name}.lock"):
         card = _read_card(directory)
         if card is not None and card.get("recipe_id") == rid and not retrain:
             clf = SklearnTextClassifier(load_skops(path), SMS_SPAM_CLASSES)

@@ -18,13 +18,12 @@ tensor([1, 0])
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -35,6 +34,7 @@ from advex.models.loading import ModelLoadError
 from advex.models.minilm import MiniLMEncoder, load_minilm
 from advex.models.text import TextClassifier
 
+from . import file_lock, models_root
 from .text import text_accuracy
 
 __all__ = ["MINILM_RECIPE", "MiniLMClassifier", "load_encoder_model"]
@@ -117,29 +117,6 @@ def fit_logistic_head(
 # --------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - non-POSIX
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-def _models_root(cache_dir: str | os.PathLike | None) -> Path:
-    from advex.zoo import cache_dir as default_cache
-
-    base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache()
-    return base / "zoo"
-
-
 def _load_dir(directory: Path, card: dict) -> MiniLMClassifier:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -171,8 +148,8 @@ def load_encoder_model(
 
     recipe = MINILM_RECIPE
     rid = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
-    directory = _models_root(cache_dir) / name
-    with _lock(directory.parent / f".{name}.lock"):
+    directory = models_root(cache_dir) / name
+    with file_lock(directory.parent / f".{name}.lock"):
         card_path = directory / "card.json"
         if card_path.is_file() and not retrain:
             try:
