@@ -1,4 +1,4 @@
-"""The ``advex`` command line: ``advex demo | attack | evaluate | train | list``.
+"""The ``advex`` command line: ``advex demo | attack | evaluate | train | list | poison | scan``.
 
 A thin layer over the library: each command lives in its own module (:mod:`.demo`,
 :mod:`.attack`, :mod:`.evaluate`, :mod:`.train`, :mod:`.list`); what they share (attacks by
@@ -22,6 +22,7 @@ from .common import (
 from .demo import demo
 from .evaluate import evaluate
 from .list import list_cmd
+from .poison import poison, scan
 from .train import train
 
 __all__ = [
@@ -46,7 +47,7 @@ def main() -> None:
     """
 
 
-for _command in (demo, attack, evaluate, train, list_cmd):
+for _command in (demo, attack, evaluate, train, list_cmd, poison, scan):
     main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover

@@ -65,7 +65,7 @@ def victim_arch_kwargs(recipe: VictimRecipe, data: ArrayDataset) -> dict:
 
 def train_victim(
     data: ArrayDataset,
-    recipe: VictimRecipe = VictimRecipe(),
+    recipe: VictimRecipe | None = None,
     *,
     arch_kwargs: dict | None = None,
     progress: bool = False,
@@ -75,6 +75,7 @@ def train_victim(
     initial weights come from ``recipe.seed`` too). ``model.arch_kwargs`` and
     ``model.train_time_s`` are set for :func:`advex.zoo.save`."""
     check_dataset(data, "training data")
+    recipe = recipe or VictimRecipe()
     kw = victim_arch_kwargs(recipe, data) if arch_kwargs is None else dict(arch_kwargs)
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
@@ -174,7 +175,7 @@ def measure(
     train: ArrayDataset,
     test: ArrayDataset,
     *,
-    recipe: VictimRecipe = VictimRecipe(),
+    recipe: VictimRecipe | None = None,
     reference_model: nn.Module | None = None,
     progress: bool = False,
 ) -> BackdoorMeasurement:
@@ -195,6 +196,7 @@ def measure(
         raise TypeError(f"attack must be an advex.poison attack, got {type(attack).__name__}")
     check_dataset(train, "training data")
     check_dataset(test, "test data")
+    recipe = recipe or VictimRecipe()
     if tuple(train.x.shape[1:]) != tuple(test.x.shape[1:]):
         raise ValueError(
             f"train and test images differ in shape: {tuple(train.x.shape[1:])} vs "
