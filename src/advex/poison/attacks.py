@@ -59,6 +59,13 @@ class PoisonedData(NamedTuple):
 
 def check_dataset(data, what: str = "dataset", *, images: bool = True) -> ArrayDataset:
     """Raise a clear error unless ``data`` is a labelled :class:`ArrayDataset` of images."""
+    if isinstance(data, torch.Tensor) or (
+        isinstance(getattr(data, "tensors", None), tuple) and len(data.tensors) == 1
+    ):
+        raise ValueError(
+            f"{what} has no class labels: pass an advex.data.ArrayDataset(x, y) with one "
+            "label per input"
+        )
     if not isinstance(data, ArrayDataset):
         raise TypeError(f"{what} must be an advex.data.ArrayDataset, got {type(data).__name__}")
     y = getattr(data, "y", None)
@@ -498,8 +505,10 @@ class CleanLabel(_TriggerAttack):
 
     Each chosen target-class image is perturbed by advex's :class:`~advex.attacks.PGD`
     (untargeted, L∞ ``eps``, ``steps``, on the reference ``model``, run to the full budget),
-    then the trigger is stamped in. ``rate`` is still the share of the *whole* training set,
-    so at most the target class can be poisoned (``round(rate * N)`` of its images).
+    then the trigger is stamped in (images the reference model already misclassifies are
+    already hard to learn; PGD leaves them as they are). ``rate`` is still the share of the
+    *whole* training set, so at most the target class can be poisoned (``round(rate * N)`` of
+    its images).
 
     Args:
         rate, target, trigger, seed: as in :class:`BadNets`.
