@@ -299,8 +299,8 @@ def activation_clustering(
     the default, as ART does; ``"ica"``: FastICA, as in the paper), split them with 2-means,
     and judge the class poisoned when the smaller cluster holds at most ``size_threshold`` of
     the class **and** the split is well separated (silhouette score ≥
-    ``silhouette_threshold``); the smaller cluster of a poisoned class is flagged. ``scores``: ``(d_big − d_small) / (d_big +
-    d_small)`` in [−1, 1] (closeness to the smaller cluster), plus 2 in classes judged
+    ``silhouette_threshold``); the smaller cluster of a poisoned class is flagged.
+    ``scores``: ``(d_big − d_small) / (d_big + d_small)`` in [−1, 1] (closeness to the smaller cluster), plus 2 in classes judged
     poisoned, so that the ROC AUC ranks the class verdict first. ``whiten=True`` (default)
     whitens the activations first as in :func:`spectral_signatures`; ``whiten=False`` is the
     paper's method exactly.
