@@ -297,13 +297,13 @@ def activation_clustering(
 
     For each class: reduce its penultimate activations to ``dims`` dimensions (``"pca"``,
     the default, as ART does; ``"ica"``: FastICA, as in the paper), split them with 2-means,
-    and judge the class poisoned when the smaller cluster holds at most ``size_threshold`` of
-    the class **and** the split is well separated (silhouette score ≥
+    and judge the class poisoned when the smaller cluster holds at most ``size_threshold``
+    of the class **and** the split is well separated (silhouette score at least
     ``silhouette_threshold``); the smaller cluster of a poisoned class is flagged.
-    ``scores``: ``(d_big − d_small) / (d_big + d_small)`` in [−1, 1] (closeness to the smaller cluster), plus 2 in classes judged
-    poisoned, so that the ROC AUC ranks the class verdict first. ``whiten=True`` (default)
-    whitens the activations first as in :func:`spectral_signatures`; ``whiten=False`` is the
-    paper's method exactly.
+    ``scores``: ``(d_big - d_small) / (d_big + d_small)`` in [-1, 1] (closeness to the
+    smaller cluster), plus 2 in classes judged poisoned, so that the ROC AUC ranks the class
+    verdict first. ``whiten=True`` (default) whitens the activations first as in
+    :func:`spectral_signatures`; ``whiten=False`` is the paper's method exactly.
 
     >>> det = activation_clustering(model, poisoned_train, poisoned_indices=idx)
     """
