@@ -75,6 +75,10 @@ def main() -> int:
     ap.add_argument("--mnist", default=str(ROOT.parent / "shared" / "datasets" / "mnist"))
     ap.add_argument("--out", default=None)
     ap.add_argument("--skip", default="", help="comma-separated stages to skip (e.g. 6,7)")
+    ap.add_argument("--n-train", type=int, default=None, help="first N training samples")
+    ap.add_argument("--n-test", type=int, default=None, help="first N test samples")
+    ap.add_argument("--epochs", type=int, default=None, help="victim epochs")
+    ap.add_argument("--nc-steps", type=int, default=None, help="Neural Cleanse steps per class")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
@@ -100,6 +104,15 @@ def main() -> int:
             150,
             500,
         )
+    if args.n_train:
+        train = train.subset(args.n_train)
+    if args.n_test:
+        test = test.subset(args.n_test)
+    if args.epochs:
+        recipe = VictimRecipe(**{**recipe.__dict__, "epochs": args.epochs})
+    if args.nc_steps:
+        nc_steps = args.nc_steps
+    n_clean = min(n_clean, len(test) // 2)
     res: dict = {
         "benchmark": "poison",
         "mode": "quick" if args.quick else "full",

@@ -335,16 +335,19 @@ class PoisonAttack(ABC):
         pick = cand[torch.randperm(cand.numel(), generator=g)[:k]]
         return pick.sort().values
 
-    def _validate(self, data: ArrayDataset) -> None:
+    def validate(self, data: ArrayDataset) -> None:
+        """Raise a clear error if the attack cannot poison ``data`` (no labels, not images,
+        target out of range, too few eligible samples, a trigger that does not fit)."""
         check_dataset(data)
         if self.target >= data.num_classes:
             raise ValueError(
                 f"target class {self.target} is out of range for a dataset with "
                 f"{data.num_classes} classes"
             )
+        self.choose(data)
 
     def __call__(self, data: ArrayDataset, model: nn.Module | None = None) -> PoisonedData:
-        self._validate(data)
+        self.validate(data)
         idx = self.choose(data)
         x = data.x.clone()
         y = data.y.clone()
@@ -366,8 +369,8 @@ class _TriggerAttack(PoisonAttack):
             raise TypeError(f"trigger must be an advex.poison.Trigger, got {type(trigger)}")
         self.trigger = trigger or Trigger()
 
-    def _validate(self, data: ArrayDataset) -> None:
-        super()._validate(data)
+    def validate(self, data: ArrayDataset) -> None:
+        super().validate(data)
         self.trigger.mask_and_pattern(data.x.shape[1:], data.bounds)  # fits? colour in range?
 
     def apply_trigger(self, x, bounds=(0.0, 1.0)):
@@ -469,8 +472,8 @@ class Blend(PoisonAttack):
         g = torch.Generator().manual_seed(self.pattern_seed)
         return lo + (hi - lo) * torch.rand(tuple(int(v) for v in image_shape), generator=g)
 
-    def _validate(self, data):
-        super()._validate(data)
+    def validate(self, data):
+        super().validate(data)
         self.pattern_for(data.x.shape[1:], data.bounds)
 
     def _blend(self, x, alpha, bounds):
@@ -643,8 +646,8 @@ class FeatureCollision(PoisonAttack):
     def candidates(self, data):
         return (data.y == self.target).nonzero().squeeze(1)
 
-    def _validate(self, data):
-        super()._validate(data)
+    def validate(self, data):
+        super().validate(data)
         if tuple(self.target_input.shape) != tuple(data.x.shape[1:]):
             raise ValueError(
                 f"target_input has shape {tuple(self.target_input.shape)}, the images "

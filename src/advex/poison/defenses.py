@@ -570,7 +570,8 @@ class NeuralCleanseResult:
     """Per class: the reversed mask ``(K, 1, H, W)`` and pattern ``(K, C, H, W)``, the mask's
     L1 norm, the attack success of the reversed trigger on the clean data, and the anomaly
     index; ``flagged_classes``: L1 below the median with anomaly index > ``threshold``;
-    ``suspected_target``: the flagged class with the highest index (None when none)."""
+    ``suspected_target``: the flagged class with the highest index (None when none);
+    ``most_anomalous``: the class below the median with the highest index, flagged or not."""
 
     masks: torch.Tensor = field(repr=False)
     patterns: torch.Tensor = field(repr=False)
@@ -579,6 +580,7 @@ class NeuralCleanseResult:
     anomaly_index: list[float]
     flagged_classes: list[int]
     suspected_target: int | None
+    most_anomalous: int
     threshold: float
     params: dict
 
@@ -590,6 +592,7 @@ class NeuralCleanseResult:
             "anomaly_index": self.anomaly_index,
             "flagged_classes": self.flagged_classes,
             "suspected_target": self.suspected_target,
+            "most_anomalous": self.most_anomalous,
             "threshold": self.threshold,
             "params": self.params,
         }
@@ -714,6 +717,8 @@ def neural_cleanse(
         c for c, a, l1 in zip(classes, ai.tolist(), l1s, strict=True) if a > threshold and l1 < med
     ]
     suspected = max(flagged, key=lambda c: float(ai[classes.index(c)])) if flagged else None
+    low = [i for i, v in enumerate(l1s) if v <= med]
+    most = classes[max(low, key=lambda i: float(ai[i]))]
     return NeuralCleanseResult(
         masks=torch.stack(masks),
         patterns=torch.stack(patterns),
@@ -722,6 +727,7 @@ def neural_cleanse(
         anomaly_index=[float(v) for v in ai],
         flagged_classes=flagged,
         suspected_target=suspected,
+        most_anomalous=most,
         threshold=threshold,
         params={
             "classes": classes,

@@ -202,6 +202,7 @@ def measure(
             f"train and test images differ in shape: {tuple(train.x.shape[1:])} vs "
             f"{tuple(test.x.shape[1:])}"
         )
+    attack.validate(train)  # fail before any training
     kw = victim_arch_kwargs(recipe, train)
     t0 = time.perf_counter()
     if reference_model is None:
