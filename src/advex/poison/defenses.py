@@ -288,8 +288,8 @@ def activation_clustering(
     reduce: str = "pca",
     dims: int = 10,
     size_threshold: float = 0.35,
-    silhouette_threshold: float = 0.15,
-    max_silhouette_points: int = 2000,
+    silhouette_threshold: float = 0.25,
+    max_silhouette_points: int = 1000,
     whiten: bool = True,
     seed: int = 0,
 ) -> Detection:
@@ -338,7 +338,7 @@ def activation_clustering(
             ).fit_transform(r)
         else:
             red = PCA(n_components=k, random_state=seed).fit_transform(r)
-        km = KMeans(n_clusters=2, n_init=10, random_state=seed).fit(red)
+        km = KMeans(n_clusters=2, n_init=4, random_state=seed).fit(red)
         lab = km.labels_
         sizes = np.bincount(lab, minlength=2)
         small = int(np.argmin(sizes))
