@@ -214,7 +214,9 @@ def main() -> int:
         keep = ye != attack.target
         xt = attack.apply_trigger(xe[keep]).numpy()
         np.random.seed(0)
-        clf = _art_classifier(m.model, train.x.shape[1:], train.num_classes)
+        # ART's STRIP takes the entropy of predict(): give it probabilities, not logits
+        probs = torch.nn.Sequential(m.model, torch.nn.Softmax(dim=1)).eval()
+        clf = _art_classifier(probs, train.x.shape[1:], train.num_classes)
         defended = ArtSTRIP(clf)(num_samples=20, false_acceptance_rate=0.01)
         defended.mitigate(cal)
         pc = defended.predict(xe.numpy())
