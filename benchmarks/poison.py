@@ -244,9 +244,12 @@ def main() -> int:
     clean, evalset = test.subset(perm[:n_clean]), test.subset(perm[half:])
     nc = P.neural_cleanse(m.model, clean, steps=nc_steps)
     ncd = nc.to_dict()
-    tgt = nc.suspected_target
+    # the flagged class; when the MAD rule flags none, the most anomalous one (reported)
+    tgt = nc.suspected_target if nc.suspected_target is not None else nc.most_anomalous
+    ncd["unlearned_class"] = tgt
+    ncd["unlearned_class_flagged"] = nc.suspected_target is not None
     if tgt is not None:
-        rep = P.unlearn(m.model, clean, nc.masks[tgt], nc.patterns[tgt], lr=1e-4)
+        rep = P.unlearn(m.model, clean, nc.masks[tgt], nc.patterns[tgt], lr=3e-4, epochs=5)
         ncd.update(
             {
                 "attack_success_before": attack_success_rate(m.model, attack, evalset),
