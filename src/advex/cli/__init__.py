@@ -1,4 +1,5 @@
-"""The ``advex`` command line: ``advex demo | attack | evaluate | train | list | generator``.
+"""The ``advex`` command line: ``advex demo | attack | evaluate | train | list | physical |
+generator | poison | scan``.
 
 A thin layer over the library: each command lives in its own module (:mod:`.demo`,
 :mod:`.attack`, :mod:`.evaluate`, :mod:`.train`, :mod:`.list`); what they share (attacks by
@@ -24,6 +25,7 @@ from .evaluate import evaluate
 from .generator import generator
 from .list import list_cmd
 from .physical import physical
+from .poison import poison, scan
 from .train import train
 
 __all__ = [
@@ -48,7 +50,7 @@ def main() -> None:
     """
 
 
-for _command in (demo, attack, evaluate, train, list_cmd, physical, generator):
+for _command in (demo, attack, evaluate, train, list_cmd, physical, generator, poison, scan):
     main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,7 +9,7 @@
 
 from .examples import ExampleKeeper, Examples
 from .figures import auto_amplify, save_curve, save_triptych
-from .html import render_html, save_html
+from .html import figure_data_uri, render_html, render_page, save_html
 from .jsonio import SCHEMA, jsonable, metadata, read_json, to_json
 from .table import format_curve, format_table
 
@@ -18,12 +18,14 @@ __all__ = [
     "ExampleKeeper",
     "Examples",
     "auto_amplify",
+    "figure_data_uri",
     "format_curve",
     "format_table",
     "jsonable",
     "metadata",
     "read_json",
     "render_html",
+    "render_page",
     "save_curve",
     "save_html",
     "save_triptych",

@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .._io import atomic_write  # noqa: E402
 from .table import verdict_text  # noqa: E402
 
-__all__ = ["save_html", "render_html", "figures"]
+__all__ = ["save_html", "render_html", "figures", "render_page", "figure_data_uri"]
 
 _GREEN, _RED, _BLUE, _GREY = "#1a7f37", "#cf222e", "#0969da", "#57606a"
 _SYM = {"linf": "∞", "l2": "2", "l1": "1"}
@@ -293,3 +293,48 @@ def save_html(
     text = render_html(ev, title=title, meta=meta)
     atomic_write(path, text)
     return path
+
+
+# ----------------------------------------------------------------------------------------------
+# A generic page in the same style (used by the poisoning reports)
+# ----------------------------------------------------------------------------------------------
+
+
+def figure_data_uri(fig) -> str:
+    """A matplotlib figure as a ``data:image/png;base64,...`` URI (the figure is closed)."""
+    return _png(fig)
+
+
+def render_page(
+    title: str,
+    sections: list[tuple[str, str]],
+    *,
+    cards: list[tuple[str, str, str]] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> str:
+    """A self-contained page in the report's style: ``cards`` (label, value, note), then
+    ``sections`` (heading, HTML body already escaped by the caller), then run metadata."""
+    from .jsonio import metadata
+
+    out = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body><main>",
+        f"<h1>{_esc(title)}</h1>",
+    ]
+    if cards:
+        out.append("<div class='cards'>")
+        for k, v, s in cards:
+            out.append(
+                f"<div class='card'><div class='k'>{_esc(k)}</div><div class='v'>{_esc(v)}"
+                f"</div><div class='s'>{_esc(s)}</div></div>"
+            )
+        out.append("</div>")
+    for heading, body in sections:
+        out.append(f"<h2>{_esc(heading)}</h2>{body}")
+    md = metadata()
+    md.update(meta or {})
+    out.append("<h2>Run metadata</h2><table>")
+    for k, v in md.items():
+        out.append(f"<tr><th>{_esc(k)}</th><td><code>{_esc(v)}</code></td></tr>")
+    out.append("</table></main></body></html>")
+    return "\n".join(out)

@@ -19,11 +19,14 @@ def smallcnn(
     in_channels: int = 1,
     mean: Sequence[float] = MNIST_MEAN,
     std: Sequence[float] = MNIST_STD,
+    image_size: int | Sequence[int] = 28,
 ) -> nn.Sequential:
     """Normalize → Conv(32)-ReLU-MaxPool → Conv(64)-ReLU-MaxPool → FC(128)-ReLU → FC(classes).
 
-    Input ``(N, in_channels, 28, 28)`` in ``[0, 1]``.
+    Input ``(N, in_channels, H, W)`` in ``[0, 1]``; ``image_size`` is ``H`` (square) or
+    ``(H, W)``, 28 by default (MNIST).
     """
+    h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     return nn.Sequential(
         Normalize(list(mean), list(std)),
         nn.Conv2d(in_channels, 32, kernel_size=3, padding=1),
@@ -33,7 +36,7 @@ def smallcnn(
         nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(64 * 7 * 7, 128),
+        nn.Linear(64 * (int(h) // 4) * (int(w) // 4), 128),
         nn.ReLU(),
         nn.Linear(128, num_classes),
     )

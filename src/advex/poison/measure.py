@@ -1,0 +1,239 @@
+"""Measure a backdoor: train a victim on poisoned data and on clean data with the same recipe,
+then report clean accuracy, attack success and the clean-accuracy drop."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from advex import zoo
+from advex.data import ArrayDataset
+
+from .attacks import FeatureCollision, PoisonAttack, PoisonedData, check_dataset
+
+__all__ = [
+    "VictimRecipe",
+    "BackdoorMeasurement",
+    "victim_arch_kwargs",
+    "train_victim",
+    "attack_success_rate",
+    "accuracy",
+    "predict",
+    "measure",
+]
+
+
+@dataclass(frozen=True)
+class VictimRecipe:
+    """How the victim is trained (the same recipe on poisoned and on clean data): Adam with
+    cross-entropy and a cosine schedule through :func:`advex.zoo.train` (the one
+    :class:`advex.training.Trainer`). ``arch="smallcnn"`` adapts to the data's channel count,
+    image size and class count; other architectures get ``arch_kwargs`` as given."""
+
+    arch: str = "smallcnn"
+    epochs: int = 2
+    lr: float = 1e-3
+    batch_size: int = 64
+    seed: int = 0
+    weight_decay: float = 0.0
+    augment: str | None = None
+    arch_kwargs: dict = field(default_factory=dict)
+
+
+def victim_arch_kwargs(recipe: VictimRecipe, data: ArrayDataset) -> dict:
+    """The architecture arguments for ``data``: channels, image size, classes and the
+    per-channel mean/std of ``data`` (for the model's Normalize layer)."""
+    kw = dict(recipe.arch_kwargs)
+    if recipe.arch == "smallcnn":
+        x = data.x
+        c, h, w = (int(v) for v in x.shape[1:])
+        if h < 4 or w < 4:
+            raise ValueError(f"smallcnn needs images of at least 4x4, got {h}x{w}")
+        mean = x.mean(dim=(0, 2, 3))
+        std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+        kw.setdefault("in_channels", c)
+        kw.setdefault("num_classes", data.num_classes)
+        kw.setdefault("image_size", [h, w])
+        kw.setdefault("mean", [round(float(v), 4) for v in mean])
+        kw.setdefault("std", [round(float(v), 4) for v in std])
+    return kw
+
+
+def train_victim(
+    data: ArrayDataset,
+    recipe: VictimRecipe | None = None,
+    *,
+    arch_kwargs: dict | None = None,
+    progress: bool = False,
+    desc: str = "victim",
+) -> nn.Module:
+    """Build and train a fresh model of ``recipe`` on ``data``; deterministic per seed (the
+    initial weights come from ``recipe.seed`` too). ``model.arch_kwargs`` and
+    ``model.train_time_s`` are set for :func:`advex.zoo.save`."""
+    check_dataset(data, "training data")
+    recipe = recipe or VictimRecipe()
+    kw = victim_arch_kwargs(recipe, data) if arch_kwargs is None else dict(arch_kwargs)
+    t0 = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        model = zoo.build(recipe.arch, **kw)
+        zoo.train(
+            model,
+            data,
+            epochs=recipe.epochs,
+            lr=recipe.lr,
+            batch_size=recipe.batch_size,
+            seed=recipe.seed,
+            weight_decay=recipe.weight_decay,
+            augment=recipe.augment,
+            progress=progress,
+            desc=desc,
+        )
+    model.eval()
+    model.arch_kwargs = kw
+    model.train_time_s = time.perf_counter() - t0
+    return model
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Predicted classes of ``model`` (in eval mode) on ``x``."""
+    was = model.training
+    model.eval()
+    try:
+        parts = [model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]
+        return torch.cat(parts)
+    finally:
+        model.train(was)
+
+
+def accuracy(model: nn.Module, data: ArrayDataset) -> float:
+    """Clean top-1 accuracy on ``data``."""
+    x, y = data.tensors()
+    return float((predict(model, x) == y).float().mean())
+
+
+def attack_success_rate(
+    model: nn.Module, attack: PoisonAttack, test: ArrayDataset, *, return_counts: bool = False
+):
+    """Share of triggered test inputs classified as the attack's target label.
+
+    All-to-one attacks use the test inputs whose label is not the target; all-to-all attacks
+    every test input (target ``(y + 1) mod K``). :class:`FeatureCollision`: 1.0 if the
+    attacked test image is classified as the target class, else 0.0.
+    """
+    check_dataset(test, "test data")
+    if isinstance(attack, FeatureCollision):
+        pred = predict(model, attack.target_input.unsqueeze(0))
+        hit, n = int(pred[0] == attack.target), 1
+    else:
+        x, y = test.tensors()
+        goal = attack.target_labels(y, test.num_classes)
+        keep = goal != y
+        if not bool(keep.any()):
+            raise ValueError("no test input has a label other than the target")
+        xt = attack.apply_trigger(x[keep], test.bounds)
+        pred = predict(model, xt)
+        hit, n = int((pred == goal[keep]).sum()), int(keep.sum())
+    return (hit / n, hit, n) if return_counts else hit / n
+
+
+@dataclass
+class BackdoorMeasurement:
+    """What :func:`measure` returns. Rates are fractions in [0, 1]."""
+
+    attack: dict
+    recipe: dict
+    clean_accuracy: float
+    clean_accuracy_reference: float
+    accuracy_drop: float
+    attack_success_rate: float
+    attack_success_rate_reference: float
+    poisoned_indices: list[int]
+    n_poisoned: int
+    n_train: int
+    n_test: int
+    target_class_share: float | None
+    train_time_s: float
+    model: nn.Module | None = field(default=None, repr=False)
+    reference_model: nn.Module | None = field(default=None, repr=False)
+    poisoned: PoisonedData | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        for k in ("model", "reference_model", "poisoned"):
+            d.pop(k)
+        return d
+
+
+def measure(
+    attack: PoisonAttack,
+    train: ArrayDataset,
+    test: ArrayDataset,
+    *,
+    recipe: VictimRecipe | None = None,
+    reference_model: nn.Module | None = None,
+    progress: bool = False,
+) -> BackdoorMeasurement:
+    """Poison ``train`` with ``attack``, train a victim on it and one on ``train`` itself
+    with the same recipe (or take ``reference_model``), and measure both on ``test``.
+
+    Reported: ``clean_accuracy`` (poisoned victim, clean test inputs),
+    ``clean_accuracy_reference`` (the clean model), ``accuracy_drop`` (their difference),
+    ``attack_success_rate`` (triggered non-target test inputs → target, see
+    :func:`attack_success_rate`) and ``attack_success_rate_reference`` (the same on the clean
+    model: the control). Attacks that need a model (clean-label, feature collision) get the
+    clean reference model unless they were given one.
+
+    >>> m = measure(BadNets(rate=0.01, target=0), train, test)
+    >>> m.attack_success_rate, m.clean_accuracy, m.accuracy_drop
+    """
+    if not isinstance(attack, PoisonAttack):
+        raise TypeError(f"attack must be an advex.poison attack, got {type(attack).__name__}")
+    check_dataset(train, "training data")
+    check_dataset(test, "test data")
+    recipe = recipe or VictimRecipe()
+    if tuple(train.x.shape[1:]) != tuple(test.x.shape[1:]):
+        raise ValueError(
+            f"train and test images differ in shape: {tuple(train.x.shape[1:])} vs "
+            f"{tuple(test.x.shape[1:])}"
+        )
+    attack.validate(train)  # fail before any training
+    kw = victim_arch_kwargs(recipe, train)
+    t0 = time.perf_counter()
+    if reference_model is None:
+        reference_model = train_victim(
+            train, recipe, arch_kwargs=kw, progress=progress, desc="clean reference"
+        )
+    model_for_attack = getattr(attack, "model", None) or reference_model
+    poisoned = attack(train, model=model_for_attack if attack.needs_model else None)
+    model = train_victim(
+        poisoned.dataset, recipe, arch_kwargs=kw, progress=progress, desc="poisoned victim"
+    )
+    acc = accuracy(model, test)
+    acc_ref = accuracy(reference_model, test)
+    share = None
+    if attack.clean_label:
+        share = len(poisoned.indices) / int((train.y == attack.target).sum())
+    return BackdoorMeasurement(
+        attack=attack.describe(),
+        recipe={**asdict(recipe), "arch_kwargs": kw},
+        clean_accuracy=acc,
+        clean_accuracy_reference=acc_ref,
+        accuracy_drop=acc_ref - acc,
+        attack_success_rate=attack_success_rate(model, attack, test),
+        attack_success_rate_reference=attack_success_rate(reference_model, attack, test),
+        poisoned_indices=[int(i) for i in poisoned.indices],
+        n_poisoned=len(poisoned.indices),
+        n_train=len(train),
+        n_test=len(test),
+        target_class_share=share,
+        train_time_s=time.perf_counter() - t0,
+        model=model,
+        reference_model=reference_model,
+        poisoned=poisoned,
+    )
