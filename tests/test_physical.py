@@ -209,9 +209,10 @@ def gtsrb_stop(datasets_root):
 def test_gtsrb_cnn_card(gtsrb_stop):
     model, *_ = gtsrb_stop
     card = model.card
-    # measured 91.5% (the recipe falls short of the 97% target; see docs/physical.md)
-    assert card["n_test"] == 12630 and card["accuracy"] >= 0.90
+    # measured 93.2% in 150 CPU-seconds (short of the 97% target; see docs/physical.md)
+    assert card["n_test"] == 12630 and card["accuracy"] >= 0.92
     assert card["class_names"][STOP] == "stop" and card["train_time_s"] > 0
+    assert card["train_cpu_s"] > 0
 
 
 def test_short_rp2_run_beats_the_random_sticker(gtsrb_stop):
