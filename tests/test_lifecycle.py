@@ -98,6 +98,8 @@ def test_every_attack_has_the_lifecycle_and_eot_samples(cls):
     kw = {"eps": 0.1} if "eps" in registry.init_params(cls) else {}
     if cls.targeted_only and "target" in registry.init_params(cls):
         kw["target"] = 1  # a universal targeted patch is built for its target
+    if cls is A.TransferAttack:
+        kw["surrogates"] = Linear(3).eval()  # a transfer attack is built around its surrogates
     assert cls(**kw, eot_samples=3).params()["eot_samples"] == 3
     assert callable(cls.fit) and callable(cls.attack)
     assert cls.__call__ is A.Attack.__call__

@@ -53,7 +53,7 @@ ATTACKS = {
 # Even in float64 a batch of one row takes another matmul kernel than a batch of 64 (gemv vs
 # gemm): the input gradient differs in the last bit. PGD-L2's normalised step and FAB's
 # projections carry that rounding into x_adv (the same happens with random_start=False), so for
-# them x_adv agrees to float64 rounding and success, queries and gradients exactly.
+# them x_adv agrees to float64 rounding and success and queries exactly.
 TOLERANCE = {"pgd-l2": 1e-9, "fab": 1e-9}
 
 
@@ -65,7 +65,11 @@ def _same(name, part, full, rows):
         assert torch.equal(part.x_adv, full.x_adv[rows]), name
     assert torch.equal(part.success, full.success[rows]), name
     assert torch.equal(part.queries, full.queries[rows]), name
-    assert torch.equal(part.gradients, full.gradients[rows]), name
+    # The backward of the step in which a point is fooled runs on its row whenever another row
+    # of its batch is still attacked (it is counted: it was spent), not when it is alone: so a
+    # fooled point's gradient count may differ by that one pass, and a robust point's not at all.
+    diff = (part.gradients - full.gradients[rows]).abs()
+    assert bool((diff <= 1).all()) and not bool(diff[~part.success].any()), name
 
 
 @pytest.mark.parametrize("name", list(ATTACKS))

@@ -483,16 +483,14 @@ class TransferAttack(Attack):
         self.steps, self.decay, self.loss = self._inner.steps, self._inner.decay, self._inner.loss
         self.step_size = self._inner.step_size
 
-    def attack(self, model, x, y, target=None):
-        """As for every attack; the target model must not be one of the surrogates."""
+    def _prologue(self, model, x, y, target):
+        """The base prologue, after checking that the target is not one of the surrogates."""
         if any(s is model for s in self._surrogates):
             raise ValueError(
                 "the target is one of the surrogates: that is a white-box attack, not a "
                 "transfer (use MIFGSM on it)"
             )
-        return super().attack(model, x, y, target)
-
-    __call__ = attack
+        return super()._prologue(model, x, y, target)
 
     def _rebudget(self, old: float, new: float) -> None:
         self._inner = self._inner.with_budget(new)
