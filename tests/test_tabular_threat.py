@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import advex
@@ -66,6 +66,8 @@ def _random_case(seed: int, n_cont: int, n_int: int, n_bin: int, group: int, row
     norm=st.sampled_from(["linf", "l2"]),
     noise=st.floats(0.1, 20.0),
 )
+# found by CI: the repair put c1 at 0, the ratio c0 / c1 became inf and the check let it pass
+@example(seed=1372, n_cont=2, n_int=0, n_bin=0, group=0, eps=4.0, norm="linf", noise=2.0)
 def test_every_repaired_point_satisfies_every_constraint(
     seed, n_cont, n_int, n_bin, group, eps, norm, noise
 ):
@@ -261,3 +263,11 @@ def test_breast_cancer_schema_states_relations_that_hold():
     assert math.isclose(
         TabularThreat(s, eps=0.5).unit(x)[0].item(), s.feature("mean_radius").scale, rel_tol=1e-6
     )
+
+
+def test_a_relation_that_is_infinite_is_a_violation():
+    schema, x = _random_case(0, 2, 0, 0, 0, rows=3)
+    bad = x.clone()
+    bad[0, 1] = 0.0  # c0 / c1 = inf
+    ok = schema.verdicts(bad).ok
+    assert not bool(ok[0].all()) and bool(ok[1:].all())

@@ -429,8 +429,8 @@ class Constraint:
             mag = torch.zeros(X.shape[0], dtype=X.dtype, device=X.device) + abs(const)
             for _name, c in coef.items():
                 mag = mag + abs(c) * X[:, self._col(_name)].abs()
-        else:
-            mag = self(X).abs()
+        else:  # a relation that is inf or NaN (e.g. a ratio over 0) is a violation, not slack
+            mag = self(X).abs().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
         return tol * (1.0 + mag)
 
     def _col(self, name: str) -> int:
