@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from abc import abstractmethod
 from typing import Any
 
 import torch
@@ -79,9 +80,9 @@ class PhysicalAttack(Attack):
         self.fit_loss_: list[float] = []
 
     # -- what subclasses say -------------------------------------------------------------------
+    @abstractmethod
     def _compose(self, x: torch.Tensor, sticker: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """The images with the sticker on, before the viewing conditions."""
-        raise NotImplementedError
 
     def _penalty(self, sticker: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return sticker.new_zeros(())
