@@ -132,28 +132,7 @@ def _load(spec: str, split: str, classes=None):
     help="Output directory.",
 )
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def physical(
-    model_spec,
-    data_spec,
-    attack_name,
-    source,
-    target,
-    mask_spec,
-    area,
-    patch_area,
-    steps,
-    batch_size,
-    lr,
-    n_fit,
-    n_eval,
-    n_views,
-    widen,
-    print_width_cm,
-    dpi,
-    seed,
-    out,
-    progress,
-):
+def physical(**options):
     """Fit a physical sticker or patch and measure it over held-out views.
 
     Writes sticker.png (print-ready at --print-width-cm and --dpi, transparent outside the
@@ -168,7 +147,7 @@ def physical(
       advex physical --data gtsrb:PATH --attack patch --patch-area 0.05 \\
           --target "speed limit (30km/h)" --out patch
     """
-    run_errors(_run, **locals())
+    run_errors(_run, **options)
 
 
 def _run(

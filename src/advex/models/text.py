@@ -24,6 +24,7 @@ tensor([1, 0])
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -65,7 +66,7 @@ def _class_names(names: Any) -> tuple[str, ...]:
     return names
 
 
-class TextClassifier:
+class TextClassifier(abc.ABC):
     """A text classifier: ``model(texts) -> scores``, a float tensor ``(N, C)`` on the CPU
     whose argmax is the predicted class; ``class_names`` name the ``C`` columns.
 
@@ -94,8 +95,9 @@ class TextClassifier:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def _scores(self, texts: list[str]) -> Any:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _scores(self, texts: list[str]) -> Any:
+        """Raw scores or labels for ``texts`` in the subclass's native form."""
 
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
         texts = check_texts(texts)
