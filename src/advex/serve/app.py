@@ -23,6 +23,7 @@ from .catalog import Catalog
 from .config import ServeConfig
 from .jobs import JobPool
 from .limits import ApiError, check_text, decode_image, image_to_tensor, to_data_url
+from .physical import StickerPanel
 from .runner import (
     attack_image,
     attack_text,
@@ -250,6 +251,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         torch.set_num_threads(int(config.torch_threads))
     catalog = Catalog(config)
     pool = JobPool(config.max_jobs, config.max_queue, config.time_budget_s, config.queue_timeout_s)
+    sticker_panel = StickerPanel(config, catalog)
     img_attacks = image_attacks(config.max_steps)
     txt_attacks = text_attacks(config.max_steps)
     started = time.time()
@@ -259,7 +261,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app):
         if config.preload:
-            await run_in_threadpool(preload, catalog)
+            await run_in_threadpool(preload, catalog, sticker_panel)
         yield
         pool.shutdown()
 
@@ -277,6 +279,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     app.state.config = config
     app.state.catalog = catalog
     app.state.pool = pool
+    app.state.physical = sticker_panel
 
     # -- errors ----------------------------------------------------------------------------------
     @app.exception_handler(ApiError)
@@ -581,11 +584,32 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         points = await pool.run(job, request.is_disconnected)
         return {"points": points, "model": info.name, "attack": spec.name, "steps": steps}
 
+    @app.get("/api/physical")
+    async def physical(views: int = Query(6), seed: int = Query(0)):
+        if not 1 <= views <= 12:
+            raise ApiError(422, "invalid_field", f"views must be in [1, 12], got {views}", "views")
+        if not 0 <= seed <= 10**6:
+            raise ApiError(
+                422, "invalid_field", f"seed must be in [0, 1000000], got {seed}", "seed"
+            )
+        info = catalog.models["gtsrb-cnn"]
+        if not info.available:
+            return {
+                "available": False,
+                "reason": info.reason,
+                "source": "stop",
+                "target": info.classes[1],
+                "sticker": None,
+                "views": [],
+            }
+        return await run_in_threadpool(sticker_panel.views, views, seed)
+
     return app
 
 
-def preload(catalog: Catalog) -> dict[str, str]:
-    """Load every available model (training and caching those not cached yet)."""
+def preload(catalog: Catalog, panel: StickerPanel | None = None) -> dict[str, str]:
+    """Load every available model (training and caching those not cached yet) and fit (or
+    read) the stop-sign sticker."""
     out = {}
     for name, info in catalog.models.items():
         if not info.available:
@@ -594,4 +618,8 @@ def preload(catalog: Catalog) -> dict[str, str]:
         t0 = time.perf_counter()
         catalog.model(name)
         out[name] = f"ready ({time.perf_counter() - t0:.1f} s)"
+    if panel is not None and catalog.models["gtsrb-cnn"].available:
+        t0 = time.perf_counter()
+        panel.state()
+        out["physical"] = f"sticker ready ({time.perf_counter() - t0:.1f} s)"
     return out
