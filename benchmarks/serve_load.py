@@ -174,6 +174,49 @@ def bad_requests() -> list[tuple[str, str, str, dict | None, bytes | None]]:
     ]
 
 
+def client_leaves(port: int) -> dict:
+    """A client starts a long job (a 16-point ε curve of PGD-200 at ε the digit resists, tens
+    of seconds of work) and hangs up after 1 s: the server must stop the job at once."""
+    body = {
+        "model": "mnist-smallcnn",
+        "input": {"sample": 2},
+        "attack": "pgd",
+        "eps_values": [0.001 * (k + 1) for k in range(16)],
+        "steps": 200,
+    }
+    _, j0, _ = request(port, "GET", "/api/health")
+    before = j0["jobs"]
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1.0)
+    t0 = time.perf_counter()
+    try:
+        conn.request(
+            "POST",
+            "/api/curve",
+            body=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        conn.getresponse().read()
+        answered = True
+    except OSError:  # the timeout: hang up
+        answered = False
+    finally:
+        conn.close()
+    left = time.perf_counter()
+    stopped = None
+    while time.perf_counter() - left < 30:
+        _, j, _ = request(port, "GET", "/api/health")
+        if j["jobs"]["running"] == 0 and j["jobs"]["cancelled"] > before["cancelled"]:
+            stopped = time.perf_counter() - left
+            break
+        time.sleep(0.05)
+    return {
+        "answered_before_hangup": answered,
+        "hung_up_after_s": round(left - t0, 2),
+        "job_stopped_after_hangup_s": None if stopped is None else round(stopped, 2),
+        "cancelled_jobs": j["jobs"]["cancelled"] - before["cancelled"],
+    }
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a short smoke run")
@@ -345,6 +388,7 @@ def main(argv=None) -> dict:
         load_s = time.perf_counter() - t_load
         st, j, _ = request(port, "GET", "/api/health")
         final = j["jobs"]
+        disconnect = client_leaves(port)
         monitor["max_rss_mb"] = max(monitor["max_rss_mb"], rss_mb(proc.pid) or 0.0)
     finally:
         proc.terminate()
@@ -379,6 +423,8 @@ def main(argv=None) -> dict:
         "good_requests_answered": bool(all_good)
         and all(r[0] in (200, 429, 503) and r[2] for r in all_good),
         "no_connection_errors": "connection_error" not in results,
+        "job_of_departed_client_stopped": disconnect["job_stopped_after_hangup_s"] is not None
+        and disconnect["job_stopped_after_hangup_s"] < 5.0,
     }
     payload = {
         "benchmark": "serve_load",
@@ -412,6 +458,7 @@ def main(argv=None) -> dict:
             "server_jobs_final": final,
             "requests_per_s": round((len(all_good) + len(all_bad)) / load_s, 1),
         },
+        "client_leaves": disconnect,
         "checks": checks,
         "passed": all(checks.values()),
         "command": "OMP_NUM_THREADS=1 python benchmarks/serve_load.py"
@@ -440,6 +487,7 @@ def main(argv=None) -> dict:
         f"  max running jobs {monitor['max_running']} (peak {final['peak_running']}, cap "
         f"{args.max_jobs}); max RSS {monitor['max_rss_mb']:.0f} MB (bound {args.rss_bound_mb:.0f})"
     )
+    print(f"client hangs up on a long job: {disconnect}")
     for k, v in checks.items():
         print(f"  check {k}: {'ok' if v else 'FAILED'}")
     if out_path is not None:

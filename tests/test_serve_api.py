@@ -432,6 +432,8 @@ def test_body_errors(client):
         ({"attack": "fgsm", "steps": 5}, 422, "steps_out_of_range", "steps"),
         ({"seed": -1}, 422, "invalid_field", "seed"),
         ({"targeted": "yes"}, 422, "invalid_field", "targeted"),
+        ({"steps": True}, 422, "invalid_field", "steps"),
+        ({"eps": None, "steps": "40"}, 422, "invalid_field", "steps"),
         ({"model": "resnet"}, 404, "unknown_model", "model"),
         ({"model": 3}, 422, "invalid_field", "model"),
         ({"attack": "deepfool"}, 404, "unknown_attack", "attack"),
