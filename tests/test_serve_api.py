@@ -659,3 +659,17 @@ def test_to_data_url_roundtrip():
     x = torch.rand(3, 5, 7)
     img = _decode(to_data_url(x))
     assert img.size == (7, 5) and img.mode == "RGB"
+
+
+def test_budgeted_text_module_checks_every_call(client, app):
+    from advex.serve.jobs import BudgetedTextModule
+
+    base = app.state.catalog.model("sms-spam-cnn")
+    b = Budget(10.0)
+    b.start()
+    clf = app.state.catalog.text_classifier("sms-spam-cnn", BudgetedTextModule(base.module, b))
+    assert "gradients" in clf.exposes  # still white box (HotFlip)
+    assert clf(["free prize"]).shape == (1, 2) and b.calls == 1
+    b.cancelled.set()
+    with pytest.raises(JobStopped):
+        clf(["free prize"])
