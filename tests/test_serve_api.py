@@ -673,3 +673,24 @@ def test_budgeted_text_module_checks_every_call(client, app):
     b.cancelled.set()
     with pytest.raises(JobStopped):
         clf(["free prize"])
+
+
+def test_evaluate_small_batch(client):
+    def ev(model, **kw):
+        body = {"model": model, "attack": "pgd", "eps": 0.2, "steps": 10, "n": 10, **kw}
+        return client.post("/api/evaluate", json=body)
+
+    plain, hard = ev("mnist-smallcnn").json(), ev("mnist-smallcnn-at").json()
+    for r in (plain, hard):
+        assert r["n"] == 10 and len(r["points"]) == 10 and r["passes"] > 0
+        assert r["robust_accuracy"] == sum(p["robust"] for p in r["points"]) / 10
+        assert r["clean_accuracy"] >= 0.9
+    assert plain["robust_accuracy"] <= 0.2 < 0.6 <= hard["robust_accuracy"], (plain, hard)
+    t = client.post(
+        "/api/evaluate", json={"model": "sms-spam-cnn", "attack": "deepwordbug", "eps": 5, "n": 4}
+    ).json()
+    assert t["n"] == 4 and t["queries"] > 0
+    _error(ev("mnist-smallcnn", n=101), 422, "invalid_field", "n")
+    _error(ev("mnist-smallcnn", n=0), 422, "invalid_field", "n")
+    _error(ev("mnist-smallcnn", eps=0.7), 422, "eps_out_of_range", "eps")
+    _error(ev("mnist-smallcnn", input={"sample": 1}), 422, "unknown_field", "input")

@@ -28,6 +28,7 @@ from .physical import StickerPanel
 from .runner import (
     attack_image,
     attack_text,
+    evaluate_batch,
     image_attacks,
     predict_image,
     predict_text,
@@ -87,6 +88,16 @@ class AttackBody(PredictBody):
     steps: int | None = None
     targeted: bool = False
     target: int | str | None = None
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+
+class EvaluateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, protected_namespaces=())
+    model: str
+    attack: str
+    eps: float | None = None
+    steps: int | None = None
+    n: int = Field(default=20, ge=1)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
 
 
@@ -485,6 +496,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
                 "max_steps": config.max_steps,
                 "max_curve_points": config.max_curve_points,
                 "max_samples": config.max_samples,
+                "max_eval": config.max_eval,
                 "time_budget_s": config.time_budget_s,
             },
         }
@@ -607,6 +619,30 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
 
         points = await pool.run(job, request.is_disconnected)
         return {"points": points, "model": info.name, "attack": spec.name, "steps": steps}
+
+    @app.post("/api/evaluate")
+    async def evaluate(body: EvaluateBody, request: Request):
+        info = catalog.info(body.model)
+        spec = attack_spec(info, body.attack)
+        eps = check_eps(spec, info, body.eps)
+        steps = check_steps(spec, body.steps)
+        if body.n > config.max_eval:
+            raise ApiError(
+                422, "invalid_field", f"n must be at most {config.max_eval}, got {body.n}", "n"
+            )
+
+        def load():
+            catalog.model(info.name)
+            return catalog.samples(info.name, body.n)
+
+        rows = await run_in_threadpool(load)
+
+        def job(budget):
+            return evaluate_batch(catalog, info, rows, spec.name, eps, steps, body.seed, budget)
+
+        out = await pool.run(job, request.is_disconnected)
+        out.update(model=info.name, attack=spec.name, eps=eps, steps=steps)
+        return out
 
     @app.get("/api/physical")
     async def physical(views: int = Query(6), seed: int = Query(0)):
