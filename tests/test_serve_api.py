@@ -694,3 +694,19 @@ def test_evaluate_small_batch(client):
     _error(ev("mnist-smallcnn", n=0), 422, "invalid_field", "n")
     _error(ev("mnist-smallcnn", eps=0.7), 422, "eps_out_of_range", "eps")
     _error(ev("mnist-smallcnn", input={"sample": 1}), 422, "unknown_field", "input")
+
+
+def test_evaluate_streams_progress(client):
+    import json
+
+    body = {"model": "mnist-smallcnn", "attack": "pgd", "eps": 0.2, "steps": 5, "n": 15}
+    with client.stream("POST", "/api/evaluate?stream=true", json=body) as r:
+        assert r.status_code == 200 and r.headers["content-type"] == "application/x-ndjson"
+        assert r.headers["content-security-policy"] == CSP
+        lines = [json.loads(line) for line in r.iter_lines() if line]
+    progress = [x["progress"] for x in lines[:-1]]
+    assert [p["done"] for p in progress] == [10, 15] and all(p["n"] == 15 for p in progress)
+    final = lines[-1]["result"]
+    assert final["n"] == 15 and final["robust_accuracy"] == progress[-1]["robust"] / 15
+    plain = client.post("/api/evaluate", json=body).json()  # same numbers without streaming
+    assert plain["points"] == final["points"]

@@ -7,6 +7,8 @@ every response carries the Content-Security-Policy and the other security header
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import math
 import time
@@ -15,7 +17,7 @@ from typing import Any
 import torch
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -621,7 +623,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         return {"points": points, "model": info.name, "attack": spec.name, "steps": steps}
 
     @app.post("/api/evaluate")
-    async def evaluate(body: EvaluateBody, request: Request):
+    async def evaluate(body: EvaluateBody, request: Request, stream: bool = Query(False)):
         info = catalog.info(body.model)
         spec = attack_spec(info, body.attack)
         eps = check_eps(spec, info, body.eps)
@@ -636,13 +638,57 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             return catalog.samples(info.name, body.n)
 
         rows = await run_in_threadpool(load)
+        extra = {"model": info.name, "attack": spec.name, "eps": eps, "steps": steps}
+        if not stream:
 
-        def job(budget):
-            return evaluate_batch(catalog, info, rows, spec.name, eps, steps, body.seed, budget)
+            def job(budget):
+                return evaluate_batch(catalog, info, rows, spec.name, eps, steps, body.seed, budget)
 
-        out = await pool.run(job, request.is_disconnected)
-        out.update(model=info.name, attack=spec.name, eps=eps, steps=steps)
-        return out
+            out = await pool.run(job, request.is_disconnected)
+            out.update(extra)
+            return out
+
+        # streamed: one JSON line per chunk of samples ({"progress": ...}), then
+        # {"result": ...} or {"error": ...}; "busy" is still a plain 429 (checked before)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def report(d):
+            loop.call_soon_threadsafe(queue.put_nowait, d)
+
+        def job_streamed(budget):
+            return evaluate_batch(
+                catalog, info, rows, spec.name, eps, steps, body.seed, budget, progress=report
+            )
+
+        fut, budget = pool.submit(job_streamed)
+
+        async def lines():
+            waiter = asyncio.ensure_future(pool.wait(fut, budget))
+            try:
+                while True:
+                    getter = asyncio.ensure_future(queue.get())
+                    done, _ = await asyncio.wait(
+                        {getter, waiter}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if getter in done:
+                        yield json.dumps({"progress": getter.result()}) + "\n"
+                        continue
+                    getter.cancel()
+                    while not queue.empty():
+                        yield json.dumps({"progress": queue.get_nowait()}) + "\n"
+                    try:
+                        out = waiter.result()
+                        out.update(extra)
+                        yield json.dumps({"result": out}) + "\n"
+                    except ApiError as err:
+                        yield json.dumps(err.body()) + "\n"
+                    return
+            finally:  # the client left (the response was cancelled): stop the job
+                budget.cancelled.set()
+                waiter.cancel()
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
 
     @app.get("/api/physical")
     async def physical(views: int = Query(6), seed: int = Query(0)):
