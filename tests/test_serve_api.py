@@ -710,3 +710,27 @@ def test_evaluate_streams_progress(client):
     assert final["n"] == 15 and final["robust_accuracy"] == progress[-1]["robust"] / 15
     plain = client.post("/api/evaluate", json=body).json()  # same numbers without streaming
     assert plain["points"] == final["points"]
+
+
+def test_uploads_jpeg_sign_and_transparent_canvas(client, mnist_model):
+    from advex import data
+
+    # a JPEG photo of a sign, any size: resized to the model's 32×32
+    stop = client.get("/api/samples?model=gtsrb-cnn&n=1").json()["samples"][0]
+    img = _decode(stop["image"]).convert("RGB").resize((96, 96), Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=95)
+    url = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    r = client.post("/api/predict", json={"model": "gtsrb-cnn", "input": {"image": url}})
+    assert r.status_code == 200 and r.json()["top"][0]["name"] == "stop"
+    # a canvas with a transparent background and black strokes: still read as the digit
+    x, y = data.mnist5k("test").tensors()
+    i = int((mnist_model(x[:20]).argmax(1) == y[:20]).nonzero()[0])
+    big = torch.nn.functional.interpolate(x[i : i + 1], size=200, mode="bilinear")[0, 0]
+    alpha = (big.clamp(0, 1) * 255).to(torch.uint8)
+    rgba = torch.stack([torch.zeros_like(alpha)] * 3 + [alpha], -1).numpy()
+    r = client.post(
+        "/api/predict",
+        json={"model": "mnist-smallcnn", "input": {"image": _png_url(rgba, "RGBA")}},
+    )
+    assert r.json()["top"][0]["label"] == int(y[i])
