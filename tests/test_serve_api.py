@@ -734,3 +734,34 @@ def test_uploads_jpeg_sign_and_transparent_canvas(client, mnist_model):
         json={"model": "mnist-smallcnn", "input": {"image": _png_url(rgba, "RGBA")}},
     )
     assert r.json()["top"][0]["label"] == int(y[i])
+
+
+def test_defended_twin_recipe(app, tiny_model):
+    """mnist-smallcnn-at: the FGSM-RS step stays in the ε-ball and the box; the zoo card
+    records what it was trained for and how robust it came out."""
+    from advex import zoo
+    from advex.zoo.robust import AT_RECIPE, fgsm_rs_loss
+
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = tiny_model
+
+        def forward(self, x):
+            seen.append(x.detach().clone())
+            return self.m(x)
+
+    xb = torch.rand(16, 1, 8, 8)
+    yb = torch.randint(0, 10, (16,))
+    loss, logits = fgsm_rs_loss(lambda step: 0.1)(Spy(), xb, yb, torch.Generator().manual_seed(0))
+    x_adv = seen[-1]
+    assert loss.requires_grad and logits.shape == (16, 10)
+    assert float((x_adv - xb).abs().max()) <= 0.1 + 1e-6 and not torch.equal(x_adv, xb)
+    assert float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
+    app.state.catalog.model("mnist-smallcnn-at")  # trained and cached on first use
+    card = zoo.load_card("mnist-smallcnn-at")
+    assert card["recipe_id"] == zoo.recipe_fingerprint(AT_RECIPE)
+    assert card["accuracy"] >= AT_RECIPE["min_accuracy"]
+    assert card["robust_accuracy"]["pgd40_eps0.1"] > 0.8  # the plain model: about 0.54
