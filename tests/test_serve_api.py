@@ -765,3 +765,25 @@ def test_defended_twin_recipe(app, tiny_model):
     assert card["recipe_id"] == zoo.recipe_fingerprint(AT_RECIPE)
     assert card["accuracy"] >= AT_RECIPE["min_accuracy"]
     assert card["robust_accuracy"]["pgd40_eps0.1"] > 0.8  # the plain model: about 0.54
+
+
+def test_expose_flag_warns_and_opens_hosts(monkeypatch):
+    import uvicorn
+    from click.testing import CliRunner
+
+    from advex.cli import main
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(("threads", n)))
+    r = CliRunner().invoke(main, ["serve", "--host", "0.0.0.0", "--expose", "--no-preload"])
+    assert r.exit_code == 0, r.output
+    assert "WARNING" in r.output and "0.0.0.0" in r.output
+    assert calls[0][0] == "threads" and calls[0][1] >= 1  # cores // jobs, not the caller's
+    app, kw = calls[1]
+    assert kw["host"] == "0.0.0.0" and app.state.config.allowed_hosts is None
+    calls.clear()
+    r = CliRunner().invoke(main, ["serve", "--no-preload", "--port", "8123"])
+    app, kw = calls[1]
+    assert kw == {**kw, "host": "127.0.0.1", "port": 8123} and "WARNING" not in r.output
+    assert app.state.config.allowed_hosts == LOOPBACK_HOSTS
