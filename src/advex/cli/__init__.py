@@ -1,5 +1,5 @@
 """The ``advex`` command line: ``advex demo | attack | evaluate | train | list | physical |
-generator | poison | scan``.
+generator | poison | scan | serve``.
 
 A thin layer over the library: each command lives in its own module (:mod:`.demo`,
 :mod:`.attack`, :mod:`.evaluate`, :mod:`.train`, :mod:`.list`); what they share (attacks by
@@ -26,6 +26,7 @@ from .generator import generator
 from .list import list_cmd
 from .physical import physical
 from .poison import poison, scan
+from .serve import serve
 from .train import train
 
 __all__ = [
@@ -50,7 +51,7 @@ def main() -> None:
     """
 
 
-for _command in (demo, attack, evaluate, train, list_cmd, physical, generator, poison, scan):
+for _command in (demo, attack, evaluate, train, list_cmd, physical, generator, poison, scan, serve):
     main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover
