@@ -16,6 +16,7 @@ need ``../shared/datasets`` (or ``$ADVEX_DATASETS``) and are skipped without it.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import os
 import re
 import shutil
@@ -63,6 +64,8 @@ def server_url():
         gtsrb_root=GTSRB if GTSRB.is_dir() else None,
         sms_root=SMS if SMS.is_dir() else None,
         max_jobs=2,
+        physical_steps=20,  # a small sticker for the stop-sign panel (fitted once, then cached)
+        physical_fit_images=32,
     )
     app = create_app(config)
     sock = _free_socket()
@@ -160,9 +163,9 @@ def test_attack_a_digit_flips_the_prediction(page, artifacts):
     pg = page
     assert pg.input_value("#model-select") == "mnist-smallcnn"
     _choose_sample(pg, 0)
-    true_label = pg.get_attribute("[data-testid=sample-0]", "aria-label")
+    true_label = pg.inner_text("[data-testid=sample-0] .label")
     before = pg.inner_text("#current-pred")
-    assert before in true_label  # the zoo model reads test digit 0 correctly
+    assert before == true_label  # the zoo model reads the first test digit correctly
     pg.select_option("#attack-select", "pgd")
     pg.fill("#steps-input", STEPS)
     _set_eps(pg, 0.3)
@@ -332,6 +335,19 @@ def test_defend_toggle_compares_both_models(page, artifacts):
     assert pg.get_attribute("#result", "data-model") != pg.input_value("#model-select")
     print(f"defend toggle: base {base}, defended {defended}")
     pg.locator("#panel-result").screenshot(path=str(artifacts / "defend.png"))
+
+
+def test_benchmark_round_trip_helper(page):
+    """Smoke test of benchmarks/playground_browser.py's measurement (2 attacks, 10 steps)."""
+    spec = importlib.util.spec_from_file_location(
+        "advex_bench_playground", ROOT / "benchmarks" / "playground_browser.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.measure_round_trips(page, 2, steps=10)
+    assert out["round_trip_ms"]["n"] == 2 and out["round_trip_ms"]["min"] > 0
+    assert out["server_elapsed_ms"]["median"] <= out["round_trip_ms"]["median"]
+    assert out["slider_move_to_result_ms"]["min"] >= 250  # the debounce is part of it
 
 
 def test_phone_width_stacks_the_panels(browser, server_url, artifacts):

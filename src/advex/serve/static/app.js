@@ -288,21 +288,21 @@
       return;
     }
     if (state.model !== m) return; // the user switched model meanwhile
-    for (const s of data.samples || []) {
+    (data.samples || []).forEach((s, index) => {
       const content = s.image
         ? [el("img", { src: s.image, alt: "" })]
         : [el("span", { className: "sample-text", text: s.text.length > 70 ? `${s.text.slice(0, 70)}…` : s.text })];
       const button = el("button", {
         type: "button",
         className: "sample",
-        "data-testid": `sample-${s.id}`,
-        "data-sample": s.id,
+        "data-testid": `sample-${index}`, // position in the grid; the id is the dataset's
+        "data-sample-id": s.id,
         "aria-pressed": "false",
         "aria-label": `Sample ${s.id}, true label ${s.label_name}`,
       }, [...content, el("span", { className: "label", text: s.label_name })]);
       button.addEventListener("click", () => chooseSample(s, button));
       grid.append(button);
-    }
+    });
   }
 
   function chooseSample(s, button) {
@@ -514,9 +514,13 @@
       result.dataset.roundtripMs = roundTrip.toFixed(1);
       result.dataset.success = String(Boolean(main.success));
       result.dataset.eps = String(eps);
+      result.dataset.serverMs = String(main.elapsed_ms);
       result.dataset.model = defended ? m.defended : m.name;
       setStatus(`Done: ${topName(main.original.top)} → ${topName(main.adversarial.top)}.`);
-      drawCurve();
+      // the curve (several attacks) starts once the first result for this input is shown, so
+      // it never delays that result; the slider then only moves its marker
+      if (!state.curve && !state.curveCtl) runCurve();
+      else drawCurve();
       return true;
     } catch (err) {
       if (!isAbort(err) && seq === state.attackSeq) {
@@ -804,10 +808,7 @@
       drawCurve(); // the marker follows the slider at once
       reattack();
     });
-    $("attack-button").addEventListener("click", async () => {
-      // the curve (several attacks) starts once this attack is shown, so it never delays it
-      if ((await runAttack()) && !state.curve) runCurve();
-    });
+    $("attack-button").addEventListener("click", () => runAttack());
     $("curve-button").addEventListener("click", runCurve);
     $("physical-button").addEventListener("click", runPhysical);
     setupCanvas();
