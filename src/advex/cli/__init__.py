@@ -26,6 +26,7 @@ from .generator import generator
 from .list import list_cmd
 from .physical import physical
 from .poison import poison, scan
+from .serve import serve
 from .train import train
 
 __all__ = [
@@ -50,7 +51,7 @@ def main() -> None:
     """
 
 
-for _command in (demo, attack, evaluate, train, list_cmd, physical, generator, poison, scan):
+for _command in (demo, attack, evaluate, train, list_cmd, physical, generator, poison, scan, serve):
     main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover

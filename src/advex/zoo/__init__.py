@@ -144,6 +144,8 @@ _EXTERNAL.update(
 _EXTERNAL["gtsrb-cnn"] = "advex.zoo.traffic:load_traffic"  # GTSRB traffic signs (physical)
 # text: the sentence-encoder reference model (advex.zoo.text_encoder)
 _EXTERNAL["sms-spam-minilm"] = "advex.zoo.text_encoder:load_encoder_model"
+# the playground's "defend" twin of mnist-smallcnn: fast adversarial training (FGSM-RS)
+_EXTERNAL["mnist-smallcnn-at"] = "advex.zoo.robust:load_robust"
 
 
 def _load_external(name: str, **kwargs):
