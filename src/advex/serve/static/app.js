@@ -227,8 +227,12 @@
     const attacks = await attacksFor(m.domain);
     const sel = $("attack-select");
     sel.replaceChildren();
-    for (const a of attacks) sel.append(el("option", { value: a.name, text: a.title || a.name }));
-    const preferred = attacks.find((a) => a.name === "pgd") || attacks[0] || null;
+    for (const a of attacks) {
+      const off = a.available === false;
+      sel.append(el("option", { value: a.name, disabled: off, text: (a.title || a.name) + (off ? " (unavailable)" : "") }));
+    }
+    const usable = attacks.filter((a) => a.available !== false);
+    const preferred = usable.find((a) => a.name === "pgd") || usable[0] || null;
     if (preferred) sel.value = preferred.name;
     selectAttack(sel.value);
     if (m.available) await loadSamples();
@@ -241,6 +245,7 @@
     state.curve = null;
     $("curve").replaceChildren();
     $("curve-summary").textContent = "";
+    $("attack-note").textContent = a ? [a.description, a.reason].filter(Boolean).join(" ") : "";
     if (!a) return;
     const slider = $("eps-slider");
     slider.min = String(a.eps.min);
@@ -248,6 +253,7 @@
     slider.step = String(a.eps.step);
     slider.value = String(a.eps.default);
     updateEpsLabel();
+    $("steps-label").textContent = a.steps_unit === "queries" ? "Queries" : "Steps";
     const steps = $("steps-input");
     steps.max = String(a.steps.max);
     steps.value = String(a.steps.default);
@@ -591,11 +597,17 @@
   function renderDefend(base, defended) {
     const rows = $("defend-rows");
     rows.replaceChildren();
+    // each cell: the prediction (and, for images, the picture it was made on)
+    const cell = (part, what) => {
+      const text = `${topName(part.top)} (${pct(part.top[0].prob)})`;
+      if (!part.image) return el("td", { text });
+      return el("td", {}, [el("img", { className: "thumb", src: part.image, alt: what }), el("span", { text })]);
+    };
     const row = (name, r) =>
       el("tr", { "data-testid": `defend-row-${name === state.model.name ? "base" : "defended"}` }, [
         el("th", { scope: "row", text: name }),
-        el("td", { text: `${topName(r.original.top)} (${pct(r.original.top[0].prob)})` }),
-        el("td", { text: `${topName(r.adversarial.top)} (${pct(r.adversarial.top[0].prob)})` }),
+        cell(r.original, `Original input for ${name}`),
+        cell(r.adversarial, `Adversarial input against ${name}`),
         el("td", { className: r.success ? "bad" : "good", text: r.success ? "yes" : "no" }),
       ]);
     rows.append(row(state.model.name, base), row(state.model.defended, defended));
@@ -605,13 +617,16 @@
   // ------------------------------------------------------------------ confidence vs eps
 
   function curveEps() {
+    // CURVE_POINTS budgets from the attack's smallest to its largest, on the slider's grid (the
+    // first is the clean input when the range starts at 0)
     const a = state.attack;
-    const lo = a.eps.min > 0 ? a.eps.min : a.eps.step;
+    const lo = a.eps.min;
     const hi = a.eps.max;
+    const step = a.eps.step > 0 ? a.eps.step : (hi - lo) / 100;
     const values = [];
     for (let i = 0; i < CURVE_POINTS; i++) {
-      const v = lo + ((hi - lo) * i) / (CURVE_POINTS - 1);
-      values.push(Number(v.toFixed(Math.max(3, decimals(a.eps.step)))));
+      const v = lo + Math.round(((hi - lo) * i) / (CURVE_POINTS - 1) / step) * step;
+      values.push(Number(Math.min(hi, v).toFixed(Math.max(3, decimals(step)))));
     }
     return [...new Set(values)];
   }
