@@ -102,6 +102,7 @@ def measure_round_trips(page, n: int, *, eps: float = 0.3, steps: int = 40) -> d
     model already warm), then ``n`` slider moves on the last one. Returns the page-measured
     round trips and the server's times (milliseconds)."""
     page.select_option("#model-select", "mnist-smallcnn")
+    page.wait_for_selector("#panel-input[data-model='mnist-smallcnn']")
     page.check("#kind-samples")
     page.select_option("#attack-select", "pgd")
     page.fill("#steps-input", str(steps))
@@ -146,6 +147,7 @@ def take_screenshot(page, path: Path) -> dict:
 
     page.set_viewport_size({"width": 1100, "height": 900})
     page.select_option("#model-select", "mnist-smallcnn")
+    page.wait_for_selector("#panel-input[data-model='mnist-smallcnn']")
     page.check("#kind-samples")
     page.select_option("#attack-select", "pgd")
     page.fill("#steps-input", "40")

@@ -123,6 +123,7 @@ def page(browser, server_url):
     pg.on("console", on_console)
     pg.goto(server_url + "/")
     pg.wait_for_selector("body[data-ready='1']")
+    pg.wait_for_selector("#panel-input[data-model='mnist-smallcnn']")
     pg.problems = problems
     yield pg
     context.close()
@@ -267,7 +268,7 @@ def test_stop_sign_views(page, artifacts):
 def test_spam_text_changes_are_highlighted(page, artifacts):
     pg = page
     pg.select_option("#model-select", "sms-spam-cnn")
-    pg.wait_for_selector("#samples-grid .sample")
+    pg.wait_for_selector("#panel-input[data-model='sms-spam-cnn']")  # attacks + samples loaded
     pg.check("#kind-text")
     pg.click("#text-use")
     pg.wait_for_selector("#current[data-state=done]")

@@ -190,13 +190,20 @@
   async function selectModel(name) {
     const m = state.models.find((x) => x.name === name) || null;
     state.model = m;
+    delete $("panel-input").dataset.model; // set again once this model's attacks and samples are in
+    $("samples-grid").replaceChildren();
+    state.input = null;
+    state.inputLabel = null;
     resetResult();
     state.curve = null;
     $("curve").replaceChildren();
     $("curve-summary").textContent = "";
+    $("current-image").hidden = true;
+    $("current-text").hidden = true;
     if (!m) return;
     $("model-note").textContent = m.available
-      ? `${m.domain === "text" ? "Text" : "Image"} classifier, ${m.classes.length} classes` +
+      ? (m.description ? `${m.description} ` : "") +
+        `${m.classes.length} classes` +
         (m.input ? `, input ${m.input.channels}×${m.input.height}×${m.input.width}` : "") + "."
       : m.reason || "Not available on this server.";
 
@@ -236,6 +243,7 @@
     if (preferred) sel.value = preferred.name;
     selectAttack(sel.value);
     if (m.available) await loadSamples();
+    if (state.model === m) $("panel-input").dataset.model = m.name;
   }
 
   function selectAttack(name) {
@@ -251,7 +259,11 @@
     slider.min = String(a.eps.min);
     slider.max = String(a.eps.max);
     slider.step = String(a.eps.step);
-    slider.value = String(a.eps.default);
+    // the model's usual budget (e.g. 0.03 for traffic signs) when it has one, else the attack's
+    const modelEps = state.model && state.model.eps_default;
+    const useModelEps = a.norm === "linf" && typeof modelEps === "number" && modelEps >= a.eps.min && modelEps <= a.eps.max;
+    slider.value = String(useModelEps ? modelEps : a.eps.default);
+    slider.dataset.default = slider.value;
     updateEpsLabel();
     $("steps-label").textContent = a.steps_unit === "queries" ? "Queries" : "Steps";
     const steps = $("steps-input");
@@ -617,11 +629,13 @@
   // ------------------------------------------------------------------ confidence vs eps
 
   function curveEps() {
-    // CURVE_POINTS budgets from the attack's smallest to its largest, on the slider's grid (the
-    // first is the clean input when the range starts at 0)
+    // CURVE_POINTS budgets on the slider's grid, from the attack's smallest (the clean input
+    // when that is 0) to 3x the larger of the slider's and the model's usual budget (MNIST
+    // 0.2 -> up to 0.5 L-inf; traffic signs 0.03 -> 0.09), capped at the attack's largest
     const a = state.attack;
     const lo = a.eps.min;
-    const hi = a.eps.max;
+    const usual = Math.max(epsValue(), Number($("eps-slider").dataset.default || a.eps.default));
+    const hi = Math.min(a.eps.max, Math.max(lo + 4 * a.eps.step, 3 * usual));
     const step = a.eps.step > 0 ? a.eps.step : (hi - lo) / 100;
     const values = [];
     for (let i = 0; i < CURVE_POINTS; i++) {
@@ -671,9 +685,9 @@
     const points = state.curve;
     if (!points || !points.length || !state.attack) return;
     const W = 560, H = 260, L = 48, R = 16, T = 16, B = 40;
-    const lo = Math.min(state.attack.eps.min, points[0].eps);
-    const hi = Math.max(state.attack.eps.max, points[points.length - 1].eps);
-    const x = (e) => L + ((e - lo) / (hi - lo || 1)) * (W - L - R);
+    const lo = points[0].eps;
+    const hi = points[points.length - 1].eps;
+    const x = (e) => L + ((Math.min(hi, Math.max(lo, e)) - lo) / (hi - lo || 1)) * (W - L - R);
     const y = (p) => T + (1 - p) * (H - T - B);
     const first = points.find((p) => p.success);
     const label = first
@@ -689,7 +703,7 @@
     }
     for (const pnt of points) {
       const t = svg("text", { x: x(pnt.eps), y: H - B + 16, "text-anchor": "middle", class: "tick" });
-      t.textContent = fmt(pnt.eps, 2);
+      t.textContent = fmt(pnt.eps, hi < 0.2 ? 3 : 2);
       root.append(t);
     }
     const xl = svg("text", { x: (L + W - R) / 2, y: H - 6, "text-anchor": "middle", class: "axis-label" });
@@ -705,7 +719,7 @@
       c.append(title);
       root.append(c);
     }
-    const e = epsValue();
+    const e = epsValue(); // beyond the plotted range the marker waits at the edge
     const marker = svg("line", { x1: x(e), x2: x(e), y1: T, y2: H - B, class: "marker", "data-testid": "curve-marker", "data-eps": e });
     root.append(marker);
     const legend = el("p", { className: "legend" }, [
