@@ -7,6 +7,7 @@ every response carries the Content-Security-Policy and the other security header
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any
@@ -195,11 +196,34 @@ class GuardMiddleware:
                     return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
                 return await receive()
 
-            return await self.app(scope, receive_replay, send_secure)
-        return await self.app(scope, receive, send_secure)
+            return await self._guarded(scope, receive_replay, send_secure)
+        return await self._guarded(scope, receive, send_secure)
+
+    async def _guarded(self, scope, receive, send):
+        """Run the app; an unexpected exception becomes a JSON 500 with the security headers
+        (logged with its traceback), never a bare text page."""
+        started = False
+
+        async def send_tracking(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except Exception as err:
+            _log.exception("advex serve: internal error on %s", scope.get("path"))
+            if started:
+                raise
+            resp = _error_response(
+                500, "internal_error", f"internal error ({type(err).__name__}); see the server log"
+            )
+            await resp(scope, receive, send)
 
 
 _SEC = {k.encode() for k in SECURITY_HEADERS}
+_log = logging.getLogger("advex.serve")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -230,7 +254,10 @@ def _rss_mb() -> float | None:
 
 
 def _field_of(loc) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    loc = list(loc)
+    if loc and loc[0] in ("body", "query", "path"):
+        loc = loc[1:]
+    parts = [str(p) for p in loc]
     # drop pydantic's union-branch names ("int", "str", "function-after[...]")
     parts = [
         p for p in parts if not p.startswith(("function-", "union")) and p not in ("int", "str")
@@ -321,14 +348,11 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         )
         return _error_response(err.status_code, code, msg)
 
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, err: Exception):
+    @app.exception_handler(ValueError)
+    @app.exception_handler(TypeError)
+    async def _refused(request: Request, err: Exception):
         # bad values the checks above missed reach advex as ValueError/TypeError: a 422
-        if isinstance(err, ValueError | TypeError):
-            return _error_response(422, "invalid_input", f"advex refused the input: {err}")
-        return _error_response(
-            500, "internal_error", f"internal error ({type(err).__name__}); see the server log"
-        )
+        return _error_response(422, "invalid_input", f"advex refused the input: {err}")
 
     # -- helpers -------------------------------------------------------------------------------
     def attack_spec(info, name: Any):

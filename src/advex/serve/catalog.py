@@ -225,16 +225,18 @@ class Catalog:
                     ds = D.gtsrb(info.data_root, "test", classes=list(GTSRB_SAMPLE_CLASSES))
             else:
                 ds = D.sms_spam(info.data_root, "test")
-            order = self._order(ds)
+            order = self._order(ds, GTSRB_SAMPLE_CLASSES if name == "gtsrb-cnn" else None)
             self._samples[name] = (ds, order)
             return ds, order
 
     @staticmethod
-    def _order(ds) -> list[int]:
+    def _order(ds, classes=None) -> list[int]:
         """Sample ids in display order: round-robin over the classes (first of each class,
-        then the second, ...), so any prefix shows every class."""
+        then the second, ...; ``classes`` gives the class order), so a prefix shows them all."""
         y = ds.y if isinstance(ds.y, torch.Tensor) else torch.as_tensor(ds.y)
-        by_class = [(y == c).nonzero().flatten().tolist() for c in sorted(set(y.tolist()))]
+        present = set(y.tolist())
+        order = [c for c in (classes or sorted(present)) if c in present]
+        by_class = [(y == c).nonzero().flatten().tolist() for c in order]
         out: list[int] = []
         k = 0
         while len(out) < len(y) and k < max(len(v) for v in by_class):

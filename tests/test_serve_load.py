@@ -1,0 +1,27 @@
+"""Smoke test of benchmarks/serve_load.py (``--quick``, shortened): a real ``advex serve``
+server (uvicorn, subprocess) on a free loopback port under a few concurrent clients."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+
+def test_load_benchmark_quick(tmp_path):
+    """benchmarks/serve_load.py --quick, shortened: a real server on a free loopback port."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py"
+    spec = importlib.util.spec_from_file_location("serve_load", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "load.json"
+    res = mod.main(
+        ["--quick", "--duration", "1.5", "--trips", "2", "--clients", "6", "--out", str(out)]
+    )
+    assert out.is_file() and res["passed"], res["checks"]
+    assert res["round_trip"]["eps_0.05"]["passes"] >= 80  # all 40 steps ran (fwd + bwd each)
+    assert res["load"]["bad"] and res["machine"]["load_average_before"]
