@@ -533,6 +533,7 @@
       result.dataset.success = String(Boolean(main.success));
       result.dataset.eps = String(eps);
       result.dataset.serverMs = String(main.elapsed_ms);
+      result.dataset.passes = String(main.passes !== undefined ? main.passes : main.queries);
       result.dataset.model = defended ? m.defended : m.name;
       setStatus(`Done: ${topName(main.original.top)} → ${topName(main.adversarial.top)}.`);
       // the curve (several attacks) starts once the first result for this input is shown, so
