@@ -1,6 +1,7 @@
 """Load benchmark of the playground server (``advex serve``), over real HTTP on loopback.
 
-Starts the server with uvicorn in a subprocess on a free loopback port, then:
+Starts the server (``advex serve``, default host, models loaded at start) in a subprocess on a
+free port, checks it listens on loopback only, then:
 
 1. **Round trip**: PGD-40 (L∞) on one MNIST test digit, request to parsed JSON answer, one
    request at a time: median and p95 over ``--trips`` requests, at ε = 0.2 (the digit is
@@ -41,15 +42,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "2026-11-29-serve-load.json"
-
-SERVER = """
-import sys, torch, uvicorn
-from advex.serve import ServeConfig, create_app
-cfg = ServeConfig(max_jobs={max_jobs}, max_queue={max_queue}, time_budget_s={budget},
-                  torch_threads={threads}, preload=True)
-uvicorn.run(create_app(cfg), host="127.0.0.1", port={port}, log_level="warning",
-            access_log=False)
-"""
 
 
 def free_port() -> int:
@@ -174,6 +166,69 @@ def bad_requests() -> list[tuple[str, str, str, dict | None, bytes | None]]:
     ]
 
 
+def listening_addresses(port: int) -> list[str]:
+    """The local addresses listening on ``port`` (Linux /proc/net/tcp{,6}; [] elsewhere)."""
+    out = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            addr, p = f[1].rsplit(":", 1)
+            if f[3] == "0A" and int(p, 16) == port:  # 0A = LISTEN
+                if len(addr) == 8:
+                    out.append(socket.inet_ntop(socket.AF_INET, bytes.fromhex(addr)[::-1]))
+                else:
+                    raw = b"".join(bytes.fromhex(addr[k : k + 8])[::-1] for k in range(0, 32, 8))
+                    out.append(socket.inet_ntop(socket.AF_INET6, raw))
+    return out
+
+
+def client_leaves(port: int) -> dict:
+    """A client starts a long job (a 16-point ε curve of PGD-200 at ε the digit resists, tens
+    of seconds of work) and hangs up after 1 s: the server must stop the job at once."""
+    body = {
+        "model": "mnist-smallcnn",
+        "input": {"sample": 2},
+        "attack": "pgd",
+        "eps_values": [0.001 * (k + 1) for k in range(16)],
+        "steps": 200,
+    }
+    _, j0, _ = request(port, "GET", "/api/health")
+    before = j0["jobs"]
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1.0)
+    t0 = time.perf_counter()
+    try:
+        conn.request(
+            "POST",
+            "/api/curve",
+            body=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        conn.getresponse().read()
+        answered = True
+    except OSError:  # the timeout: hang up
+        answered = False
+    finally:
+        conn.close()
+    left = time.perf_counter()
+    stopped = None
+    while time.perf_counter() - left < 30:
+        _, j, _ = request(port, "GET", "/api/health")
+        if j["jobs"]["running"] == 0 and j["jobs"]["cancelled"] > before["cancelled"]:
+            stopped = time.perf_counter() - left
+            break
+        time.sleep(0.05)
+    return {
+        "answered_before_hangup": answered,
+        "hung_up_after_s": round(left - t0, 2),
+        "job_stopped_after_hangup_s": None if stopped is None else round(stopped, 2),
+        "cancelled_jobs": j["jobs"]["cancelled"] - before["cancelled"],
+    }
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a short smoke run")
@@ -195,16 +250,14 @@ def main(argv=None) -> dict:
     env.setdefault("OMP_NUM_THREADS", "1")
     src = str(ROOT / "src")
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    code = SERVER.format(
-        max_jobs=args.max_jobs,
-        max_queue=args.max_queue,
-        budget=20.0,
-        threads=args.threads,
-        port=port,
-    )
+    cmd = [
+        sys.executable, "-m", "advex", "serve", "--port", str(port),
+        "--max-jobs", str(args.max_jobs), "--max-queue", str(args.max_queue),
+        "--time-budget", "20", "--threads", str(args.threads),
+    ]  # fmt: skip
     load_before = os.getloadavg()
     t_start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    proc = subprocess.Popen(cmd, env=env)
     try:
         deadline = time.monotonic() + 600
         while True:
@@ -220,6 +273,7 @@ def main(argv=None) -> dict:
                 raise SystemExit("the server did not start within 600 s")
             time.sleep(0.2)
         startup_s = time.perf_counter() - t_start
+        bound = listening_addresses(port)
         rss_idle = rss_mb(proc.pid)
 
         # -- 1. round trip ----------------------------------------------------------------------
@@ -345,6 +399,7 @@ def main(argv=None) -> dict:
         load_s = time.perf_counter() - t_load
         st, j, _ = request(port, "GET", "/api/health")
         final = j["jobs"]
+        disconnect = client_leaves(port)
         monitor["max_rss_mb"] = max(monitor["max_rss_mb"], rss_mb(proc.pid) or 0.0)
     finally:
         proc.terminate()
@@ -379,6 +434,9 @@ def main(argv=None) -> dict:
         "good_requests_answered": bool(all_good)
         and all(r[0] in (200, 429, 503) and r[2] for r in all_good),
         "no_connection_errors": "connection_error" not in results,
+        "bound_to_loopback_only": bool(bound) and all(a in ("127.0.0.1", "::1") for a in bound),
+        "job_of_departed_client_stopped": disconnect["job_stopped_after_hangup_s"] is not None
+        and disconnect["job_stopped_after_hangup_s"] < 5.0,
     }
     payload = {
         "benchmark": "serve_load",
@@ -399,6 +457,9 @@ def main(argv=None) -> dict:
             "note": "2 CPU cores shared with other engineers' jobs; load average = runnable "
             "processes (1, 5, 15 min)",
         },
+        "server_command": f"advex serve --port PORT --max-jobs {args.max_jobs} "
+        f"--max-queue {args.max_queue} --time-budget 20 --threads {args.threads}",
+        "listening_on": bound,
         "startup_s": round(startup_s, 1),
         "rss_idle_mb": None if rss_idle is None else round(rss_idle, 1),
         "round_trip": round_trip,
@@ -412,14 +473,14 @@ def main(argv=None) -> dict:
             "server_jobs_final": final,
             "requests_per_s": round((len(all_good) + len(all_bad)) / load_s, 1),
         },
+        "client_leaves": disconnect,
         "checks": checks,
         "passed": all(checks.values()),
         "command": "OMP_NUM_THREADS=1 python benchmarks/serve_load.py"
         + (" --quick" if args.quick else ""),
     }
-    print(
-        f"server start (models preloaded): {startup_s:.1f} s; idle RSS {payload['rss_idle_mb']} MB"
-    )
+    print(f"server start (models loaded): {startup_s:.1f} s; idle RSS {payload['rss_idle_mb']} MB")
+    print(f"listening on {bound}")
     print(f"load average before {load_before}, after {load_after} ({os.cpu_count()} cores)")
     for k, v in round_trip.items():
         print(
@@ -440,6 +501,7 @@ def main(argv=None) -> dict:
         f"  max running jobs {monitor['max_running']} (peak {final['peak_running']}, cap "
         f"{args.max_jobs}); max RSS {monitor['max_rss_mb']:.0f} MB (bound {args.rss_bound_mb:.0f})"
     )
+    print(f"client hangs up on a long job: {disconnect}")
     for k, v in checks.items():
         print(f"  check {k}: {'ok' if v else 'FAILED'}")
     if out_path is not None:

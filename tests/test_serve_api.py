@@ -432,6 +432,8 @@ def test_body_errors(client):
         ({"attack": "fgsm", "steps": 5}, 422, "steps_out_of_range", "steps"),
         ({"seed": -1}, 422, "invalid_field", "seed"),
         ({"targeted": "yes"}, 422, "invalid_field", "targeted"),
+        ({"steps": True}, 422, "invalid_field", "steps"),
+        ({"eps": None, "steps": "40"}, 422, "invalid_field", "steps"),
         ({"model": "resnet"}, 404, "unknown_model", "model"),
         ({"model": 3}, 422, "invalid_field", "model"),
         ({"attack": "deepfool"}, 404, "unknown_attack", "attack"),
@@ -657,3 +659,54 @@ def test_to_data_url_roundtrip():
     x = torch.rand(3, 5, 7)
     img = _decode(to_data_url(x))
     assert img.size == (7, 5) and img.mode == "RGB"
+
+
+def test_budgeted_text_module_checks_every_call(client, app):
+    from advex.serve.jobs import BudgetedTextModule
+
+    base = app.state.catalog.model("sms-spam-cnn")
+    b = Budget(10.0)
+    b.start()
+    clf = app.state.catalog.text_classifier("sms-spam-cnn", BudgetedTextModule(base.module, b))
+    assert "gradients" in clf.exposes  # still white box (HotFlip)
+    assert clf(["free prize"]).shape == (1, 2) and b.calls == 1
+    b.cancelled.set()
+    with pytest.raises(JobStopped):
+        clf(["free prize"])
+
+
+def test_evaluate_small_batch(client):
+    def ev(model, **kw):
+        body = {"model": model, "attack": "pgd", "eps": 0.2, "steps": 10, "n": 10, **kw}
+        return client.post("/api/evaluate", json=body)
+
+    plain, hard = ev("mnist-smallcnn").json(), ev("mnist-smallcnn-at").json()
+    for r in (plain, hard):
+        assert r["n"] == 10 and len(r["points"]) == 10 and r["passes"] > 0
+        assert r["robust_accuracy"] == sum(p["robust"] for p in r["points"]) / 10
+        assert r["clean_accuracy"] >= 0.9
+    assert plain["robust_accuracy"] <= 0.2 < 0.6 <= hard["robust_accuracy"], (plain, hard)
+    t = client.post(
+        "/api/evaluate", json={"model": "sms-spam-cnn", "attack": "deepwordbug", "eps": 5, "n": 4}
+    ).json()
+    assert t["n"] == 4 and t["queries"] > 0
+    _error(ev("mnist-smallcnn", n=101), 422, "invalid_field", "n")
+    _error(ev("mnist-smallcnn", n=0), 422, "invalid_field", "n")
+    _error(ev("mnist-smallcnn", eps=0.7), 422, "eps_out_of_range", "eps")
+    _error(ev("mnist-smallcnn", input={"sample": 1}), 422, "unknown_field", "input")
+
+
+def test_evaluate_streams_progress(client):
+    import json
+
+    body = {"model": "mnist-smallcnn", "attack": "pgd", "eps": 0.2, "steps": 5, "n": 15}
+    with client.stream("POST", "/api/evaluate?stream=true", json=body) as r:
+        assert r.status_code == 200 and r.headers["content-type"] == "application/x-ndjson"
+        assert r.headers["content-security-policy"] == CSP
+        lines = [json.loads(line) for line in r.iter_lines() if line]
+    progress = [x["progress"] for x in lines[:-1]]
+    assert [p["done"] for p in progress] == [10, 15] and all(p["n"] == 15 for p in progress)
+    final = lines[-1]["result"]
+    assert final["n"] == 15 and final["robust_accuracy"] == progress[-1]["robust"] / 15
+    plain = client.post("/api/evaluate", json=body).json()  # same numbers without streaming
+    assert plain["points"] == final["points"]

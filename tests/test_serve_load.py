@@ -1,5 +1,6 @@
-"""Smoke test of benchmarks/serve_load.py (``--quick``, shortened): a real ``advex serve``
-server (uvicorn, subprocess) on a free loopback port under a few concurrent clients."""
+"""Smoke test of benchmarks/serve_load.py (``--quick``, shortened): the real ``advex serve``
+command (uvicorn, subprocess) on a free port, bound to loopback only, under a few concurrent
+clients; bad requests, the job cap and a client that hangs up."""
 
 from __future__ import annotations
 
@@ -25,3 +26,4 @@ def test_load_benchmark_quick(tmp_path):
     assert out.is_file() and res["passed"], res["checks"]
     assert res["round_trip"]["eps_0.05"]["passes"] >= 80  # all 40 steps ran (fwd + bwd each)
     assert res["load"]["bad"] and res["machine"]["load_average_before"]
+    assert res["listening_on"] == ["127.0.0.1"] and res["checks"]["bound_to_loopback_only"]

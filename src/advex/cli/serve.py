@@ -54,7 +54,20 @@ def check_bind(host: str, expose: bool) -> str | None:
     help="Allow a non-loopback --host (e.g. 0.0.0.0): the page and API become reachable "
     "from other machines.",
 )
-@click.option("--max-jobs", default=2, show_default=True, type=click.IntRange(1, 64))
+@click.option(
+    "--max-jobs",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Attack jobs run at the same time.",
+)
+@click.option(
+    "--max-queue",
+    default=2,
+    show_default=True,
+    type=click.IntRange(0, 1000),
+    help="Attack jobs waiting for a slot; beyond, requests get 429 busy.",
+)
 @click.option(
     "--time-budget",
     default=20.0,
@@ -69,7 +82,7 @@ def check_bind(host: str, expose: bool) -> str | None:
     help="torch threads (default: CPU cores / max jobs).",
 )
 @click.option("--no-preload", is_flag=True, help="Load models on first use, not at start.")
-def serve(host, port, gtsrb, sms, expose, max_jobs, time_budget, threads, no_preload):
+def serve(host, port, gtsrb, sms, expose, max_jobs, max_queue, time_budget, threads, no_preload):
     """Start the playground at http://127.0.0.1:8000: pick a model and an input, drag ε and
     watch the prediction flip.
 
@@ -94,6 +107,7 @@ def serve(host, port, gtsrb, sms, expose, max_jobs, time_budget, threads, no_pre
         gtsrb_root=gtsrb,
         sms_root=sms,
         max_jobs=max_jobs,
+        max_queue=max_queue,
         time_budget_s=time_budget,
         torch_threads=threads or max(1, cores // max_jobs),
         allowed_hosts=None if warning else LOOPBACK_HOSTS,

@@ -7,6 +7,8 @@ every response carries the Content-Security-Policy and the other security header
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import math
 import time
@@ -15,7 +17,7 @@ from typing import Any
 import torch
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -28,6 +30,7 @@ from .physical import StickerPanel
 from .runner import (
     attack_image,
     attack_text,
+    evaluate_batch,
     image_attacks,
     predict_image,
     predict_text,
@@ -87,6 +90,16 @@ class AttackBody(PredictBody):
     steps: int | None = None
     targeted: bool = False
     target: int | str | None = None
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+
+class EvaluateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, protected_namespaces=())
+    model: str
+    attack: str
+    eps: float | None = None
+    steps: int | None = None
+    n: int = Field(default=20, ge=1)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
 
 
@@ -485,6 +498,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
                 "max_steps": config.max_steps,
                 "max_curve_points": config.max_curve_points,
                 "max_samples": config.max_samples,
+                "max_eval": config.max_eval,
                 "time_budget_s": config.time_budget_s,
             },
         }
@@ -607,6 +621,74 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
 
         points = await pool.run(job, request.is_disconnected)
         return {"points": points, "model": info.name, "attack": spec.name, "steps": steps}
+
+    @app.post("/api/evaluate")
+    async def evaluate(body: EvaluateBody, request: Request, stream: bool = Query(False)):
+        info = catalog.info(body.model)
+        spec = attack_spec(info, body.attack)
+        eps = check_eps(spec, info, body.eps)
+        steps = check_steps(spec, body.steps)
+        if body.n > config.max_eval:
+            raise ApiError(
+                422, "invalid_field", f"n must be at most {config.max_eval}, got {body.n}", "n"
+            )
+
+        def load():
+            catalog.model(info.name)
+            return catalog.samples(info.name, body.n)
+
+        rows = await run_in_threadpool(load)
+        extra = {"model": info.name, "attack": spec.name, "eps": eps, "steps": steps}
+        if not stream:
+
+            def job(budget):
+                return evaluate_batch(catalog, info, rows, spec.name, eps, steps, body.seed, budget)
+
+            out = await pool.run(job, request.is_disconnected)
+            out.update(extra)
+            return out
+
+        # streamed: one JSON line per chunk of samples ({"progress": ...}), then
+        # {"result": ...} or {"error": ...}; "busy" is still a plain 429 (checked before)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def report(d):
+            loop.call_soon_threadsafe(queue.put_nowait, d)
+
+        def job_streamed(budget):
+            return evaluate_batch(
+                catalog, info, rows, spec.name, eps, steps, body.seed, budget, progress=report
+            )
+
+        fut, budget = pool.submit(job_streamed)
+
+        async def lines():
+            waiter = asyncio.ensure_future(pool.wait(fut, budget))
+            try:
+                while True:
+                    getter = asyncio.ensure_future(queue.get())
+                    done, _ = await asyncio.wait(
+                        {getter, waiter}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if getter in done:
+                        yield json.dumps({"progress": getter.result()}) + "\n"
+                        continue
+                    getter.cancel()
+                    while not queue.empty():
+                        yield json.dumps({"progress": queue.get_nowait()}) + "\n"
+                    try:
+                        out = waiter.result()
+                        out.update(extra)
+                        yield json.dumps({"result": out}) + "\n"
+                    except ApiError as err:
+                        yield json.dumps(err.body()) + "\n"
+                    return
+            finally:  # the client left (the response was cancelled): stop the job
+                budget.cancelled.set()
+                waiter.cancel()
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
 
     @app.get("/api/physical")
     async def physical(views: int = Query(6), seed: int = Query(0)):

@@ -24,7 +24,7 @@ from .limits import ApiError
 __all__ = ["Catalog", "ModelInfo", "GTSRB_SAMPLE_CLASSES"]
 
 #: GTSRB classes shown as samples (read from the test set; loading all 43 is slower)
-GTSRB_SAMPLE_CLASSES = (14, 1, 2, 13, 17, 25, 33, 38, 12, 4)
+GTSRB_SAMPLE_CLASSES = (14, 1, 13, 17, 25, 33, 38, 12)
 
 
 @dataclass

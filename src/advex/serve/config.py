@@ -29,6 +29,7 @@ class ServeConfig:
         max_text_chars: longest text. max_steps: most steps of an iterative attack.
         max_curve_points: most ε values in one ``/api/curve`` request.
         max_samples: most samples in one ``/api/samples`` answer.
+        max_eval: most test samples attacked by one ``/api/evaluate`` request.
         max_jobs: attack jobs run at the same time; max_queue: jobs waiting for a slot (429
             ``busy`` beyond). queue_timeout_s: longest wait for a slot.
         time_budget_s: longest run of one attack job (503 ``time_budget`` beyond: the attack
@@ -50,6 +51,7 @@ class ServeConfig:
     max_steps: int = 200
     max_curve_points: int = 16
     max_samples: int = 48
+    max_eval: int = 100
     max_jobs: int = 2
     max_queue: int = 2
     queue_timeout_s: float = 30.0
@@ -71,6 +73,7 @@ class ServeConfig:
             "max_steps",
             "max_curve_points",
             "max_samples",
+            "max_eval",
             "max_jobs",
             "physical_steps",
             "physical_fit_images",

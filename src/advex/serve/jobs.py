@@ -139,15 +139,9 @@ class JobPool:
             self.completed += 1
         return out
 
-    async def run(
-        self,
-        fn: Callable[[Budget], Any],
-        is_disconnected: Callable[[], Awaitable[bool]] | None = None,
-        poll_s: float = 0.05,
-    ) -> Any:
-        """Run ``fn(budget)`` in a worker; raises :class:`ApiError` 429 (``busy``) when every
-        slot and queue place is taken, 503 (``time_budget`` / ``queue_timeout``) when the job
-        ran out of time, 499 (``client_closed``) when the client left."""
+    def submit(self, fn: Callable[[Budget], Any]) -> tuple[asyncio.Future, Budget]:
+        """Queue ``fn(budget)`` (from the event loop); raises :class:`ApiError` 429
+        (``busy``) at once when every slot and queue place is taken."""
         with self._lock:
             if self.running + self.queued >= self.max_jobs + self.max_queue:
                 self.rejected += 1
@@ -167,7 +161,18 @@ class JobPool:
             with self._lock:
                 self.queued -= 1
             raise ApiError(503, "shutting_down", "the server is shutting down", None) from None
-        fut = asyncio.wrap_future(cf)
+        return asyncio.wrap_future(cf), budget
+
+    async def wait(
+        self,
+        fut: asyncio.Future,
+        budget: Budget,
+        is_disconnected: Callable[[], Awaitable[bool]] | None = None,
+        poll_s: float = 0.05,
+    ) -> Any:
+        """The result of a submitted job, polling ``is_disconnected`` meanwhile (a departed
+        client cancels the job); raises :class:`ApiError` 503 (``time_budget`` /
+        ``queue_timeout``) or 499 (``client_closed``)."""
         try:
             while True:
                 done, _ = await asyncio.wait({fut}, timeout=poll_s)
@@ -196,6 +201,17 @@ class JobPool:
         except asyncio.CancelledError:
             budget.cancelled.set()
             raise
+
+    async def run(
+        self,
+        fn: Callable[[Budget], Any],
+        is_disconnected: Callable[[], Awaitable[bool]] | None = None,
+        poll_s: float = 0.05,
+    ) -> Any:
+        """:meth:`submit` then :meth:`wait`: run ``fn(budget)`` in a worker; 429 ``busy``
+        when full, 503 when out of time, 499 when the client left."""
+        fut, budget = self.submit(fn)
+        return await self.wait(fut, budget, is_disconnected, poll_s)
 
 
 class BudgetedTextModule(nn.Module):
