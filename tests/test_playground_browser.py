@@ -15,8 +15,8 @@ need ``../shared/datasets`` (or ``$ADVEX_DATASETS``) and are skipped without it.
 
 from __future__ import annotations
 
-import base64
 import importlib.util
+import io
 import os
 import re
 import shutil
@@ -299,15 +299,20 @@ def test_bad_upload_shows_the_error(page, artifacts):
     assert pg.get_attribute("#alert", "role") == "alert"
     assert pg.inner_text("#current-pred") == "—"
     pg.screenshot(path=str(artifacts / "bad-upload.png"))
-    # a real image after the bad one works and clears the message
-    png = base64.b64decode(
-        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="
-    )
-    dot = {"name": "dot.png", "mimeType": "image/png", "buffer": png}
-    pg.set_input_files("#upload-input", files=[dot])
+    # a real image after the bad one works and clears the message; a GIF (which the server does
+    # not take) is redrawn as a PNG by the page
+    from PIL import Image, ImageDraw
+
+    gif = Image.new("L", (56, 56), 0)
+    ImageDraw.Draw(gif).line([(28, 8), (28, 48)], fill=255, width=6)  # a "1"
+    buf = io.BytesIO()
+    gif.save(buf, "GIF")
+    one = {"name": "one.gif", "mimeType": "image/gif", "buffer": buf.getvalue()}
+    pg.set_input_files("#upload-input", files=[one])
     pg.wait_for_selector("#current[data-state=done]")
     assert pg.is_hidden("#alert")
     assert re.fullmatch(r"\d", pg.inner_text("#current-pred"))
+    assert pg.get_attribute("#current-image", "src").startswith("data:image/png;base64,")
 
 
 def test_api_error_appears_in_the_alert(page):
@@ -319,6 +324,23 @@ def test_api_error_appears_in_the_alert(page):
     pg.wait_for_selector("#alert:not([hidden])")
     assert "steps" in pg.inner_text("#alert-text").lower()
     assert pg.get_attribute("#result", "data-state") == "error"
+
+
+def test_evaluate_a_batch_streams_progress(page, artifacts):
+    pg = page
+    pg.fill("#steps-input", STEPS)
+    _set_eps(pg, 0.3)
+    pg.fill("#eval-n", "12")
+    pg.click("#eval-button")
+    pg.wait_for_selector("#evaluate[data-state=done]")
+    text = pg.inner_text("#eval-text")
+    pattern = r"clean accuracy [\d.]+%, robust accuracy [\d.]+% on 12 test samples"
+    assert re.search(pattern, text), text
+    assert pg.locator("#eval-points li").count() == 12
+    assert pg.get_attribute("#eval-progress", "value") == "12"
+    # the plain CNN is not robust at eps 0.3: most samples are fooled
+    assert pg.locator("#eval-points li.fooled").count() >= 6
+    pg.locator("#panel-evaluate").screenshot(path=str(artifacts / "evaluate.png"))
 
 
 def test_defend_toggle_compares_both_models(page, artifacts):

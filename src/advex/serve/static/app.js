@@ -25,6 +25,7 @@
     attackCtl: null, // AbortController of the attack in flight
     curveCtl: null,
     predictCtl: null,
+    evalCtl: null,
     attackSeq: 0,
     curveSeq: 0,
     curve: null, // last /api/curve points and the eps they were computed for
@@ -436,9 +437,12 @@
       if (!file) return;
       const reader = new FileReader();
       reader.onerror = () => showError(`Could not read the file ${file.name}.`);
-      reader.onload = () => {
-        const url = String(reader.result);
-        // the server decides what is an image (it decodes it); the page shows its answer
+      reader.onload = async () => {
+        // PNG and JPEG go as they are; another image type the browser can decode (GIF, WebP,
+        // BMP, ...) is redrawn as a PNG; anything else goes as it is and the server says why
+        // it is refused (the page shows its answer)
+        let url = String(reader.result);
+        if (/^image\//.test(file.type) && !/^image\/(png|jpeg)$/.test(file.type)) url = await asPng(url);
         setInput({ image: url }, null, null, null)
           .then(() => {
             $("current-image").src = url;
@@ -449,6 +453,26 @@
           });
       };
       reader.readAsDataURL(file);
+    });
+  }
+
+  /** A data URL redrawn as PNG through a canvas; the original when the browser cannot decode it. */
+  function asPng(url) {
+    return new Promise((resolve) => {
+      const img = new Image();
+      img.onload = () => {
+        try {
+          const c = document.createElement("canvas");
+          c.width = img.naturalWidth;
+          c.height = img.naturalHeight;
+          c.getContext("2d").drawImage(img, 0, 0);
+          resolve(c.toDataURL("image/png"));
+        } catch (err) {
+          resolve(url);
+        }
+      };
+      img.onerror = () => resolve(url);
+      img.src = url;
     });
   }
 
@@ -732,6 +756,108 @@
     $("curve-summary").textContent = label.replace("Confidence against ε: t", "T");
   }
 
+  // ------------------------------------------------------------------ evaluate a batch (streamed)
+
+  async function runEvaluate() {
+    if (!state.model || !state.attack) return;
+    if (state.evalCtl) state.evalCtl.abort();
+    const ctl = new AbortController();
+    state.evalCtl = ctl;
+    const box = $("evaluate");
+    const bar = $("eval-progress");
+    const text = $("eval-text");
+    const list = $("eval-points");
+    const n = Math.max(1, Math.min(100, Math.round(Number($("eval-n").value) || 30)));
+    const model = activeModelName();
+    box.dataset.state = "running";
+    box.setAttribute("aria-busy", "true");
+    $("eval-cancel").disabled = false;
+    list.replaceChildren();
+    bar.max = n;
+    bar.value = 0;
+    bar.hidden = false;
+    text.textContent = `Attacking ${n} test samples of ${model}…`;
+    clearError();
+    const body = attackBody(model);
+    delete body.input;
+    delete body.targeted;
+    delete body.target;
+    body.n = n;
+    try {
+      const response = await fetch("/api/evaluate?stream=true", {
+        method: "POST",
+        headers: { "Content-Type": "application/json", Accept: "application/x-ndjson" },
+        body: JSON.stringify(body),
+        signal: ctl.signal,
+      });
+      if (!response.ok) {
+        let e = null;
+        try {
+          e = (await response.json()).error;
+        } catch (err) {
+          e = null;
+        }
+        throw new ApiError(e && e.message ? e.message : `The server answered ${response.status}.`, e && e.code, e && e.field, response.status);
+      }
+      // newline-delimited JSON: {"progress": {...}} lines, then {"result": ...} or {"error": ...}
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      let buffer = "";
+      let result = null;
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (value) buffer += decoder.decode(value, { stream: true });
+        let cut;
+        while ((cut = buffer.indexOf("\n")) >= 0) {
+          const line = buffer.slice(0, cut).trim();
+          buffer = buffer.slice(cut + 1);
+          if (!line) continue;
+          const msg = JSON.parse(line);
+          if (msg.error) throw new ApiError(msg.error.message, msg.error.code, msg.error.field, 200);
+          if (msg.progress) {
+            const p = msg.progress;
+            bar.value = p.done;
+            bar.textContent = `${p.done} of ${p.n}`;
+            text.textContent = `${p.done} of ${p.n} attacked: robust so far ${p.robust} of ${p.done} (clean ${p.clean}).`;
+          }
+          if (msg.result) result = msg.result;
+        }
+        if (done) break;
+      }
+      if (!result) throw new ApiError("The evaluation ended without a result.", "no_result", null, 200);
+      bar.value = result.n;
+      const cost = result.passes !== undefined ? `${result.passes} model passes` : `${result.queries} queries`;
+      text.textContent =
+        `${model}, ${state.attack.title || state.attack.name} at ε = ${fmt(body.eps)}: ` +
+        `clean accuracy ${pct(result.clean_accuracy)}, robust accuracy ${pct(result.robust_accuracy)} ` +
+        `on ${result.n} test samples (the attack fooled ${pct(result.success_rate)} of those read correctly; ` +
+        `${cost}, ${fmt(result.elapsed_ms / 1000, 1)} s).`;
+      const names = state.model.classes;
+      for (const pt of result.points) {
+        const kind = pt.clean_pred !== pt.label ? "wrong" : pt.robust ? "robust" : "fooled";
+        const say = kind === "wrong" ? `misread as ${names[pt.clean_pred]}` : kind === "robust" ? "robust" : `fooled: ${names[pt.adv_pred]}`;
+        list.append(el("li", { className: kind, title: `sample ${pt.id}, true ${names[pt.label]}: ${say}`, text: `${names[pt.label]}→${names[pt.adv_pred]}` }));
+      }
+      box.dataset.state = "done";
+      box.dataset.robust = String(result.robust_accuracy);
+    } catch (err) {
+      if (isAbort(err)) {
+        text.textContent = "Cancelled.";
+        box.dataset.state = "cancelled";
+      } else {
+        box.dataset.state = "error";
+        text.textContent = "";
+        showError(err);
+      }
+    } finally {
+      if (state.evalCtl === ctl) {
+        state.evalCtl = null;
+        box.removeAttribute("aria-busy");
+        $("eval-cancel").disabled = true;
+      }
+    }
+  }
+
   // ------------------------------------------------------------------ physical (stop sign)
 
   async function runPhysical() {
@@ -841,6 +967,8 @@
     $("attack-button").addEventListener("click", () => runAttack());
     $("curve-button").addEventListener("click", runCurve);
     $("physical-button").addEventListener("click", runPhysical);
+    $("eval-button").addEventListener("click", runEvaluate);
+    $("eval-cancel").addEventListener("click", () => state.evalCtl && state.evalCtl.abort());
     setupCanvas();
     setupUpload();
   }
