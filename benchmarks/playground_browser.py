@@ -10,7 +10,7 @@
 
 The server is the real one (``advex.serve.create_app`` under uvicorn, in a thread, on a free
 loopback port); the browser is Debian's ``chromium`` driven by the ``playwright`` package.
-There is no peer to run: no other adversarial-examples library ships a browser playground.
+There is no peer to run: ART, Foolbox and torchattacks ship no browser playground.
 
     OMP_NUM_THREADS=1 python benchmarks/playground_browser.py [--quick] [--n 20] [--no-suite]
         [--out benchmarks/results/2026-11-29-playground-browser.json]
