@@ -266,8 +266,10 @@
     slider.value = String(useModelEps ? modelEps : a.eps.default);
     slider.dataset.default = slider.value;
     updateEpsLabel();
-    $("steps-label").textContent = a.steps_unit === "queries" ? "Queries" : "Steps";
+    $("steps-label").textContent =
+      a.steps_unit === "queries" ? "Queries" : a.steps_unit === "unused" ? "Steps (not used by this attack)" : "Steps";
     const steps = $("steps-input");
+    steps.disabled = a.steps_unit === "unused";
     steps.max = String(a.steps.max);
     steps.value = String(a.steps.default);
     const targeted = $("targeted-toggle");
@@ -327,7 +329,7 @@
   function chooseSample(s, button) {
     for (const b of $("samples-grid").querySelectorAll("button")) b.setAttribute("aria-pressed", "false");
     button.setAttribute("aria-pressed", "true");
-    setInput({ sample: s.id }, s.label, s.image || null, s.text || null);
+    setInput({ sample: s.id }, s.label, s.image || null, s.text || null).catch(() => undefined); // shown in the alert
   }
 
   function setInput(input, label, image, text) {
