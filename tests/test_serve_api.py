@@ -710,3 +710,80 @@ def test_evaluate_streams_progress(client):
     assert final["n"] == 15 and final["robust_accuracy"] == progress[-1]["robust"] / 15
     plain = client.post("/api/evaluate", json=body).json()  # same numbers without streaming
     assert plain["points"] == final["points"]
+
+
+def test_uploads_jpeg_sign_and_transparent_canvas(client, mnist_model):
+    from advex import data
+
+    # a JPEG photo of a sign, any size: resized to the model's 32×32
+    stop = client.get("/api/samples?model=gtsrb-cnn&n=1").json()["samples"][0]
+    img = _decode(stop["image"]).convert("RGB").resize((96, 96), Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=95)
+    url = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    r = client.post("/api/predict", json={"model": "gtsrb-cnn", "input": {"image": url}})
+    assert r.status_code == 200 and r.json()["top"][0]["name"] == "stop"
+    # a canvas with a transparent background and black strokes: still read as the digit
+    x, y = data.mnist5k("test").tensors()
+    i = int((mnist_model(x[:20]).argmax(1) == y[:20]).nonzero()[0])
+    big = torch.nn.functional.interpolate(x[i : i + 1], size=200, mode="bilinear")[0, 0]
+    alpha = (big.clamp(0, 1) * 255).to(torch.uint8)
+    rgba = torch.stack([torch.zeros_like(alpha)] * 3 + [alpha], -1).numpy()
+    r = client.post(
+        "/api/predict",
+        json={"model": "mnist-smallcnn", "input": {"image": _png_url(rgba, "RGBA")}},
+    )
+    assert r.json()["top"][0]["label"] == int(y[i])
+
+
+def test_defended_twin_recipe(app, tiny_model):
+    """mnist-smallcnn-at: the FGSM-RS step stays in the ε-ball and the box; the zoo card
+    records what it was trained for and how robust it came out."""
+    from advex import zoo
+    from advex.zoo.robust import AT_RECIPE, fgsm_rs_loss
+
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = tiny_model
+
+        def forward(self, x):
+            seen.append(x.detach().clone())
+            return self.m(x)
+
+    xb = torch.rand(16, 1, 8, 8)
+    yb = torch.randint(0, 10, (16,))
+    loss, logits = fgsm_rs_loss(lambda step: 0.1)(Spy(), xb, yb, torch.Generator().manual_seed(0))
+    x_adv = seen[-1]
+    assert loss.requires_grad and logits.shape == (16, 10)
+    assert float((x_adv - xb).abs().max()) <= 0.1 + 1e-6 and not torch.equal(x_adv, xb)
+    assert float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
+    app.state.catalog.model("mnist-smallcnn-at")  # trained and cached on first use
+    card = zoo.load_card("mnist-smallcnn-at")
+    assert card["recipe_id"] == zoo.recipe_fingerprint(AT_RECIPE)
+    assert card["accuracy"] >= AT_RECIPE["min_accuracy"]
+    assert card["robust_accuracy"]["pgd40_eps0.1"] > 0.8  # the plain model: about 0.54
+
+
+def test_expose_flag_warns_and_opens_hosts(monkeypatch):
+    import uvicorn
+    from click.testing import CliRunner
+
+    from advex.cli import main
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(("threads", n)))
+    r = CliRunner().invoke(main, ["serve", "--host", "0.0.0.0", "--expose", "--no-preload"])
+    assert r.exit_code == 0, r.output
+    assert "WARNING" in r.output and "0.0.0.0" in r.output
+    assert calls[0][0] == "threads" and calls[0][1] >= 1  # cores // jobs, not the caller's
+    app, kw = calls[1]
+    assert kw["host"] == "0.0.0.0" and app.state.config.allowed_hosts is None
+    calls.clear()
+    r = CliRunner().invoke(main, ["serve", "--no-preload", "--port", "8123"])
+    app, kw = calls[1]
+    assert kw == {**kw, "host": "127.0.0.1", "port": 8123} and "WARNING" not in r.output
+    assert app.state.config.allowed_hosts == LOOPBACK_HOSTS

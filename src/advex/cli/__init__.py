@@ -1,5 +1,5 @@
 """The ``advex`` command line: ``advex demo | attack | evaluate | train | list | physical |
-generator | poison | scan``.
+generator | poison | scan | serve``.
 
 A thin layer over the library: each command lives in its own module (:mod:`.demo`,
 :mod:`.attack`, :mod:`.evaluate`, :mod:`.train`, :mod:`.list`); what they share (attacks by

@@ -5,7 +5,7 @@ one from its options."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["ServeConfig", "LOOPBACK_HOSTS"]
@@ -63,7 +63,6 @@ class ServeConfig:
     cache_dir: str | os.PathLike | None = None
     static_dir: str | os.PathLike | None = None
     preload: bool = False
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in (
