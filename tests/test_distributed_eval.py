@@ -120,69 +120,69 @@ def test_longest_first_balances():
     assert got == assign_longest_first(dict(reversed(costs.items())), 2)  # deterministic
 
 
-def test_two_ranks_equal_one_process(reference, tmp_path):
-    rcs, outs = _ranks(2, str(tmp_path))
-    assert rcs == [0, 0], outs
-    two = _load(tmp_path / "results.json")
-    ref = {k: v for k, v in reference.items() if k != "_dir"}
-    assert _strip(two) == _strip(ref)
-    # the run was a real sharded one: both ranks worked, the later stages re-split
-    info = two["distributed"]
-    assert info["world_size"] == 2 and info["backend"] == "gloo" and info["rebalance"]
-    ranks = info["ranks"]
-    assert all(r["batches_phase_a"] for r in ranks)
-    assert sorted(k for r in ranks for k in r["batches_phase_b"]) == list(range(info["batches"]))
-    assert all(r["idle_s"] >= 0 and r["busy_s"] > 0 for r in ranks)
-    # and points survived the first stage: phase B attacked them
-    assert ref["per_attack"][1]["n_attacked"] > 0 and ref["per_attack"][3]["n_attacked"] > 0
-    # a one-process run refuses the per-rank state of this run
-    sys.path.insert(0, str(WORKER.parent))
-    try:
-        import eval_worker
-    finally:
-        sys.path.pop(0)
-    with pytest.raises(ValueError, match="distributed run with world size 2"):
-        eval_worker.main([str(tmp_path)])
-
-
 def _saved(run: Path) -> tuple[int, int]:
     mids = len(list(run.glob("rank*-of-2/state/mid_*.json")))
     finals = len(list(run.glob("rank*-of-2/state/batch_*.json")))
     return mids, finals
 
 
-def test_killed_rank_resumes_only_missing_work(reference, tmp_path):
-    # rank 1 dies after 3 units: its 2 phase-A batches and its first phase-B batch (of 5 batches)
-    procs = _ranks(2, str(tmp_path), "--exit-after", "1:3", wait=False)
+@pytest.fixture(scope="module")
+def resumed(reference, tmp_path_factory):
+    """A 2-rank run whose rank 1 dies after 4 units (its 3 phase-A batches of 6 and its first
+    phase-B batch), then the same command again (which also tries the bad uses after it)."""
+    out = tmp_path_factory.mktemp("two")
+    procs = _ranks(2, str(out), "--exit-after", "1:4", wait=False)
     procs[1].communicate(timeout=TIMEOUT)
-    assert procs[1].returncode == 17
     try:  # as torchrun does: the other workers of a failed group are stopped
         procs[0].communicate(timeout=10)
     except subprocess.TimeoutExpired:
         procs[0].kill()
         procs[0].communicate()
-    assert procs[0].returncode != 0
-    mids, finals = _saved(tmp_path / "run")
-    assert mids == 5 and finals >= 1  # every phase A done, some batches finished
-    rcs, outs = _ranks(2, str(tmp_path))
+    before = _saved(out / "run")
+    rcs, outs = _ranks(2, str(out), "--bad", str(Path(reference["_dir"]) / "run"))
     assert rcs == [0, 0], outs
-    doc = _load(tmp_path / "results.json")
+    return {
+        "rc": [p.returncode for p in procs],
+        "before": before,
+        "doc": _load(out / "results.json"),
+        "dir": out,
+    }
+
+
+def test_killed_rank_resumes_only_missing_work(reference, resumed):
+    assert resumed["rc"][1] == 17 and resumed["rc"][0] != 0
+    mids, finals = resumed["before"]
+    assert mids == 6 and finals >= 1  # every phase A done, some batches finished
+    doc = resumed["doc"]
     ref = {k: v for k, v in reference.items() if k != "_dir"}
+    # per point (and every count, check and example) equal to the one-process run
     assert _strip(doc) == _strip(ref)
+    # points survived the first stage: phase B attacked them
+    assert ref["per_attack"][1]["n_attacked"] > 0 and ref["per_attack"][3]["n_attacked"] > 0
     info = doc["distributed"]
+    assert info["world_size"] == 2 and info["backend"] == "gloo" and info["rebalance"]
     assert info["resumed"]["batches_finished"] == finals
-    assert info["resumed"]["batches_phase_a"] == 5 - finals
+    assert info["resumed"]["batches_phase_a"] == 6 - finals
     # only the missing phase-B batches were computed; no phase A at all
-    assert sum(r["units_computed"] for r in info["ranks"]) == 5 - finals
+    assert sum(r["units_computed"] for r in info["ranks"]) == 6 - finals
     assert all(r["batches_phase_a"] == [] for r in info["ranks"])
     assert doc["resumed_batches"] == finals
+    assert all(r["idle_s"] >= 0 and r["wall_s"] > 0 for r in info["ranks"])
 
 
-def test_bad_use_is_refused_clearly(reference, tmp_path):
-    rcs, outs = _ranks(2, str(tmp_path), "--bad", str(Path(reference["_dir"]) / "run"))
-    assert rcs == [0, 0], outs
+def test_one_process_refuses_a_distributed_state(resumed):
+    sys.path.insert(0, str(WORKER.parent))
+    try:
+        import eval_worker
+    finally:
+        sys.path.pop(0)
+    with pytest.raises(ValueError, match="distributed run with world size 2"):
+        eval_worker.main([str(resumed["dir"])])
+
+
+def test_bad_use_is_refused_clearly(resumed):
     for r in (0, 1):
-        got = _load(tmp_path / f"bad-{r}.json")
+        got = _load(resumed["dir"] / f"bad-{r}.json")
         assert "world size 2 is larger than the number of points 1" in got["world>points"]
         assert "larger than the number of batches 1" in got["world>batches"]
         assert "different arguments" in got["mismatch"] and "ranks [0]" in got["mismatch"]
@@ -193,11 +193,12 @@ def test_bad_use_is_refused_clearly(reference, tmp_path):
 def test_two_nodes_through_c10d_rendezvous_cli(tmp_path):
     """Two torchrun "nodes" (one process each) on 127.0.0.1 meet through the c10d rendezvous;
     `advex evaluate` writes one results.json equal to the one-process API run."""
-    from advex import data, zoo
+    from advex.cli.common import ModelData
     from advex.evaluate import PRESETS, evaluate
 
     port = _port()
-    common = ["--model", "mnist-smallcnn", "--data", "mnist5k", "--n", "12", "--batch-size", "4"]
+    common = ["--model", "mnist-smallcnn", "--data", "mnist5k", "--n-points", "12"]
+    common += ["--batch-size", "4"]
     common += ["--eps", "0.1", "--budget-scale", "0.02", "--probe", "8", "--seed", "3"]
     nodes = [
         subprocess.Popen(
@@ -215,9 +216,13 @@ def test_two_nodes_through_c10d_rendezvous_cli(tmp_path):
     outs = [p.communicate(timeout=TIMEOUT)[0] for p in nodes]
     assert [p.returncode for p in nodes] == [0, 0], outs
     doc = _load(tmp_path / "run" / "results.json")
-    assert doc["distributed"]["world_size"] == 2
-    ds = data.load("mnist5k", "test", n=12)
-    model = zoo.load("mnist-smallcnn", progress=False)
+    info = doc["distributed"]
+    assert info["world_size"] == 2 and info["backend"] == "gloo"
+    # both ranks ran phase A on their block and the phase-B re-split covers every batch
+    assert [r["batches_phase_a"] for r in info["ranks"]] == [[0, 1], [2]]
+    assert sorted(k for r in info["ranks"] for k in r["batches_phase_b"]) == [0, 1, 2]
+    source = ModelData("mnist-smallcnn", None, None, "mnist5k", "test", 12)
+    ds, model = source.load_data(), source.load_model()
     ev = evaluate(
         model,
         ds,

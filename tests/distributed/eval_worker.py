@@ -2,8 +2,9 @@
 tests/test_distributed_eval.py; also runnable alone as the one-process reference).
 
 Arguments: ``OUT_DIR [--n N] [--batch B] [--seed S] [--exit-after RANK:UNITS]
-[--no-rebalance] [--restart]``. Rank 0 (or the single process) writes ``OUT_DIR/results.json``
-(``Evaluation.to_dict``) and ``OUT_DIR/computed-<rank>.json`` (units computed by each rank).
+[--no-rebalance] [--restart] [--bad STATE_DIR]``. Rank 0 (or the single process) writes
+``OUT_DIR/results.json`` (``Evaluation.to_dict``); with ``--bad`` every rank then tries the bad
+uses and writes the errors it got to ``OUT_DIR/bad-<rank>.json``.
 """
 
 from __future__ import annotations
@@ -41,14 +42,16 @@ def model_and_data(n: int, seed: int = 0):
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
-    ap.add_argument("--n", type=int, default=40)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--n", type=int, default=24)
+    ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--exit-after", default=None)
     ap.add_argument("--no-rebalance", action="store_true")
     ap.add_argument("--restart", action="store_true")
     ap.add_argument("--scale", type=float, default=0.02)
-    ap.add_argument("--bad", default=None, help="a state dir of a one-process run: try bad uses")
+    ap.add_argument(
+        "--bad", default=None, help="after the run: try bad uses (a one-process run's state dir)"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     from advex import distributed
@@ -68,9 +71,6 @@ def main(argv=None) -> None:
 
         sharded._after_unit_hook = hook
     net, x, y = model_and_data(args.n)
-    if args.bad:
-        bad_uses(args, net, x, y, rank)
-        return
     ev = evaluate(
         net,
         (x, y),
@@ -87,6 +87,8 @@ def main(argv=None) -> None:
     out = Path(args.out)
     if rank == 0:
         (out / "results.json").write_text(json.dumps(ev.to_dict(), default=str))
+    if args.bad:
+        bad_uses(args, net, x, y, rank)
     if distributed.is_distributed():
         torch.distributed.destroy_process_group()
 
