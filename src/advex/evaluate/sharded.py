@@ -138,9 +138,9 @@ def _check_world(out_dir: Path, world: int, restart: bool) -> None:
     )
 
 
-def _own_state(out_dir: Path, fingerprint: dict[str, Any], restart: bool) -> RunState:
+def _own_state(out_dir: Path, fingerprint: dict[str, Any], restart: bool, split: bool) -> RunState:
     r, w = dist.rank(), dist.world_size()
-    fp = dict(fingerprint, world_size=w, rank=r)
+    fp = dict(fingerprint, world_size=w, rank=r, rebalance=split)
     return RunState(out_dir / f"rank{r}-of-{w}", fp, restart=restart)
 
 
@@ -373,6 +373,10 @@ def run_sharded(
             f"in batches of {batches.batch_size}): use a smaller batch size (at most "
             f"{max(1, n_points // w)}) or at most {n_batches} processes"
         )
+    ctx = dict(
+        stages=stages, spec=spec, thr=thr, seed=seed, adaptations=adaptations, dev=dev, keep=keep
+    )
+    split = bool(rebalance) and len(stages) > 1
     offsets = [0]
     for x, _ in data[:-1]:
         offsets.append(offsets[-1] + int(x.shape[0]))
@@ -382,12 +386,8 @@ def run_sharded(
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         _check_world(out, w, restart)
-        state = _own_state(out, fingerprint, restart)
+        state = _own_state(out, fingerprint, restart, split)
 
-    ctx = dict(
-        stages=stages, spec=spec, thr=thr, seed=seed, adaptations=adaptations, dev=dev, keep=keep
-    )
-    split = bool(rebalance) and len(stages) > 1
     finals: dict[int, tuple[dict, dict]] = {}
     mids: dict[int, tuple[dict, dict]] = {}
     if state is not None:
