@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"threats"},
 ]
 #: leaves: importable from anywhere, importing no layered package
-LEAVES = {"data", "_io", "_stats"}
+LEAVES = {"data", "_io", "_stats", "distributed"}
 RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
 
 

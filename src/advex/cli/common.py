@@ -321,10 +321,12 @@ def common_options(f):
         ),
         click.option(
             "--n",
+            "--n-points",
             "n",
             type=click.IntRange(min=1),
             default=None,
-            help="Use only the first N points (default: all).",
+            help="Use only the first N points (default: all). Under torchrun write --n-points "
+            "(torchrun reads --n as an abbreviation of its own options).",
         ),
         click.option(
             "--norm",

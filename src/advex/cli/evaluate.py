@@ -93,10 +93,17 @@ CUSTOM_KIND = "evaluate --attack"
     help="Preset mode: multiply every steps/queries budget of the preset (e.g. 0.1 for a "
     "cheap look).",
 )
+@click.option(
+    "--no-rebalance",
+    is_flag=True,
+    help="Under torchrun: each rank runs whole batches of its block (default: the expensive "
+    "stages are re-split across the ranks by the points still robust after the first).",
+)
 @common_options
 @schema_option
 def evaluate(
     schema_file,
+    no_rebalance,
     preset,
     attack_names,
     eps_text,
@@ -132,6 +139,10 @@ def evaluate(
 
     Custom mode (--attack ...): the given attacks in order, optionally at several ε.
 
+    Under torchrun (`torchrun --nproc_per_node N -m advex evaluate ...`, preset mode) the
+    batches are sharded across the ranks, each rank keeps its resumable state in
+    --out/rank<r>-of-<N>, and rank 0 writes the one results.json and report (docs/scaling.md).
+
     --out is checked writable before any work; a folder holding another kind of run (e.g.
     `advex attack` results) is refused unless --force, which removes that run's files.
 
@@ -158,6 +169,13 @@ def evaluate(
         return
     source = ModelData(model_spec, weights, normalize, data_spec, split, n)
     run = RunSettings(batch_size, out, force, seed, progress)
+    from advex import distributed
+
+    if distributed.init_from_env() and attack_names:
+        raise click.UsageError(
+            "under torchrun, advex evaluate runs the preset ensemble (sharded); custom mode "
+            "(--attack) runs in one process"
+        )
     if attack_names:
         _evaluate_custom(
             source, run, attack_names, eps_text, independent, norm.lower(), params, targeted, target
@@ -184,7 +202,8 @@ def evaluate(
         checks=not no_checks,
         probe=probe,
         eot_samples=eot_samples,
-        progress=progress,
+        progress=progress and distributed.rank() == 0,
+        rebalance=not no_rebalance,
     )
     _evaluate_preset(source, run, preset, eps_list[0], norm.lower(), budget_scale, options)
 
@@ -192,25 +211,35 @@ def evaluate(
 def _evaluate_preset(
     source: ModelData, run: RunSettings, preset, eps, norm, budget_scale, options
 ) -> None:
+    from advex import distributed
     from advex.evaluate import evaluate as run_evaluation
     from advex.evaluate.presets import get_preset
     from advex.evaluate.state import CorruptState, FingerprintMismatch
     from advex.report import save_triptych
 
-    out_dir = prepare_out(run.out, PRESET_KIND, run.force)
+    lead = distributed.rank() == 0  # under torchrun only rank 0 speaks and writes files
+    if lead:
+        out_dir = prepare_out(run.out, PRESET_KIND, run.force)
+    distributed.barrier()
+    if not lead:
+        out_dir = prepare_out(run.out)
     ds = source.load_data()
     model = source.load_model()
     spec = get_preset(preset)
     if budget_scale != 1.0:
         spec = spec.scaled(budget_scale)
-    state_dir = out_dir / "state"
+    w = distributed.world_size()
+    state_dir = out_dir / (f"rank{distributed.rank()}-of-{w}" if w > 1 else "") / "state"
     done = len(list(state_dir.glob("batch_*.json"))) if state_dir.is_dir() else 0
     if done and not options.restart:
         click.echo(f"found {done} finished batch(es) in {state_dir}: resuming", err=True)
-    click.echo(
-        f"evaluating {len(ds)} points of {ds.name}: preset {spec.name}, {norm} eps = {eps:g}",
-        err=True,
-    )
+    if lead:
+        ranks = f" on {w} ranks" if w > 1 else ""
+        click.echo(
+            f"evaluating {len(ds)} points of {ds.name}{ranks}: preset {spec.name}, "
+            f"{norm} eps = {eps:g}",
+            err=True,
+        )
     try:
         ev = run_evaluation(
             model,
@@ -233,6 +262,8 @@ def _evaluate_preset(
         sys.exit(130)
     except (ValueError, TypeError) as err:
         raise click.ClickException(str(err)) from err
+    if not lead:
+        return
     click.echo(ev.summary())
     warn_clean_accuracy(ev.clean_accuracy, ev.n)
     files = [out_dir / "results.json", out_dir / "report.html"]

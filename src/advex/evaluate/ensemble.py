@@ -24,6 +24,8 @@ from torch import nn
 
 from .._stats import clopper_pearson
 from ..core.validate import check_batch
+from ..distributed import broadcast_object, is_distributed
+from ..distributed import rank as dist_rank
 from ..models.counting import BACKWARD_COST, counting_stage
 from ..models.guards import match_input_dtype
 from ..report.table import verdict_text
@@ -36,12 +38,19 @@ from .presets import Preset, derive_seed, get_preset
 from .progress import StageProgress
 from .robust import robust_accuracy
 from .schedule import share_ledger
-from .state import RunState, model_hash, tensor_hash
+from .state import RunState, model_hash, refuse_rank_states, tensor_hash
 
 __all__ = ["evaluate", "EvaluateOptions", "Evaluation", "StageResult", "clopper_pearson"]
 
 #: keys holding timings or dates: they differ between two runs with identical results
-TIMING_KEYS = ("time_s", "wall_time_s", "checks_time_s", "date", "resumed_batches")
+TIMING_KEYS = (
+    "time_s",
+    "wall_time_s",
+    "checks_time_s",
+    "date",
+    "resumed_batches",
+    "distributed",  # a sharded run's ranks, their times and what they resumed
+)
 
 
 @dataclass
@@ -110,6 +119,9 @@ class Evaluation:
     access: dict[str, Any] = field(default_factory=dict)
     #: model rows spent by the capability probe before the attacks (``forward``/``backward``)
     probe_passes: dict[str, int] = field(default_factory=dict)
+    #: a sharded run (torchrun): world size, per rank the batches computed, busy and idle
+    #: seconds, what was resumed (:mod:`advex.evaluate.sharded`); None in one process
+    distributed: dict[str, Any] | None = None
 
     @property
     def stage_names(self) -> list[str]:
@@ -172,6 +184,8 @@ class Evaluation:
             "examples": None if self.examples is None else self.examples.to_dict(),
             "access": self.access,
         }
+        if self.distributed is not None:
+            out["distributed"] = self.distributed
         if per_point:
             out["per_point"] = {
                 "y": self.y.tolist(),
@@ -259,6 +273,9 @@ class EvaluateOptions:
             memory format (``None``: automatically for models with ``Conv2d`` layers on the CPU,
             where it makes forward passes up to 2× faster; ``False``: never). The caller's
             model is never converted; the copy costs its memory once.
+        rebalance: under a torchrun process group (:mod:`advex.evaluate.sharded`), re-split
+            the batches' expensive stages across the ranks after the first stage, by the
+            points still robust (``False``: each rank runs whole batches of its block).
 
     >>> opts = EvaluateOptions(batch_size=500, out_dir="run/", progress=True)
     >>> ev = evaluate(model, (x, y), eps=0.3, options=opts)
@@ -275,6 +292,7 @@ class EvaluateOptions:
     device: Any = None
     progress: bool = False
     channels_last: bool | None = None
+    rebalance: bool = True
 
 
 #: test hook: called with the number of batches computed so far after each computed batch (the
@@ -424,7 +442,8 @@ def evaluate(
         stages = spec.for_norm(thr.norm)
 
     state = None
-    if out_dir is not None:
+    sharded = is_distributed()  # a torchrun process group: advex.evaluate.sharded
+    if out_dir is not None or sharded:
         from ..report.jsonio import advex_version, jsonable
 
         data_fp: dict[str, Any] = {"n": batches.n, "batch_size": batches.batch_size}
@@ -444,7 +463,9 @@ def evaluate(
                 "layout": layout,
             }
         )
-        state = RunState(out_dir, fingerprint, restart=bool(restart))
+        if out_dir is not None and not sharded:
+            refuse_rank_states(out_dir, restart=bool(restart))
+            state = RunState(out_dir, fingerprint, restart=bool(restart))
 
     records: list[dict[str, Any]] = []
     ex_parts: list[tuple[dict[str, Any], dict[str, torch.Tensor]]] = []
@@ -453,61 +474,91 @@ def evaluate(
     n_probe = 0
     resumed = 0
     computed = 0
-    bar = StageProgress(batches.total, len(stages), "evaluate") if progress else None
-    offset = 0
-    try:
-        for k, (xb, yb) in enumerate(batches):
-            b = int(xb.shape[0])
-            if k == 0:  # data in another dtype than the model's: cast for attacks and checks
-                view = match_input_dtype(view, xb)
-            if checks and n_probe < probe:
-                take = min(probe - n_probe, b)
-                probe_x.append(xb[:take])
-                probe_y.append(yb[:take])
-                n_probe += take
-            bhash = tensor_hash(xb, yb)
-            loaded = state.load_batch(k) if state is not None else None
-            if loaded is not None:
-                record, tensors = loaded
-                if record.get("hash") != bhash or record.get("offset") != offset:
-                    raise ValueError(
-                        f"batch {k} of the data differs from the one recorded in {state.dir}: "
-                        "the data changed since the interrupted run; use restart=True"
-                    )
-                resumed += 1
-            else:
-                record, tensors = _run_batch(
-                    view,
-                    xb,
-                    yb,
-                    k,
-                    offset,
-                    spec,
-                    thr,
-                    seed,
-                    stages,
-                    adaptations,
-                    dev,
-                    keep_examples,
-                    bar=bar,
-                )
-                record["hash"] = bhash
-                if state is not None:
-                    state.save_batch(k, record, tensors)
-                computed += 1
-            records.append(record)
-            if tensors:
-                ex_parts.append((record, tensors))
-            offset += b
-            if bar is not None:
+    dist_info = None
+    if sharded:
+        from .sharded import run_sharded
+
+        outcome = run_sharded(
+            view,
+            batches,
+            spec=spec,
+            thr=thr,
+            seed=seed,
+            stages=stages,
+            adaptations=adaptations,
+            dev=dev,
+            keep=keep_examples,
+            fingerprint=fingerprint,
+            out_dir=out_dir,
+            restart=bool(restart),
+            checks=bool(checks),
+            probe=probe,
+            rebalance=opts.rebalance,
+            run_batch=lambda v, xb, yb, k, off: _run_batch(
+                v, xb, yb, k, off, spec, thr, seed, stages, adaptations, dev, keep_examples
+            ),
+        )
+        records, ex_parts = outcome.records, outcome.ex_parts
+        probe_x, probe_y, resumed = outcome.probe_x, outcome.probe_y, outcome.resumed
+        n_probe = sum(int(t.shape[0]) for t in probe_x)
+        state, dist_info = outcome.state, outcome.info
+        view = match_input_dtype(view, _first_x(batches))
+    else:
+        bar = StageProgress(batches.total, len(stages), "evaluate") if progress else None
+        offset = 0
+        try:
+            for k, (xb, yb) in enumerate(batches):
+                b = int(xb.shape[0])
+                if k == 0:  # data in another dtype than the model's: cast for attacks and checks
+                    view = match_input_dtype(view, xb)
+                if checks and n_probe < probe:
+                    take = min(probe - n_probe, b)
+                    probe_x.append(xb[:take])
+                    probe_y.append(yb[:take])
+                    n_probe += take
+                bhash = tensor_hash(xb, yb)
+                loaded = state.load_batch(k) if state is not None else None
                 if loaded is not None:
-                    bar.skip(len(stages))
-                bar.set_info(n=offset, robust=f"{_robust_count(records) / offset:.1%}")
-            if _after_batch_hook is not None and loaded is None:
-                _after_batch_hook(computed)
-    finally:
-        if bar is not None:
-            bar.close()
+                    record, tensors = loaded
+                    if record.get("hash") != bhash or record.get("offset") != offset:
+                        raise ValueError(
+                            f"batch {k} of the data differs from the one recorded in {state.dir}: "
+                            "the data changed since the interrupted run; use restart=True"
+                        )
+                    resumed += 1
+                else:
+                    record, tensors = _run_batch(
+                        view,
+                        xb,
+                        yb,
+                        k,
+                        offset,
+                        spec,
+                        thr,
+                        seed,
+                        stages,
+                        adaptations,
+                        dev,
+                        keep_examples,
+                        bar=bar,
+                    )
+                    record["hash"] = bhash
+                    if state is not None:
+                        state.save_batch(k, record, tensors)
+                    computed += 1
+                records.append(record)
+                if tensors:
+                    ex_parts.append((record, tensors))
+                offset += b
+                if bar is not None:
+                    if loaded is not None:
+                        bar.skip(len(stages))
+                    bar.set_info(n=offset, robust=f"{_robust_count(records) / offset:.1%}")
+                if _after_batch_hook is not None and loaded is None:
+                    _after_batch_hook(computed)
+        finally:
+            if bar is not None:
+                bar.close()
     if not records:
         raise ValueError("data is empty: nothing to evaluate")
 
@@ -541,6 +592,9 @@ def evaluate(
     t_checks = time.perf_counter()
     if checks and access is not None and access.black_box:
         check_list = [check_capability(access)]
+    elif checks and sharded and dist_rank() != 0:
+        check_list = broadcast_object(None)  # rank 0 runs the checks once for every rank
+        curve = _curve_from_checks(check_list, thr, n_probe)
     elif checks:
         black = [j for j, s in enumerate(stages) if s.black_box]
         n_black = int(sum(int((cat["broken_by"] == j).sum()) for j in black))
@@ -566,6 +620,8 @@ def evaluate(
                 from ..report.jsonio import jsonable
 
                 state.save_json("checks.json", jsonable([c.to_dict() for c in check_list]))
+        if sharded:
+            check_list = broadcast_object(check_list)
         curve = _curve_from_checks(check_list, thr, n_probe)
     checks_time = time.perf_counter() - t_checks
 
@@ -598,6 +654,7 @@ def evaluate(
         data_name=batches.name,
         class_names=batches.class_names,
         resumed_batches=resumed,
+        distributed=dist_info,
         access=access_record(access, [p.to_dict() for p in per_attack]),
         probe_passes=dict(access.passes) if access is not None else {},
     )
@@ -633,6 +690,12 @@ def _fast_layout(view: Any, channels_last: bool | None, dev: torch.device) -> tu
     except Exception:  # an uncopyable model: attack it as it is
         return view, "default"
     return twin.to(memory_format=torch.channels_last), "channels_last"
+
+
+def _first_x(batches) -> torch.Tensor:
+    for xb, _ in batches:
+        return xb
+    raise ValueError("data is empty: nothing to evaluate")
 
 
 def _robust_count(records) -> int:

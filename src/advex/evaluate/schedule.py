@@ -121,6 +121,27 @@ class Ledger:
             device=x.device,
         )
 
+    def to_state(self) -> dict[str, list]:
+        """The rows as JSON-ready lists (exact: float32 values round-trip through doubles), for
+        handing a batch's ledger to another process (:mod:`advex.evaluate.sharded`)."""
+        keys = list(self._rows)
+        return {
+            "keys": [k.hex() for k in keys],
+            "margin": [self._rows[k][0] for k in keys],
+            "gap": [self._rows[k][1] for k in keys],
+            "logits": [self._rows[k][2].tolist() for k in keys],
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, list]) -> Ledger:
+        """The ledger :meth:`to_state` described."""
+        out = cls()
+        for k, m, g, row in zip(
+            state["keys"], state["margin"], state["gap"], state["logits"], strict=True
+        ):
+            out._rows[bytes.fromhex(k)] = (float(m), float(g), torch.tensor(row).float())
+        return out
+
     def logits(self, x: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
         """Per point: the recorded logits, else the row of ``fallback``."""
         out = fallback.detach().float().clone()
@@ -131,9 +152,10 @@ class Ledger:
         return out
 
 
-def share_ledger(attacks) -> Ledger:
-    """Give one new :class:`Ledger` to every attack in ``attacks`` that takes one."""
-    ledger = Ledger()
+def share_ledger(attacks, ledger: Ledger | None = None) -> Ledger:
+    """Give one :class:`Ledger` (a new one unless ``ledger`` is given) to every attack in
+    ``attacks`` that takes one."""
+    ledger = Ledger() if ledger is None else ledger
     for a in attacks:
         if hasattr(a, "ledger"):
             a.ledger = ledger

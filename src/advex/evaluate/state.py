@@ -21,7 +21,14 @@ from torch import nn
 
 from .._io import atomic_write
 
-__all__ = ["RunState", "model_hash", "tensor_hash", "FingerprintMismatch", "CorruptState"]
+__all__ = [
+    "RunState",
+    "model_hash",
+    "tensor_hash",
+    "FingerprintMismatch",
+    "CorruptState",
+    "refuse_rank_states",
+]
 
 
 class FingerprintMismatch(ValueError):
@@ -75,6 +82,26 @@ def model_hash(model: Any) -> str:
         if isinstance(t, torch.Tensor):
             h.update(tensor_hash(t).encode())
     return h.hexdigest()[:32]
+
+
+def refuse_rank_states(out_dir: str | os.PathLike, restart: bool) -> None:
+    """A one-process run refuses an output directory holding the per-rank state of a sharded
+    (torchrun) run (``rank<r>-of-<W>/``), or removes it with ``restart``."""
+    import shutil
+
+    ranks = sorted(p for p in Path(out_dir).glob("rank*-of-*") if p.is_dir())
+    if not ranks:
+        return
+    if restart:
+        for p in ranks:
+            shutil.rmtree(p, ignore_errors=True)
+        return
+    sizes = sorted({p.name.split("-of-")[1] for p in ranks})
+    raise FingerprintMismatch(
+        f"{out_dir} holds the state of a distributed run with world size {', '.join(sizes)}, "
+        "not of one process: rerun it under torchrun with that many processes to resume it, "
+        "use another output directory, or restart=True (CLI: --restart) to discard it"
+    )
 
 
 class RunState:
