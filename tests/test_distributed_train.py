@@ -225,3 +225,41 @@ def test_distributed_true_without_process_group(tmp_path):
     train, _ = _data()
     with pytest.raises(RuntimeError, match="process group"):
         _trainer(_model(), None, distributed=True).fit(train)
+
+
+def _bench(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"advex_bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_distributed_train_benchmark_quick(tmp_path, capsys):
+    # two fresh runs (1 process; torchrun with 2) of a tiny recipe, compared
+    out = tmp_path / "report.json"
+    assert (
+        _bench("distributed_train").main(["--quick", "--out", str(tmp_path), "--json", str(out)])
+        == 0
+    )
+    rep = json.loads(out.read_text())
+    assert rep["two_processes"]["world_size"] == 2 and rep["one_process"]["world_size"] == 1
+    assert rep["max_weight_difference"] < 1e-4
+    assert rep["within_half_point"] is True
+    assert "±0.5" in capsys.readouterr().out
+
+
+def test_gpu_throughput_benchmark_quick(tmp_path, capsys):
+    out = tmp_path / "gpu.json"
+    assert _bench("gpu_throughput").main(["--quick", "--out", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    text = capsys.readouterr().out
+    assert rep["devices"]["cpu"]["fwd_bwd_points_per_s"] > 0
+    assert rep["devices"]["cpu"]["pgd40_gradient_passes_per_point"] == 40
+    for dev in ("cuda", "mps"):
+        assert (dev in rep["devices"]) != (dev in rep["absent"])
+        if dev in rep["absent"]:
+            assert f"{dev}: absent" in text

@@ -121,6 +121,7 @@ def train(
     if ddp.launched_by_torchrun():
         dev = run_errors(ddp.local_device, device)
         started = ddp.init_from_env(dev)
+    rank = ddp.rank()
     try:
         _prepare_out_rank0(out)
         result = _train(
@@ -134,7 +135,7 @@ def train(
             import torch.distributed as dist
 
             dist.destroy_process_group()
-    if ddp.rank() != 0:
+    if rank != 0:  # one summary, from rank 0
         return
     click.echo(summarize_card(result.card))
     click.echo(

@@ -109,16 +109,25 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
 
 
-def init_from_env(device: str | torch.device | None = None, timeout_s: float = 1800.0) -> bool:
+def init_from_env(
+    device: str | torch.device | None = None,
+    timeout_s: float = 1800.0,
+    backend: str | None = None,
+) -> bool:
     """Join the process group that ``torchrun`` (or ``srun`` with the same variables) describes
     in the environment; returns True when it did (False for a single process or a group that
-    is already initialised). The backend is NCCL when ``device`` is a CUDA device, gloo
-    otherwise."""
+    is already initialised). The backend is ``backend``, else ``$ADVEX_DIST_BACKEND``, else NCCL
+    when ``device`` is a CUDA device and gloo otherwise (gloo also reduces CUDA tensors: the
+    choice for several ranks sharing one GPU, which NCCL refuses)."""
     import torch.distributed as dist
 
     if not launched_by_torchrun() or dist.is_initialized():
         return False
-    backend = "nccl" if device is not None and torch.device(device).type == "cuda" else "gloo"
+    if backend is None:
+        backend = os.environ.get("ADVEX_DIST_BACKEND") or None
+    if backend is None:
+        cuda = device is not None and torch.device(device).type == "cuda"
+        backend = "nccl" if cuda else "gloo"
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
     return True
 
