@@ -67,6 +67,11 @@ def _stop_after_first_epoch(trainer, epoch, entry):
         raise TrainingInterrupted("stopped after epoch 1")
 
 
+def _stop_mid_second_epoch(trainer, epoch, batch, stats):
+    if (epoch, batch) == (1, 1):  # after 6 of the 8 steps
+        raise TrainingInterrupted("stopped after 6 steps")
+
+
 def _save(model, path):
     from safetensors.torch import save_file
 
@@ -100,9 +105,10 @@ def _worker(rank: int, port: int, tmp: str, train, val) -> None:
         if rank == 0:
             _save(m, tmp / "A.safetensors")
         out["A_card"] = res.card
-        # B: stopped after epoch 1, then resumed on two processes
+        # B: stopped after 6 steps (mid-epoch 2), then resumed on two processes (from the
+        # checkpoint of epoch 1)
         try:
-            _trainer(_model(), tmp / "B").fit(train, val, on_epoch_end=_stop_after_first_epoch)
+            _trainer(_model(), tmp / "B").fit(train, val, on_batch_end=_stop_mid_second_epoch)
         except TrainingInterrupted:
             pass
         if rank == 0:
@@ -263,3 +269,23 @@ def test_gpu_throughput_benchmark_quick(tmp_path, capsys):
         assert (dev in rep["devices"]) != (dev in rep["absent"])
         if dev in rep["absent"]:
             assert f"{dev}: absent" in text
+
+
+@pytest.mark.parametrize("n,world", [(64, 2), (65, 2), (7, 3), (2, 3), (1, 4)])
+def test_shard_rows_partition_every_global_batch(n, world):
+    from advex.training.ddp import shard_rows
+
+    parts = [shard_rows(n, r, world) for r in range(world)]
+    assert torch.equal(torch.cat(parts), torch.arange(n))  # contiguous, in rank order
+    sizes = [len(p) for p in parts]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_rank_helpers_outside_a_process_group():
+    from advex.training import ddp
+
+    assert (ddp.is_distributed(), ddp.rank(), ddp.world_size()) == (False, 0, 1)
+    assert ddp.all_gather_object({"a": 1}) == [{"a": 1}]
+    assert ddp.broadcast_object(3) == 3
+    assert ddp.sum_across_ranks([1, 2.5]) == [1, 2.5]
+    ddp.check_same_across_ranks({"eps": 0.3})  # nothing to compare with: no error

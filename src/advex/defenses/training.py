@@ -809,7 +809,7 @@ class AdversarialTrainer:
             channels_last=self._use_channels_last(xtr),
             progress=self.progress,
             desc=f"advex train ({self.method})",
-            distributed=self.distributed,
+            distributed=dist_on,
             amp=self.amp,
             compile=self.compile,
         )

@@ -301,11 +301,13 @@ class Trainer:
             model is handed back in the default memory format.
         check_finite: raise :class:`FloatingPointError` when the loss is NaN or infinite.
         progress, desc: tqdm progress bar and its label; name: the loss's name in errors.
-        distributed: data-parallel training over the ranks of the initialised
-            ``torch.distributed`` process group (``None``, the default: when one with more than
-            one rank exists). Every rank holds the whole model and the whole dataset and draws
-            the same permutation; rank ``r`` computes the loss of its contiguous block of each
-            *global* batch of ``batch_size`` points, the gradients (scaled by each shard's share)
+        distributed: ``True``: data-parallel training over the ranks of the initialised
+            ``torch.distributed`` process group (``None``: when one with more than one rank
+            exists; ``False``, the default, trains in this process only, so the zoo and the
+            attacks' ``fit`` stay single-process inside a sharded evaluation). Every rank
+            holds the whole model and the whole dataset and draws the same permutation; rank
+            ``r`` computes the loss of its contiguous block of each *global* batch of
+            ``batch_size`` points, the gradients (scaled by each shard's share)
             are summed in one all-reduce, and every rank takes the same optimizer step. With
             the same global batch the run follows the one-process run up to float rounding
             (BatchNorm batch statistics and dropout masks excepted: they are per rank). Only
@@ -357,7 +359,7 @@ class Trainer:
         progress: bool = True,
         desc: str = "training",
         name: str = "training",
-        distributed: bool | None = None,
+        distributed: bool | None = False,
         amp: str | None = None,
         compile: bool | str = False,
     ) -> None:
