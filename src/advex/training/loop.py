@@ -638,7 +638,7 @@ class Trainer:
         )
         xd = x.detach().double()
         return {
-            "config": self.config,
+            **{f"config.{k}": v for k, v in self.config.items()},
             "epochs": self.epochs,
             "batch_size": self.batch_size,
             "lr": self.lr,
