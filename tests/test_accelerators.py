@@ -212,3 +212,24 @@ def test_compile_trains_the_callers_module(device, backend):
     tol = 0.0 if backend == "eager" else 1e-3
     for k in weights[0]:
         assert float((weights[0][k] - weights[1][k]).abs().max()) <= tol, k
+
+
+def test_train_command_amp_and_device_options(tmp_path):
+    from click.testing import CliRunner
+
+    from advex.cli import main
+
+    out = tmp_path / "amp"
+    args = ["train", "--model", "mlp", "--data", "digits", "--method", "pgd", "--eps", "0.1"]
+    args += ["--epochs", "1", "--attack-steps", "1", "--out", str(out), "--no-progress"]
+    result = CliRunner().invoke(main, [*args, "--amp", "bf16", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "card.json").read_text())["recipe"]["amp"] == "bf16"
+    assert result.output.count("trained ") == 1
+    if not HAS_CUDA:
+        result = CliRunner().invoke(main, [*args, "--device", "cuda"])
+        assert result.exit_code != 0
+        assert "cuda" in result.output and "Traceback" not in result.output
+    bad = ["train", "--method", "distill", "--amp", "bf16", "--out", str(tmp_path / "d")]
+    result = CliRunner().invoke(main, bad)
+    assert result.exit_code != 0 and "amp does not apply" in result.output

@@ -135,7 +135,8 @@ def init_from_env(
 def local_device(device: str | torch.device | None = None) -> torch.device:
     """The device of this rank: ``"auto"``/None is ``cuda:LOCAL_RANK`` when CUDA is available
     (one GPU per rank, as ``torchrun --nproc_per_node=GPUs`` runs it), then MPS, then CPU; an
-    explicit ``"cuda"`` without an index also takes ``LOCAL_RANK``."""
+    explicit ``"cuda"`` without an index also takes ``LOCAL_RANK``. A device that is not there
+    is a ``ValueError``."""
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device is None or str(device) == "auto":
         if torch.cuda.is_available():
@@ -147,12 +148,12 @@ def local_device(device: str | torch.device | None = None) -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' was asked for but torch.cuda.is_available() is False")
+            raise ValueError("device 'cuda' was asked for but torch.cuda.is_available() is False")
         if dev.index is None:
             dev = torch.device("cuda", local % max(torch.cuda.device_count(), 1))
         torch.cuda.set_device(dev)
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError("device 'mps' was asked for but MPS is not available")
+        raise ValueError("device 'mps' was asked for but MPS is not available")
     return dev
 
 
