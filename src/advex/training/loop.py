@@ -636,7 +636,7 @@ class Trainer:
             if isinstance(self.schedule, str)
             else getattr(self.schedule, "__name__", type(self.schedule).__name__)
         )
-        xd = x.detach().double()
+        xd = x.detach().cpu().double()  # on the CPU: the same sums on every kind of device
         return {
             **{f"config.{k}": v for k, v in self.config.items()},
             "epochs": self.epochs,
@@ -651,7 +651,10 @@ class Trainer:
             "resume": self.resume,
             "loss": getattr(self.loss, "__name__", type(self.loss).__name__),
             "data shape": [list(x.shape), list(y.shape)],
-            "data checksum": [float(xd.sum()), float((xd * xd).sum()), float(y.double().sum())],
+            "data checksum": [
+                float(f"{float(v):.12g}")
+                for v in (xd.sum(), (xd * xd).sum(), y.detach().cpu().double().sum())
+            ],
         }
 
     def _grad_scaler(self, device: torch.device):
