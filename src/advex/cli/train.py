@@ -58,6 +58,25 @@ __all__ = ["train", "summarize_card"]
 @click.option("--temperature", type=float, default=100.0, show_default=True, help="Distillation T.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.json.")
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto | cpu | cuda | cuda:N | mps. auto: CUDA (under torchrun cuda:LOCAL_RANK), then "
+    "MPS, then CPU.",
+)
+@click.option(
+    "--amp",
+    type=click.Choice(["bf16", "fp16"]),
+    default=None,
+    help="Mixed-precision training passes (fp16 with a gradient scaler). Default: fp32.",
+)
+@click.option(
+    "--compile",
+    "compile_",
+    is_flag=True,
+    help="Run the training passes through torch.compile (worth it on GPUs; slow to start).",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def train(
     model_name,
@@ -78,6 +97,9 @@ def train(
     temperature,
     seed,
     resume,
+    device,
+    amp,
+    compile_,
     progress,
 ) -> None:
     """Adversarial training (pgd, trades, mart, fgsm-rs) or defensive distillation.
@@ -86,11 +108,62 @@ def train(
     held-out data, wall time) — load it with advex.zoo.load(OUT) or evaluate it with
     `advex evaluate --model OUT` — plus log.json, training_curve.png and a checkpoint every
     epoch (`--resume` continues an interrupted run and ends with the same weights).
+
+    Data-parallel on several processes (one per GPU, or CPU processes with gloo):
+    `torchrun --nproc_per_node 2 -m advex train ... --out OUT`. --batch-size is the global
+    batch, split across the ranks; rank 0 writes OUT; a checkpoint resumes on any number of
+    ranks. See docs/scaling-training.md.
     """
     from advex.defenses import train_from_spec
+    from advex.training import ddp
 
-    prepare_out(out)
-    result = run_errors(
+    started = False
+    if ddp.launched_by_torchrun():
+        dev = run_errors(ddp.local_device, device)
+        started = ddp.init_from_env(dev)
+    rank = ddp.rank()
+    try:
+        _prepare_out_rank0(out)
+        result = _train(
+            train_from_spec, model_name, data_spec, method, eps, epochs, out, norm,
+            temperature, seed, resume, progress, lr, batch_size, attack_steps,
+            attack_step_size, beta, eps_warmup_epochs, schedule, optimizer, device, amp,
+            compile_,
+        )  # fmt: skip
+    finally:
+        if started:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if rank != 0:  # one summary, from rank 0
+        return
+    click.echo(summarize_card(result.card))
+    click.echo(
+        f"wrote {Path(out) / 'model.safetensors'} and {Path(out) / 'card.json'} (the full card)"
+    )
+
+
+def _prepare_out_rank0(out) -> None:
+    """``prepare_out`` on rank 0 only; its error is raised on every rank."""
+    from advex.training import ddp
+
+    err = None
+    if ddp.rank() == 0:
+        try:
+            prepare_out(out)
+        except click.ClickException as exc:
+            err = exc.message
+    err = ddp.broadcast_object(err)
+    if err is not None:
+        raise click.ClickException(err)
+
+
+def _train(
+    train_from_spec, model_name, data_spec, method, eps, epochs, out, norm, temperature, seed,
+    resume, progress, lr, batch_size, attack_steps, attack_step_size, beta, eps_warmup_epochs,
+    schedule, optimizer, device, amp, compile_,
+):  # fmt: skip
+    return run_errors(
         train_from_spec,
         model_name,
         data_spec,
@@ -111,10 +184,9 @@ def train(
         eps_warmup_epochs=eps_warmup_epochs,
         schedule=schedule,
         optimizer=optimizer,
-    )
-    click.echo(summarize_card(result.card))
-    click.echo(
-        f"wrote {Path(out) / 'model.safetensors'} and {Path(out) / 'card.json'} (the full card)"
+        device=device,
+        amp=amp,
+        compile=compile_ or None,
     )
 
 

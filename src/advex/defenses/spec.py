@@ -53,6 +53,7 @@ def train_from_spec(
     seed: int = 0,
     resume: bool = False,
     progress: bool = True,
+    device: str | None = None,
     **kwargs,
 ) -> TrainingResult | DistillationResult:
     """What ``advex train`` runs: train ``model`` on the ``data`` spec's train split with
@@ -66,7 +67,9 @@ def train_from_spec(
     ``method``: ``pgd``, ``trades``, ``mart``, ``fgsm-rs``, ``standard`` or ``distill``
     (``temperature`` applies to it; ``eps`` and ``norm`` are then ignored); keyword arguments
     that are ``None`` are dropped (so a CLI can pass its unset options). Other ones go
-    to :class:`AdversarialTrainer` / :class:`DefensiveDistillation`.
+    to :class:`AdversarialTrainer` / :class:`DefensiveDistillation`. ``device``: where
+    adversarial training runs (``"auto"``: CUDA — ``cuda:LOCAL_RANK`` under ``torchrun`` —,
+    then MPS, then CPU; see :func:`advex.training.ddp.local_device`); None keeps the CPU.
 
     >>> train_from_spec("mnist-smallcnn", "mnist5k", "trades", 0.3, 10, "runs/trades")
     """
@@ -87,7 +90,10 @@ def train_from_spec(
     if method == "distill":
         if resume:
             raise ValueError("--resume is not supported for --method distill")
-        for k in ("eps_warmup_epochs", "attack_steps", "attack_step_size", "beta", "eval_n"):
+        for k in (
+            "eps_warmup_epochs", "attack_steps", "attack_step_size", "beta", "eval_n", "amp",
+            "compile",
+        ):  # fmt: skip
             if kwargs.get(k) is not None:
                 raise ValueError(f"{k} does not apply to defensive distillation")
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
@@ -106,6 +112,10 @@ def train_from_spec(
         return d.fit(train, test, card_extra={"data": info})
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     net, arch, arch_kwargs = _resolve_model(model, seed)
+    if device is not None:
+        from ..training.ddp import local_device
+
+        net = net.to(local_device(device))
     trainer = AdversarialTrainer(
         net,
         method,

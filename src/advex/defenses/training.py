@@ -66,6 +66,8 @@ from ..training import (
     Trainer,
     TrainingInterrupted,
     as_xy,
+    check_amp,
+    ddp,
     lr_at,
     optimizer_settings,
 )
@@ -180,6 +182,24 @@ class AdversarialLoss(ABC):
         self.generation_mode = generation_mode
         self.beta = float(beta)
         self.eps_t = self.eps
+        self.shard: tuple[torch.Tensor, int] | None = None
+
+    def set_shard(self, rows: torch.Tensor, n: int) -> None:
+        """Data-parallel training: the batch this loss is given is rows ``rows`` of a global
+        batch of ``n`` points. The random starts are then drawn for the whole global batch
+        (the generator advances as in one process) and the rows kept, so every point starts
+        where it would in a one-process run."""
+        self.shard = (rows, int(n))
+
+    def _global_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(x placed in its global batch, rows)``, or ``(x, None)`` outside a shard. The
+        other rows repeat ``x[0]`` (any point inside the box would do: draws are per row)."""
+        if self.shard is None or len(self.shard[0]) != len(x):
+            return x, None
+        rows, n = self.shard
+        full = x[:1].expand(n, *x.shape[1:]).clone()
+        full[rows] = x
+        return full, rows
 
     def eps_at(self, step: int, steps_per_epoch: int) -> float:
         """ε of global step ``step`` (the warm-up ramp, then ``eps``)."""
@@ -211,11 +231,14 @@ class AdversarialLoss(ABC):
         was_training = model.training
         model.train(self.generation_mode == "train")
         try:
+            xs, rows = self._global_rows(x)
             if init == "uniform":
-                cur = threat.random_start(x, gen, eps=eps)
+                cur = threat.random_start(xs, gen, eps=eps)
             else:
-                noise = torch.randn(x.shape, generator=gen, dtype=x.dtype, device=x.device)
-                cur = threat.project(x + 0.001 * noise, x, eps=eps)
+                noise = torch.randn(xs.shape, generator=gen, dtype=xs.dtype, device=xs.device)
+                cur = threat.project(xs + 0.001 * noise, xs, eps=eps)
+            if rows is not None:
+                cur = cur[rows]
             for _ in range(steps):
                 cur = cur.detach().requires_grad_(True)
                 with torch.enable_grad():
@@ -441,6 +464,19 @@ class AdversarialTrainer:
             layers (faster on the CPU; measured in docs/defenses.md). The model is handed back
             in the default memory format; the numbers are the same up to float rounding.
 
+        amp: ``"bf16"`` or ``"fp16"`` mixed precision for the training passes (inner attack
+            included; fp16 with a gradient scaler); the held-out checks stay in fp32. Recorded
+            in the recipe.
+        compile: ``True`` (or a backend name) runs the training passes through
+            ``torch.compile``; the model handed back is the caller's module.
+        distributed: data-parallel training over the ranks of the initialised
+            ``torch.distributed`` process group (``None``: when there is one with more than one
+            rank; see :class:`advex.training.Trainer`). ``batch_size`` is the *global* batch;
+            each rank runs the inner attack on its block of it, the held-out checks are split
+            across ranks and their counts summed, and only rank 0 writes files. With the same
+            global batch the weights follow the one-process run up to float rounding.
+            ``method="generator"`` is not data-parallel (its generator would differ per rank).
+
     Cost per training point and epoch: ``attack_steps`` forward+backward passes for the
     inner maximisation (1 for fgsm-rs, 0 for standard) plus one (two for TRADES/MART) for the
     weight update.
@@ -483,6 +519,9 @@ class AdversarialTrainer:
         progress: bool = True,
         channels_last: bool | None = None,
         generator: Any = None,
+        amp: str | None = None,
+        compile: bool | str = False,
+        distributed: bool | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -576,6 +615,10 @@ class AdversarialTrainer:
         self.progress = bool(progress)
         self.channels_last = None if channels_last is None else bool(channels_last)
         self.generator = generator
+        self.amp = check_amp(amp)
+        self.compile = compile
+        self.distributed = None if distributed is None else bool(distributed)
+        self._ranks = (0, 1)  # (rank, world) of the run in progress
         if method == "generator":
             self.loss_object()  # checks the generator against the threat now, not in fit
 
@@ -607,6 +650,8 @@ class AdversarialTrainer:
             "generation_mode": self.generation_mode,
             "seed": self.seed,
             **self._generator_config(),
+            # only when set, so the recipes (and cached zoo models) of fp32 runs are unchanged
+            **({"amp": self.amp} if self.amp else {}),
         }
 
     def _generator_config(self) -> dict:
@@ -669,10 +714,17 @@ class AdversarialTrainer:
     ) -> tuple[float, float]:
         """``(clean accuracy, PGD robust accuracy)`` of the model on ``(x, y)`` at ``eps``
         with :class:`advex.attacks.PGD` (``steps`` iterations, α = 2.5 ε / steps, one random
-        start, cross-entropy). The model's mode is restored."""
+        start, cross-entropy). The model's mode is restored. During data-parallel training
+        each rank attacks its block of the points and the counts are summed (PGD's random
+        starts are per point, so the numbers are those of one process)."""
         from ..attacks.gradient import PGD
 
         steps = self.eval_steps if steps is None else steps
+        n_all = len(y)
+        rank, world = self._ranks
+        if world > 1:
+            rows = ddp.shard_rows(n_all, rank, world).to(y.device)
+            x, y = x[rows], y[rows]
         was = self.model.training
         self.model.eval()
         clean = robust = 0
@@ -682,17 +734,20 @@ class AdversarialTrainer:
                     for i in range(0, len(y), batch):
                         pred = self.model(x[i : i + batch]).argmax(1)
                         clean += int((pred == y[i : i + batch]).sum())
-                return clean / len(y), clean / len(y)
-            attack = PGD(
-                eps=self.eps, norm=self.norm, steps=steps, bounds=self.bounds, seed=self.seed
-            )
-            for i in range(0, len(y), batch):
-                r = attack(self.model, x[i : i + batch], y[i : i + batch])
-                clean += int(r.clean_correct.sum())
-                robust += int(r.robust.sum())
+                robust = clean
+            else:
+                attack = PGD(
+                    eps=self.eps, norm=self.norm, steps=steps, bounds=self.bounds, seed=self.seed
+                )
+                for i in range(0, len(y), batch):
+                    r = attack(self.model, x[i : i + batch], y[i : i + batch])
+                    clean += int(r.clean_correct.sum())
+                    robust += int(r.robust.sum())
         finally:
             self.model.train(was)
-        return clean / len(y), robust / len(y)
+        if world > 1:
+            clean, robust = ddp.sum_across_ranks([clean, robust])
+        return clean / n_all, robust / n_all
 
     # -- main loop ---------------------------------------------------------------------------
     def fit(
@@ -714,6 +769,13 @@ class AdversarialTrainer:
         """
         xtr, ytr = labelled_xy(train_data, "train_data")
         self.threat.check_inputs(xtr, name="train_data x")
+        dist_on = ddp.is_distributed() if self.distributed is None else self.distributed
+        if dist_on and self.method == "generator":
+            raise ValueError(
+                "method='generator' cannot train data-parallel (its generator and "
+                "discriminator would differ per rank); run it in one process"
+            )
+        self._ranks = (ddp.rank(), ddp.world_size()) if dist_on else (0, 1)
         device = next(self.model.parameters()).device
         xtr, ytr = xtr.to(device), ytr.to(device)
         xval = yval = None
@@ -747,6 +809,9 @@ class AdversarialTrainer:
             channels_last=self._use_channels_last(xtr),
             progress=self.progress,
             desc=f"advex train ({self.method})",
+            distributed=dist_on,
+            amp=self.amp,
+            compile=self.compile,
         )
         batch_cb = epoch_cb = None
         if on_batch_end is not None:
@@ -759,8 +824,13 @@ class AdversarialTrainer:
             def epoch_cb(t, epoch, entry):
                 on_epoch_end(self, epoch, entry)
 
-        run = trainer.fit((xtr, ytr), on_batch_end=batch_cb, on_epoch_end=epoch_cb)
-        return self._finish(run.log, check.best, run.stopped, xval, yval, run.elapsed_s, card_extra)
+        try:
+            run = trainer.fit((xtr, ytr), on_batch_end=batch_cb, on_epoch_end=epoch_cb)
+            return self._finish(
+                run.log, check.best, run.stopped, xval, yval, run.elapsed_s, card_extra
+            )
+        finally:
+            self._ranks = (0, 1)
 
     def _use_channels_last(self, x: torch.Tensor) -> bool:
         if self.channels_last is not None:
@@ -779,7 +849,10 @@ class AdversarialTrainer:
         self.model.eval()
         clean = robust = None
         if xval is not None:
-            clean = clean_accuracy(self.model, xval, yval)
+            if self._ranks[1] > 1:  # split across the ranks; the final check is PGD's below
+                clean, _ = self._clean_counts(xval, yval)
+            else:
+                clean = clean_accuracy(self.model, xval, yval)
             if self.eps > 0:
                 n = min(len(yval), max(self.eval_n, 1000))
                 _, robust = self.evaluate(xval[:n], yval[:n], steps=self.final_eval_steps)
@@ -794,8 +867,25 @@ class AdversarialTrainer:
             out_dir=self.out_dir,
         )
         if self.out_dir is not None:
-            result.card = self._write_outputs(result, xval, card_extra)
+            card_extra = dict(card_extra or {})
+            if self._ranks[1] > 1:
+                card_extra["distributed"] = {"world_size": self._ranks[1]}
+            if self._ranks[0] == 0:
+                result.card = self._write_outputs(result, xval, card_extra)
+            else:
+                result.card = self._card(result, xval) | card_extra
+            ddp.barrier()
         return result
+
+    def _clean_counts(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+        """Clean accuracy of ``(x, y)`` with the points split across the ranks."""
+        rank, world = self._ranks
+        rows = ddp.shard_rows(len(y), rank, world).to(y.device)
+        correct = 0
+        if len(rows):
+            correct = round(clean_accuracy(self.model, x[rows], y[rows]) * len(rows))
+        (total,) = ddp.sum_across_ranks([correct])
+        return total / len(y), int(total)
 
     # -- outputs ---------------------------------------------------------------------------------
     def _card(self, result: TrainingResult, xval) -> dict:

@@ -6,12 +6,17 @@ PGD-AT or TRADES is a *loss object*), defensive distillation (a temperature loss
 data augmentation for randomized smoothing (an ``augment`` function); and next poisoned-model
 and generator training.
 
+Data-parallel training over ``torch.distributed`` ranks (``torchrun``) is built into the loop
+(:mod:`advex.training.ddp`), as are mixed precision (``amp=``) and ``torch.compile``.
+
 Layer: beside :mod:`advex.zoo`; imports only :mod:`advex.models`, :mod:`advex._io` and torch.
 """
 
 from __future__ import annotations
 
+from . import ddp
 from .loop import (
+    AMP_DTYPES,
     CHECKPOINT_FORMAT,
     OPTIMIZERS,
     SCHEDULES,
@@ -22,6 +27,7 @@ from .loop import (
     TrainerRun,
     TrainingInterrupted,
     as_xy,
+    check_amp,
     cross_entropy_loss,
     load_optimizer_state,
     lr_at,
@@ -47,4 +53,7 @@ __all__ = [
     "SCHEDULES",
     "OPTIMIZERS",
     "CHECKPOINT_FORMAT",
+    "AMP_DTYPES",
+    "check_amp",
+    "ddp",
 ]

@@ -19,6 +19,7 @@ from torch import nn
 
 from .._io import atomic_write, derive_seed64, write_json
 from ..models.guards import model_device
+from . import ddp
 
 __all__ = [
     "Trainer",
@@ -37,9 +38,12 @@ __all__ = [
     "SCHEDULES",
     "OPTIMIZERS",
     "CHECKPOINT_FORMAT",
+    "AMP_DTYPES",
+    "check_amp",
 ]
 
 SCHEDULES = ("onecycle", "cyclic", "piecewise", "cosine", "constant")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 OPTIMIZERS = ("adam", "sgd")
 CHECKPOINT_FORMAT = "advex-train-checkpoint/1"
 
@@ -297,6 +301,27 @@ class Trainer:
             model is handed back in the default memory format.
         check_finite: raise :class:`FloatingPointError` when the loss is NaN or infinite.
         progress, desc: tqdm progress bar and its label; name: the loss's name in errors.
+        distributed: ``True``: data-parallel training over the ranks of the initialised
+            ``torch.distributed`` process group (``None``: when one with more than one rank
+            exists; ``False``, the default, trains in this process only, so the zoo and the
+            attacks' ``fit`` stay single-process inside a sharded evaluation). Every rank
+            holds the whole model and the whole dataset and draws the same permutation; rank
+            ``r`` computes the loss of its contiguous block of each *global* batch of
+            ``batch_size`` points, the gradients (scaled by each shard's share)
+            are summed in one all-reduce, and every rank takes the same optimizer step. With
+            the same global batch the run follows the one-process run up to float rounding
+            (BatchNorm batch statistics and dropout masks excepted: they are per rank). Only
+            rank 0 writes the checkpoint and the log; a checkpoint resumes on any number of
+            ranks. The loss must be a mean over the batch's points; a loss object with
+            ``set_shard(rows, n)`` is told which rows of the global batch of ``n`` points it
+            has (so its random draws can be those of the whole batch). The ranks' settings and
+            data are compared at the start (a mismatch is a ``ValueError`` on every rank) and
+            rank 0's weights are copied to the others.
+        amp: ``"bf16"`` or ``"fp16"``: run the loss (forward passes and the inner attack) under
+            ``torch.autocast`` on the model's device; fp16 scales the loss with a
+            ``torch.amp.GradScaler`` (its state travels with the checkpoint). ``None``: fp32.
+        compile: ``True`` (or a ``torch.compile`` backend name) runs the loss through
+            ``torch.compile(model)``; the caller's module is trained and returned uncompiled.
 
     A poisoned-model training is a plain run on the poisoned dataset
     (``Trainer(model, epochs=…, batch_size=…).fit((x_poisoned, y_poisoned))``), with a
@@ -334,6 +359,9 @@ class Trainer:
         progress: bool = True,
         desc: str = "training",
         name: str = "training",
+        distributed: bool | None = False,
+        amp: str | None = None,
+        compile: bool | str = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -350,6 +378,12 @@ class Trainer:
             raise TypeError("augment must be a callable (xb, generator) -> xb")
         if resume and out_dir is None:
             raise ValueError("resume=True needs out_dir= (where the checkpoint is)")
+        self.amp = check_amp(amp)
+        if not isinstance(compile, bool | str):
+            raise TypeError(f"compile must be a bool or a torch.compile backend, got {compile!r}")
+        self.compile = compile
+        self.distributed = None if distributed is None else bool(distributed)
+        self.rank, self.world = 0, 1
         self.model = model
         self.loss = loss
         self.epochs = int(epochs)
@@ -396,7 +430,8 @@ class Trainer:
         loss's ``set_step`` returned) and ``on_epoch_end(trainer, epoch, entry)`` run after
         every batch / epoch; an exception they raise interrupts training, and the last
         completed epoch's checkpoint remains for ``resume=True``. The model is left in eval
-        mode.
+        mode. Under ``distributed`` training they run on every rank, with the global batch's
+        loss.
         """
         from tqdm.auto import tqdm
 
@@ -406,30 +441,43 @@ class Trainer:
         n = len(y)
         spe = (n + self.batch_size - 1) // self.batch_size
         total = self.epochs * spe
+        dist_on = self._start_distributed(x, y)
+        is_main = self.rank == 0
         opt = self.optimizer = make_optimizer(
             self.model, self.optimizer_name, self.lr, self.weight_decay
         )
+        scaler = self._grad_scaler(device)
         self.seeds.start(device)
         log: list[dict] = []
         start_epoch = 0
         elapsed_before = 0.0
         self.stopped = None
         if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            if self.resume and _ckpt_exists(self.out_dir):
-                start_epoch, log, elapsed_before = self._load_checkpoint(opt)
+            if is_main:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+            if self.resume:
+                state = self._read_checkpoint_everywhere(dist_on)
+                if state is not None:
+                    start_epoch, log, elapsed_before = self._apply_checkpoint(opt, scaler, *state)
         # after the checkpoint is read: a refused resume leaves the model's layout alone
         fmt = torch.contiguous_format
         if self.channels_last and x.dim() == 4:
             fmt = torch.channels_last
             x = x.contiguous(memory_format=fmt)
             self.model.to(memory_format=fmt)
+        net = self._compiled()
+        amp_ctx = (
+            (lambda: torch.autocast(device_type=device.type, dtype=AMP_DTYPES[self.amp]))
+            if self.amp
+            else contextlib.nullcontext
+        )
         set_step = getattr(self.loss, "set_step", None)
+        set_shard = getattr(self.loss, "set_shard", None)
         bar = tqdm(
             total=(self.epochs - start_epoch) * spe,
             desc=self.desc,
             file=sys.stderr,
-            disable=not self.progress,
+            disable=not self.progress or not is_main,
             leave=False,
         )
         fork = torch.random.fork_rng(devices=[]) if self.seeds.forks_global else None
@@ -441,7 +489,12 @@ class Trainer:
                     t_epoch = time.perf_counter()
                     rng = self.seeds.epoch(epoch)
                     if rng.global_seed is not None:
-                        torch.manual_seed(rng.global_seed)
+                        # dropout masks: rank 0 draws those of a single process, the others
+                        # their own stream
+                        seed = rng.global_seed
+                        if self.rank:
+                            seed = derive_seed64(seed, 0x5EED, self.rank)
+                        torch.manual_seed(seed)
                     perm = torch.randperm(n, generator=rng.shuffle).to(x.device)
                     self.model.train()
                     loss_sum = correct = seen = 0.0
@@ -460,34 +513,66 @@ class Trainer:
                         xb, yb = x[idx], y[idx]
                         if self.augment is not None:
                             xb = self.augment(xb, rng.batch)
+                        weight = 1.0
+                        if dist_on:  # this rank's block of the global batch
+                            gn = len(idx)
+                            rows = ddp.shard_rows(gn, self.rank, self.world)
+                            weight = len(rows) / gn
+                            if len(rows) == 0:  # a short last batch: one row, weight 0
+                                rows = torch.zeros(1, dtype=torch.long)
+                            if set_shard is not None:
+                                set_shard(rows.to(device), gn)
+                            rows = rows.to(xb.device)
+                            xb, yb = xb[rows], yb[rows]
                         xb, yb = xb.to(device), yb.to(device)
                         if fmt is not torch.contiguous_format:
                             xb = xb.contiguous(memory_format=fmt)
-                        loss, logits = self.loss(self.model, xb, yb, rng.batch)
-                        if self.check_finite and not torch.isfinite(loss):
-                            bad = float(loss.detach())
-                            raise FloatingPointError(
-                                f"{self.name} loss became {bad} at epoch {epoch + 1}, "
-                                f"batch {b + 1}: lower lr (now {lr:.3g})"
-                            )
+                        with amp_ctx():
+                            loss, logits = self.loss(net, xb, yb, rng.batch)
+                        if not dist_on and self.check_finite and not torch.isfinite(loss):
+                            self._raise_not_finite(float(loss.detach()), epoch, b, lr)
                         opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        opt.step()
+                        scaled = loss * weight if dist_on else loss
+                        (scaler.scale(scaled) if scaler is not None else scaled).backward()
                         bs = len(yb)
-                        loss_sum += float(loss.detach()) * bs
+                        hits = 0.0
                         if count_correct and logits is not None:
                             got_logits = True
-                            correct += float((logits.detach().argmax(1) == yb).sum())
-                        seen += bs
+                            hits = float((logits.detach().argmax(1) == yb).sum())
+                        if dist_on:
+                            real = bs if weight > 0 else 0
+                            local = torch.tensor(
+                                [float(loss.detach()) * real, hits if real else 0.0, real],
+                                dtype=torch.float64,
+                            )
+                            tot = ddp.all_reduce_step(self.model, local)
+                            batch_loss = float(tot[0] / tot[2])
+                            if self.check_finite and not math.isfinite(batch_loss):
+                                self._raise_not_finite(batch_loss, epoch, b, lr)
+                            loss_sum += float(tot[0])
+                            correct += float(tot[1])
+                            seen += float(tot[2])
+                        else:
+                            batch_loss = float(loss.detach())
+                            loss_sum += batch_loss * bs
+                            correct += hits
+                            seen += bs
+                        if scaler is not None:
+                            scaler.step(opt)
+                            scaler.update()
+                        else:
+                            opt.step()
+                        if dist_on:
+                            ddp.average_running_stats(self.model)
                         bar.update(1)
-                        if self.progress:
+                        if self.progress and is_main:
                             bar.set_postfix(
                                 epoch=epoch + 1,
                                 loss=f"{loss_sum / seen:.3f}",
                                 **{k: f"{v:.3g}" for k, v in extras.items()},
                             )
                         if on_batch_end is not None:
-                            stats = {"loss": float(loss.detach()), "lr": lr, **extras}
+                            stats = {"loss": batch_loss, "lr": lr, **extras}
                             on_batch_end(self, epoch, b, stats)
                     entry: dict[str, Any] = {"epoch": epoch + 1, "lr_end": lr}
                     entry.update({f"{k}_end": v for k, v in extras.items()})
@@ -502,8 +587,12 @@ class Trainer:
                     log.append(entry)
                     if self.out_dir is not None:
                         elapsed = elapsed_before + time.perf_counter() - t_start
-                        self._save_checkpoint(opt, epoch + 1, log, elapsed)
-                        write_json(self.out_dir / "log.json", {"config": self.config, "log": log})
+                        if is_main:
+                            self._save_checkpoint(opt, epoch + 1, log, elapsed, scaler)
+                            doc = {"config": self.config, "log": log}
+                            write_json(self.out_dir / "log.json", doc)
+                        if dist_on:
+                            ddp.barrier()
                     if on_epoch_end is not None:
                         on_epoch_end(self, epoch, entry)
         finally:
@@ -514,8 +603,79 @@ class Trainer:
         elapsed = elapsed_before + time.perf_counter() - t_start
         return TrainerRun(log=log, stopped=self.stopped, elapsed_s=elapsed)
 
+    def _raise_not_finite(self, bad: float, epoch: int, b: int, lr: float) -> None:
+        raise FloatingPointError(
+            f"{self.name} loss became {bad} at epoch {epoch + 1}, "
+            f"batch {b + 1}: lower lr (now {lr:.3g})"
+        )
+
+    # -- distributed, amp, compile ----------------------------------------------------------------
+    def _start_distributed(self, x: torch.Tensor, y: torch.Tensor) -> bool:
+        """Decide whether this run is data-parallel, check the ranks agree, sync the weights."""
+        on = ddp.is_distributed() if self.distributed is None else self.distributed
+        if on and not ddp.is_distributed():
+            raise RuntimeError(
+                "distributed=True needs an initialised torch.distributed process group with "
+                "more than one rank (launch with torchrun, or call init_process_group first)"
+            )
+        self.rank, self.world = (ddp.rank(), ddp.world_size()) if on else (0, 1)
+        if not on:
+            return False
+        if self.batch_size < self.world:
+            raise ValueError(
+                f"batch_size={self.batch_size} is the global batch and must be at least the "
+                f"world size ({self.world})"
+            )
+        ddp.check_same_across_ranks(self._fingerprint(x, y), "settings or data")
+        ddp.broadcast_module(self.model)
+        return True
+
+    def _fingerprint(self, x: torch.Tensor, y: torch.Tensor) -> dict:
+        sched = (
+            self.schedule
+            if isinstance(self.schedule, str)
+            else getattr(self.schedule, "__name__", type(self.schedule).__name__)
+        )
+        xd = x.detach().cpu().double()  # on the CPU: the same sums on every kind of device
+        return {
+            **{f"config.{k}": v for k, v in self.config.items()},
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "optimizer": self.optimizer_name,
+            "schedule": sched,
+            "weight_decay": self.weight_decay,
+            "seeds": [type(self.seeds).__name__, getattr(self.seeds, "seed", None)],
+            "amp": self.amp,
+            "compile": self.compile,
+            "resume": self.resume,
+            "loss": getattr(self.loss, "__name__", type(self.loss).__name__),
+            "data shape": [list(x.shape), list(y.shape)],
+            "data checksum": [
+                float(f"{float(v):.12g}")
+                for v in (xd.sum(), (xd * xd).sum(), y.detach().cpu().double().sum())
+            ],
+        }
+
+    def _grad_scaler(self, device: torch.device):
+        if self.amp != "fp16":
+            return None
+        try:
+            return torch.amp.GradScaler(device.type)
+        except Exception as exc:  # pragma: no cover - depends on the torch build
+            raise RuntimeError(
+                f"amp='fp16' needs a gradient scaler on {device.type}, which this torch build "
+                f"lacks ({exc}); use amp='bf16'"
+            ) from exc
+
+    def _compiled(self) -> nn.Module:
+        if not self.compile:
+            return self.model
+        backend = self.compile if isinstance(self.compile, str) else "inductor"
+        return torch.compile(self.model, backend=backend)
+
     # -- checkpoints ----------------------------------------------------------------------------
-    def _save_checkpoint(self, opt, epoch: int, log: list, elapsed: float) -> None:
+    def _save_checkpoint(self, opt, epoch: int, log: list, elapsed: float, scaler=None) -> None:
         from safetensors.torch import save_file
 
         tensors: dict[str, torch.Tensor] = {}
@@ -546,13 +706,19 @@ class Trainer:
             "elapsed_s": elapsed,
             "optimizer": opt_meta,
         }
+        if scaler is not None:
+            meta["grad_scaler"] = {k: v for k, v in scaler.state_dict().items()}
         # weights first, metadata last: a checkpoint.json always describes complete weights
         atomic_write(self.out_dir / "checkpoint.safetensors", lambda p: save_file(tensors, p))
         write_json(self.out_dir / "checkpoint.json", meta)
 
-    def _load_checkpoint(self, opt) -> tuple[int, list, float]:
+    def _read_checkpoint(self) -> tuple[dict, dict[str, torch.Tensor]] | None:
+        """``(meta, tensors)`` of ``out_dir``'s checkpoint after checking it may be resumed
+        (None when there is none)."""
         from safetensors.torch import load_file
 
+        if not _ckpt_exists(self.out_dir):
+            return None
         meta = json.loads((self.out_dir / "checkpoint.json").read_text(encoding="utf-8"))
         if meta.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{self.out_dir / 'checkpoint.json'} is not an advex checkpoint")
@@ -576,12 +742,32 @@ class Trainer:
                 f"cannot resume: the checkpoint has {meta['epoch']} epochs, more than epochs="
                 f"{self.epochs}"
             )
-        tensors = load_file(str(self.out_dir / "checkpoint.safetensors"))
+        return meta, load_file(str(self.out_dir / "checkpoint.safetensors"))
+
+    def _read_checkpoint_everywhere(self, dist_on: bool):
+        """Rank 0 reads the checkpoint and hands it to every rank (no shared file system
+        needed); an error there is raised on every rank."""
+        if not dist_on:
+            return self._read_checkpoint()
+        got: tuple = ("ok", None)
+        if self.rank == 0:
+            try:
+                got = ("ok", self._read_checkpoint())
+            except (ValueError, OSError) as exc:
+                got = ("error", f"{type(exc).__name__}: {exc}")
+        got = ddp.broadcast_object(got)
+        if got[0] == "error":
+            raise ValueError(f"rank 0 could not resume: {got[1]}")
+        return got[1]
+
+    def _apply_checkpoint(self, opt, scaler, meta: dict, tensors: dict) -> tuple[int, list, float]:
         model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
         self.model.load_state_dict(model_state, strict=True)
         load_optimizer_state(
             opt, meta["optimizer"], {k[4:]: v for k, v in tensors.items() if k.startswith("opt.")}
         )
+        if scaler is not None and meta.get("grad_scaler"):
+            scaler.load_state_dict(meta["grad_scaler"])
         self.seeds.load_state({k[4:]: v for k, v in tensors.items() if k.startswith("rng.")})
         self.stopped = meta.get("stopped")
         if hasattr(self.validate, "restore_state"):
@@ -624,6 +810,18 @@ def load_optimizer_state(
         pid, key = k.split(".", 1)
         state.setdefault(int(pid), {})[key] = v
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def check_amp(amp: str | None) -> str | None:
+    """``None``, ``"bf16"`` or ``"fp16"`` (``"bfloat16"``/``"float16"``/``"none"`` accepted)."""
+    if amp is None:
+        return None
+    key = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "none": None}.get(
+        str(amp).lower(), str(amp).lower()
+    )
+    if key is not None and key not in AMP_DTYPES:
+        raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
+    return key
 
 
 def _ckpt_exists(out: Path) -> bool:
