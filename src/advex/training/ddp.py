@@ -13,18 +13,26 @@ The process group is the caller's (``torchrun`` + :func:`init_from_env`, or any
 ``torch.distributed.init_process_group``); nothing here starts processes.
 
 The small rank helpers (:func:`is_distributed`, :func:`rank`, :func:`world_size`,
-:func:`barrier`, :func:`all_gather_object`, :func:`broadcast_object`) have the names and
-meaning of ``advex.distributed`` (sharded evaluation), so the two can be unified.
+:func:`barrier`, :func:`all_gather_object`, :func:`broadcast_object`) are
+:mod:`advex.distributed`'s, re-exported here: one implementation for evaluation and training.
 """
 
 from __future__ import annotations
 
-import datetime
 import os
-from typing import Any
 
 import torch
 from torch import nn
+
+from advex import distributed as _dist
+from advex.distributed import (
+    all_gather_object,
+    barrier,
+    broadcast_object,
+    is_distributed,
+    rank,
+    world_size,
+)
 
 __all__ = [
     "is_distributed",
@@ -43,57 +51,6 @@ __all__ = [
     "check_same_across_ranks",
     "sum_across_ranks",
 ]
-
-
-def is_distributed() -> bool:
-    """True inside an initialised process group with more than one rank."""
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def rank() -> int:
-    """This process's rank (0 outside a process group)."""
-    import torch.distributed as dist
-
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def world_size() -> int:
-    """The number of ranks (1 outside a process group)."""
-    import torch.distributed as dist
-
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def barrier() -> None:
-    """Wait for every rank (nothing outside a process group)."""
-    import torch.distributed as dist
-
-    if is_distributed():
-        dist.barrier()
-
-
-def all_gather_object(obj: Any) -> list:
-    """``[obj of rank 0, obj of rank 1, ...]`` (``[obj]`` outside a process group)."""
-    import torch.distributed as dist
-
-    if not is_distributed():
-        return [obj]
-    out: list = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Rank ``src``'s ``obj`` on every rank (``obj`` itself outside a process group)."""
-    import torch.distributed as dist
-
-    if not is_distributed():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 def shard_rows(n: int, rank: int, world: int) -> torch.Tensor:
@@ -115,10 +72,11 @@ def init_from_env(
     backend: str | None = None,
 ) -> bool:
     """Join the process group that ``torchrun`` (or ``srun`` with the same variables) describes
-    in the environment; returns True when it did (False for a single process or a group that
-    is already initialised). The backend is ``backend``, else ``$ADVEX_DIST_BACKEND``, else NCCL
-    when ``device`` is a CUDA device and gloo otherwise (gloo also reduces CUDA tensors: the
-    choice for several ranks sharing one GPU, which NCCL refuses)."""
+    in the environment; returns True when this call started it (the caller then destroys it),
+    False for a single process or a group that is already initialised. The backend is
+    ``backend``, else ``$ADVEX_DIST_BACKEND``, else NCCL when ``device`` is a CUDA device and
+    gloo otherwise (gloo also reduces CUDA tensors: the choice for several ranks sharing one
+    GPU, which NCCL refuses). The group is made by :func:`advex.distributed.init_from_env`."""
     import torch.distributed as dist
 
     if not launched_by_torchrun() or dist.is_initialized():
@@ -128,8 +86,7 @@ def init_from_env(
     if backend is None:
         cuda = device is not None and torch.device(device).type == "cuda"
         backend = "nccl" if cuda else "gloo"
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
-    return True
+    return _dist.init_from_env(backend=backend, timeout_s=timeout_s)
 
 
 def local_device(device: str | torch.device | None = None) -> torch.device:
