@@ -328,8 +328,11 @@ def query_curve_figure(
         axes[0].axhline(float(eps), color=_RED, ls="--", lw=1, label=f"ε = {float(eps):g}")
         axes[1].set_ylabel(f"adversarial within ε = {float(eps):g} (% of points)")
         axes[1].set_ylim(-2, 102)
+    from matplotlib.ticker import NullFormatter
+
     for ax in axes:
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # decades only: no crowded labels
         ax.set_xlabel("queries per point (the clean pass included)")
         ax.grid(True, alpha=0.3, which="both")
         ax.legend(fontsize=8, frameon=False)
