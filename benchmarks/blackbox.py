@@ -21,12 +21,13 @@ Part 2, L∞ ε = 0.3 against a label-only (one-hot output) wrapper of the same 
 accuracy of :class:`~advex.attacks.RayS` and of L∞ HopSkipJump within 10k queries per point.
 
 The model's forward passes dominate every run; the script also reports the time spent inside
-the model, so the attack's own overhead (wall − model) is visible. On a shared, loaded machine
-all numbers are inflated alike: compare them only within one run.
+the model (wall and CPU), so the attack's own overhead (total − model) is visible, and the
+1-minute load average at the start and end of each tool. On a shared, loaded machine wall times
+follow the load: compare CPU times, and wall times only within one run.
 
-    PYTHONPATH=src python benchmarks/blackbox.py              # 100 points, 10k queries
-    PYTHONPATH=src python benchmarks/blackbox.py --points 20  # what docs/attacks-blackbox.md shows
-    PYTHONPATH=src python benchmarks/blackbox.py --quick      # smoke test (seconds)
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/blackbox.py   # 100 points, 10k queries
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/blackbox.py --points 20 --linf-points 0
+    PYTHONPATH=src python benchmarks/blackbox.py --quick   # smoke test (seconds)
 """
 
 from __future__ import annotations
