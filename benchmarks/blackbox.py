@@ -21,12 +21,13 @@ Part 2, L∞ ε = 0.3 against a label-only (one-hot output) wrapper of the same 
 accuracy of :class:`~advex.attacks.RayS` and of L∞ HopSkipJump within 10k queries per point.
 
 The model's forward passes dominate every run; the script also reports the time spent inside
-the model, so the attack's own overhead (wall − model) is visible. On a shared, loaded machine
-all numbers are inflated alike: compare them only within one run.
+the model (wall and CPU), so the attack's own overhead (total − model) is visible, and the
+1-minute load average at the start and end of each tool. On a shared, loaded machine wall times
+follow the load: compare CPU times, and wall times only within one run.
 
-    PYTHONPATH=src python benchmarks/blackbox.py              # 100 points, 10k queries
-    PYTHONPATH=src python benchmarks/blackbox.py --points 20  # what docs/attacks-blackbox.md shows
-    PYTHONPATH=src python benchmarks/blackbox.py --quick      # smoke test (seconds)
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/blackbox.py   # 100 points, 10k queries
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/blackbox.py --points 20 --linf-points 0
+    PYTHONPATH=src python benchmarks/blackbox.py --quick   # smoke test (seconds)
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -66,6 +68,7 @@ class Tracker(nn.Module):
         self.point: int | None = None
         self.rows = 0
         self.model_time = 0.0
+        self.model_cpu = 0.0
         n = 0 if x0 is None else x0.shape[0]
         self.queries = np.zeros(n, dtype=np.int64)
         self.events: list[list[tuple[int, float]]] = [[] for _ in range(n)]
@@ -84,10 +87,11 @@ class Tracker(nn.Module):
             need = np.bincount(ids.numpy(), minlength=len(self.queries))
             if self.budget is not None and np.any(self.queries + need > self.budget):
                 raise OverBudget
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         with torch.no_grad():
             out = self.model(x)
         self.model_time += time.perf_counter() - t
+        self.model_cpu += time.process_time() - c
         self.rows += m
         if self.x0 is not None:
             adv = (out.argmax(1) != self.y0[ids]).numpy()
@@ -109,6 +113,31 @@ class Tracker(nn.Module):
         return out
 
 
+class Clock:
+    """Wall and CPU time (this process) of a block, with the 1-minute load average at its
+    start and end (the machine may be shared: CPU time is what the run itself cost)."""
+
+    def __enter__(self):
+        self.load0 = os.getloadavg()[0]
+        self.w, self.c = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.w
+        self.cpu = time.process_time() - self.c
+        self.load = [round(self.load0, 2), round(os.getloadavg()[0], 2)]
+        return False
+
+    def fields(self, tracker) -> dict:
+        return {
+            "wall_s": self.wall,
+            "cpu_s": self.cpu,
+            "model_s": tracker.model_time,
+            "model_cpu_s": tracker.model_cpu,
+            "loadavg_1min_start_end": self.load,
+        }
+
+
 def _median(a) -> float:
     return float(np.median(np.asarray(a, dtype=np.float64)))
 
@@ -121,9 +150,8 @@ def run_advex(cnn, x, y, budgets):
     tracker = Tracker(cnn)
     box = LabelBlackBox(lambda t: tracker(t).argmax(1), num_classes=10)
     curve = QueryCurve()
-    t = time.perf_counter()
-    r = HopSkipJump(norm="l2", max_queries=max(budgets), curve=curve)(box, x, y)
-    wall = time.perf_counter() - t
+    with Clock() as clock:
+        r = HopSkipJump(norm="l2", max_queries=max(budgets), curve=curve)(box, x, y)
     assert tracker.rows == int(r.queries.sum()) == box.queries, "query counts disagree"
     assert int(r.queries.max()) <= max(budgets)
     grid = _grid(max(budgets))
@@ -134,8 +162,7 @@ def run_advex(cnn, x, y, budgets):
         "success": float(r.success.float().mean()),
         "queries_at_model": tracker.rows,
         "max_queries_per_point": int(r.queries.max()),
-        "wall_s": wall,
-        "model_s": tracker.model_time,
+        **clock.fields(tracker),
     }
 
 
@@ -157,21 +184,19 @@ def run_foolbox(cnn, x, y, budgets):
     d = torch.cdist(x.flatten(1), x.flatten(1))
     d[y[:, None] == y[None, :]] = math.inf
     starts = x[d.argmin(1)]
-    t = time.perf_counter()
-    try:
-        attack.run(fmodel, x, fb.criteria.Misclassification(y), starting_points=starts)
-        stopped = False
-    except OverBudget:
-        stopped = True
-    wall = time.perf_counter() - t
+    with Clock() as clock:
+        try:
+            attack.run(fmodel, x, fb.criteria.Misclassification(y), starting_points=starts)
+            stopped = False
+        except OverBudget:
+            stopped = True
     return {
         "median_l2": {str(b): _median(tracker.distance_at(b)) for b in budgets},
         "queries_at_model": tracker.rows,
         "max_queries_per_point": int(tracker.queries.max()),
         "stopped_at_budget": stopped,
         "curve": _tracker_curve(tracker, max(budgets)),
-        "wall_s": wall,
-        "model_s": tracker.model_time,
+        **clock.fields(tracker),
     }
 
 
@@ -194,21 +219,19 @@ def run_art(cnn, x, y, budgets):
     )
     xn = x.numpy()
     np.random.seed(0)  # ART draws from numpy's global generator
-    t = time.perf_counter()
-    for i in range(len(xn)):  # ART attacks one point at a time anyway (batch size 1)
-        tracker.point = i
-        try:
-            attack.generate(x=xn[i : i + 1], y=np.eye(10)[y[i : i + 1].numpy()])
-        except OverBudget:
-            pass
-    wall = time.perf_counter() - t
+    with Clock() as clock:
+        for i in range(len(xn)):  # ART attacks one point at a time anyway (batch size 1)
+            tracker.point = i
+            try:
+                attack.generate(x=xn[i : i + 1], y=np.eye(10)[y[i : i + 1].numpy()])
+            except OverBudget:
+                pass
     return {
         "median_l2": {str(b): _median(tracker.distance_at(b)) for b in budgets},
         "queries_at_model": tracker.rows,
         "max_queries_per_point": int(tracker.queries.max()),
         "curve": _tracker_curve(tracker, max(budgets)),
-        "wall_s": wall,
-        "model_s": tracker.model_time,
+        **clock.fields(tracker),
     }
 
 
@@ -255,15 +278,17 @@ def run_linf(cnn, x, y, budget, eps):
         ("hopskipjump-linf", HopSkipJump(eps=eps, norm="linf", max_queries=budget)),
     ):
         onehot = CallableAdapter(lambda t: nn.functional.one_hot(cnn(t).argmax(1), 10).float())
-        t = time.perf_counter()
-        r = attack(onehot, x, y)
+        with Clock() as clock:
+            r = attack(onehot, x, y)
         out[name] = {
             "robust_accuracy": r.robust_accuracy,
             "median_queries": float(r.queries.float().median()),
             "max_queries": int(r.queries.max()),
             "queries_at_model": onehot.queries,
             "exposes": onehot.exposes,
-            "wall_s": time.perf_counter() - t,
+            "wall_s": clock.wall,
+            "cpu_s": clock.cpu,
+            "loadavg_1min_start_end": clock.load,
         }
     return out
 
@@ -271,7 +296,7 @@ def run_linf(cnn, x, y, budget, eps):
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--points", type=int, default=100)
-    p.add_argument("--linf-points", type=int, default=None, help="default: --points")
+    p.add_argument("--linf-points", type=int, default=None, help="default: --points; 0: skip")
     p.add_argument("--budgets", default="1000,5000,10000")
     p.add_argument("--peers", default="foolbox,art", help="comma list, or 'none'")
     p.add_argument("--quick", action="store_true", help="2 points, budgets 100,300 (smoke test)")
@@ -284,12 +309,13 @@ def main(argv=None) -> dict:
     n = a.points
     if a.quick:
         budgets, n = [100, 300], 2
-    n_linf = a.linf_points or n
+    n_linf = n if a.linf_points is None else a.linf_points
     cnn = zoo.load("mnist-smallcnn").eval()
     x, y = data.mnist5k("test").tensors()
     with torch.no_grad():
         keep = (cnn(x[:500]).argmax(1) == y[:500]).nonzero().squeeze(1)
     xs, ys = x[keep[: max(n, n_linf)]], y[keep[: max(n, n_linf)]]
+    assert len(xs) >= max(n, n_linf), "fewer correctly classified points than asked for"
     res: dict = {
         "machine": "shared CPU (2 cores, 7 engineers), torch threads = 1",
         "model": "zoo mnist-smallcnn",
@@ -298,8 +324,25 @@ def main(argv=None) -> dict:
         "command": " ".join(["python", "benchmarks/blackbox.py", *(argv or sys.argv[1:])]),
     }
     warnings.filterwarnings("ignore")
+
+    def save() -> None:  # after every stage: a long run that is cut short keeps what it has
+        if not a.quick:
+            from advex._io import write_json
+
+            write_json(a.out, res)
+
     res["advex"] = run_advex(cnn, xs[:n], ys[:n], budgets)
     print("advex", json.dumps(res["advex"]), flush=True)
+    save()
+    if n_linf > 0:
+        res["linf"] = {
+            "eps": 0.3,
+            "points": n_linf,
+            "budget": max(budgets),
+            **run_linf(cnn, xs[:n_linf], ys[:n_linf], max(budgets), 0.3),
+        }
+        print("linf", json.dumps(res["linf"]), flush=True)
+        save()
     peers = [] if a.peers == "none" else a.peers.split(",")
     for peer, run in (("foolbox", run_foolbox), ("art", run_art)):
         if peer in peers:
@@ -308,26 +351,19 @@ def main(argv=None) -> dict:
             except Exception as err:  # a peer's failure is a result, not a crash
                 res[peer] = {"error": f"{type(err).__name__}: {err}"}
             print(peer, json.dumps(res[peer]), flush=True)
+            save()
     res["ratios"] = {}
     for peer in ("foolbox", "art"):
         if peer in res and "wall_s" in res[peer]:
             res["ratios"][f"wall_advex/{peer}"] = res["advex"]["wall_s"] / res[peer]["wall_s"]
+            res["ratios"][f"cpu_advex/{peer}"] = res["advex"]["cpu_s"] / res[peer]["cpu_s"]
             for b in budgets:
                 mine, theirs = res["advex"]["median_l2"][str(b)], res[peer]["median_l2"][str(b)]
                 ok = math.isfinite(theirs) and theirs > 0
                 res["ratios"][f"median_l2_advex/{peer}@{b}"] = mine / theirs if ok else None
-    res["linf"] = {
-        "eps": 0.3,
-        "points": n_linf,
-        "budget": max(budgets),
-        **run_linf(cnn, xs[:n_linf], ys[:n_linf], max(budgets), 0.3),
-    }
-    print("linf", json.dumps(res["linf"]), flush=True)
     print("ratios", json.dumps(res["ratios"], indent=1))
     if not a.quick:
-        from advex._io import write_json
-
-        write_json(a.out, res)
+        save()
         fig = Path(__file__).resolve().parents[1] / "docs" / "img" / "blackbox-hsja.png"
         save_figure(res, fig)
         print(f"wrote {a.out} and {fig}")

@@ -91,6 +91,11 @@ def test_label_only_zoo_cnn_is_not_reported_robust_by_advex_evaluate(tmp_path, m
         assert 0 < doc["access"]["queries_used"] <= 12 * 10_000
         fired = {c["name"]: c for c in doc["checks"] if not c["passed"]}
         assert "HopSkipJump" in fired["usable_gradients"]["recommendation"]
+        # the report draws queries vs distance for the decision-based stages
+        curve = doc["query_curves"]["rays"]
+        assert curve["queries"][-1] == 10_000 and curve["within_eps"][-1] == 1.0
+        assert curve["within_eps"] == sorted(curve["within_eps"])
+        assert "Queries vs distance" in (out / "report.html").read_text(encoding="utf-8")
 
 
 def test_one_hot_model_gets_decision_attacks(mnist_model, mnist_correct):
@@ -134,10 +139,10 @@ def test_gradient_models_keep_their_preset(mnist_model, mnist_correct):
     ev = evaluate(mnist_model, (x, y), eps=0.1, preset=PRESETS["quick"].scaled(0.1), checks=False)
     assert ev.stage_names == ["apgd-ce", "apgd-t"] and ev.access["exposes"] == "gradients"
     assert ev.verdict == "UNCHECKED"
-    # zero gradients everywhere (quantisation) stay white-box: the masking checks name BPDA
+    # zero gradients everywhere (quantisation): black-box stages; the masking checks name BPDA
     quantised = nn.Sequential(_Round(), mnist_model).eval()
     cap = probe_capability(quantised, x, y)
-    assert cap.exposes == "gradients" and cap.evidence["gradient"] == "zero"
+    assert cap.exposes == "scores" and cap.evidence["gradient"] == "zero"
 
 
 class _Round(nn.Module):

@@ -173,3 +173,5 @@ def test_benchmark_script_quick_smoke():
     assert mine["queries_at_model"] == 2 * 300 and mine["max_queries_per_point"] == 300
     assert mine["median_l2"]["300"] <= mine["median_l2"]["100"]
     assert res["linf"]["rays"]["robust_accuracy"] == 0.0
+    # CPU time is recorded next to wall time (a shared machine's wall time follows its load)
+    assert 0 < mine["model_cpu_s"] <= mine["cpu_s"] and len(mine["loadavg_1min_start_end"]) == 2

@@ -33,7 +33,14 @@ from ..core.goals import Goal
 from ..threats import ThreatModel
 from .base import Attack, ModelCaller, check_positive, check_steps, make_threat
 
-__all__ = ["BoundaryAttack", "DecisionAttack", "HopSkipJump", "QueryCurve", "RayS"]
+__all__ = [
+    "BoundaryAttack",
+    "DecisionAttack",
+    "HopSkipJump",
+    "QueryCurve",
+    "RayS",
+    "summarise_curve",
+]
 
 
 class QueryCurve:
@@ -58,9 +65,14 @@ class QueryCurve:
         run["q"].append(queries.detach().cpu().long())
         run["d"].append(dist.detach().cpu().double())
 
-    def distance_at(self, budget: int, run: int = -1) -> torch.Tensor:
+    def distance_at(self, budget: int, run: int | None = -1) -> torch.Tensor:
         """``(N,)`` best distance of each point with at most ``budget`` queries spent (the clean
-        pass included; inf where no adversarial point was known yet)."""
+        pass included; inf where no adversarial point was known yet). ``run=None``: the
+        points of every run, concatenated."""
+        if run is None:
+            if not self.runs:
+                return torch.zeros(0, dtype=torch.float64)
+            return torch.cat([self.distance_at(budget, r) for r in range(len(self.runs))])
         r = self.runs[run]
         out = torch.full((r["n"],), math.inf, dtype=torch.float64)
         if not r["idx"]:
@@ -70,9 +82,51 @@ class QueryCurve:
         out.scatter_reduce_(0, idx[ok], d[ok], reduce="amin")
         return out
 
-    def median_at(self, budgets, run: int = -1) -> list[float]:
+    def median_at(self, budgets, run: int | None = -1) -> list[float]:
         """Median over points of :meth:`distance_at` for each budget."""
         return [float(self.distance_at(int(b), run).median()) for b in budgets]
+
+    @staticmethod
+    def grid(max_queries: int, points: int = 24) -> list[int]:
+        """Query budgets spaced geometrically from 10 (or fewer) to ``max_queries``."""
+        top = max(int(max_queries), 1)
+        lo = min(10, top)
+        if top == lo:
+            return [top]
+        step = (top / lo) ** (1 / (points - 1))
+        return sorted({min(top, int(round(lo * step**k))) for k in range(points)} | {top})
+
+    def table(self, budgets, run: int | None = None) -> list[list[float | None]]:
+        """Per point (rows, every run's points when ``run=None``), the best distance at each
+        budget (columns); None where no adversarial point was known yet (JSON-ready)."""
+        cols = [self.distance_at(int(b), run) for b in budgets]
+        if not cols or cols[0].numel() == 0:
+            return []
+        m = torch.stack(cols, 1)
+        return [[v if math.isfinite(v) else None for v in row] for row in m.tolist()]
+
+
+def summarise_curve(
+    table: list[list[float | None]], budgets: list[int], eps: float | None = None
+) -> dict[str, Any]:
+    """``{"queries", "median_distance", "within_eps", "points"}`` from a :meth:`QueryCurve.table`
+    (rows: points, columns: ``budgets``): the median best distance at each budget (None while
+    fewer than half the points have an adversarial) and, with ``eps``, the share of points
+    with an adversarial within ``eps``."""
+    n = len(table)
+    out: dict[str, Any] = {"queries": [int(b) for b in budgets], "points": n}
+    if n == 0:
+        out["median_distance"] = [None] * len(budgets)
+        return out
+    t = torch.tensor(
+        [[math.inf if v is None else float(v) for v in row] for row in table], dtype=torch.float64
+    )
+    med = t.median(0).values.tolist()
+    out["median_distance"] = [v if math.isfinite(v) else None for v in med]
+    if eps is not None:
+        out["eps"] = float(eps)
+        out["within_eps"] = (t <= float(eps) * (1 + 1e-6)).double().mean(0).tolist()
+    return out
 
 
 class _Oracle:

@@ -1,5 +1,5 @@
 """``advex attack``: run one attack on a dataset; write results.json, adversarial.safetensors
-and a triptych."""
+and a triptych (and, for a decision-based attack, query_curve.png: distance vs queries)."""
 
 from __future__ import annotations
 
@@ -71,7 +71,8 @@ def attack(
     progress,
 ) -> None:
     """Run one attack on a dataset; write results.json, adversarial.safetensors and
-    triptych.png.
+    triptych.png (a decision-based attack also writes query_curve.png, median distance vs
+    queries per point, and the same numbers as results.json's query_curve).
 
     adversarial.safetensors holds one row per attacked point (correctly classified, not
     skipped): x_adv, index (position in the data), label, target (targeted runs),
@@ -124,6 +125,11 @@ def attack(
         )
     model = source.load_model()
     tgt = targets_for(ds, targeted, target, run.seed)
+    from advex.attacks.decision import DecisionAttack, QueryCurve, summarise_curve
+
+    curve = None
+    if isinstance(atk, DecisionAttack):  # label-only attacks: distance vs queries per point
+        curve = atk.curve = atk.curve or QueryCurve()
     res = run_errors(
         robust_accuracy,
         model,
@@ -152,8 +158,18 @@ def attack(
     ex = res.attack_examples.get(atk.name)
     if ex is not None:
         files.append(save_triptych(ex, out_dir / "triptych.png"))
+    doc = {**source.meta(res.n), "attack": repr(atk), "evaluation": res}
+    if curve is not None and curve.runs:
+        from advex.report import save_query_curve
+
+        grid = QueryCurve.grid(atk.max_queries)
+        summary = summarise_curve(curve.table(grid, run=None), grid, atk.threat.eps)
+        doc["query_curve"] = summary
+        files.append(
+            save_query_curve({atk.name: summary}, out_dir / "query_curve.png", norm=atk.threat.norm)
+        )
     to_json(
-        {**source.meta(res.n), "attack": repr(atk), "evaluation": res},
+        doc,
         out_dir / "results.json",
         seed=run.seed,
         threat=atk.threat,

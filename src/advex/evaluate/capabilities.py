@@ -4,9 +4,12 @@ fit it.
 :func:`probe_capability` looks at a few points: a declared adapter (``exposes``, see
 :func:`advex.models.capability`), a forward pass that carries no gradient graph (``torch.no_grad``,
 ``detach``, a numpy round trip inside ``forward``), gradients that are zero or not finite, and
-outputs that are not scores (one-hot rows, integer labels); zero or non-finite gradients are
-recorded (the masking checks then name BPDA and the black-box attacks). It answers ``"gradients"``,
-``"scores"`` or ``"labels"`` with the evidence. :func:`black_box_preset` turns a preset into
+outputs that are not scores (one-hot rows; one label per sample is refused with the wrapper to
+use), and gradients that carry nothing: zero or not finite on every probe point, or a decoy
+(the same gradient at two nearby points while the scores change otherwise). Those last are
+routed like score-only models, with the evidence kept (the masking checks then name BPDA and
+the black-box attacks). It answers ``"gradients"``, ``"scores"`` or ``"labels"`` with the
+evidence. :func:`black_box_preset` turns a preset into
 the stages that work at that level — score-based (Square) for scores, decision-based
 (HopSkipJump, RayS) for labels — and :func:`check_capability` is the masking check that names
 them when the gradients are unusable.
@@ -76,14 +79,23 @@ def _is_label_output(out: torch.Tensor) -> bool:
     return binary and bool((out.sum(1) == 1).all())
 
 
+def _integral(out: torch.Tensor) -> bool:
+    if not out.is_floating_point():
+        return True
+    return bool(torch.isfinite(out).all()) and bool((out == out.round()).all())
+
+
 def probe_capability(model: Any, x: torch.Tensor, y: torch.Tensor) -> Capability:
     """Find what ``model`` exposes from a few points ``x, y`` (one forward with a graph, one
     backward; a model that fails under autograd gets one more forward without it).
 
     Returns a :class:`Capability`: ``"labels"`` when the outputs are one-hot rows or integer
-    labels (or an adapter declares labels), ``"scores"`` when the output carries no gradient
-    graph or the backward pass fails (or an adapter declares scores), else ``"gradients"``
-    (with ``evidence["gradient"]`` = ``"zero"`` / ``"not finite"`` when they carry nothing).
+    label columns (or an adapter declares labels), ``"scores"`` when the output carries no
+    gradient graph, the backward pass fails, an adapter declares scores, or the input
+    gradients carry nothing (``evidence["gradient"]`` = ``"zero"`` / ``"not finite"`` /
+    ``"missing"`` / ``"constant"``; one more forward and backward for the decoy test), else
+    ``"gradients"``. Raises ``ValueError`` for a model that returns one label per sample
+    (``(B,)``): it needs a :class:`~advex.models.LabelBlackBox` wrapper, which the message names.
     ``Capability.passes`` holds the model rows the probe cost (the evaluation counts them).
     """
     passes = {"forward": 0, "backward": 0}
@@ -125,6 +137,14 @@ def _probe(counted, model: Any, x: torch.Tensor, y: torch.Tensor, passes: dict) 
                 return Capability("gradients", "the model fails on the probe batch")
         if not isinstance(out, torch.Tensor):
             return Capability("gradients", "output is not a tensor (left to the usual checks)")
+        if out.dim() == 1 and out.shape[0] == x.shape[0] and _integral(out.detach()):
+            raise ValueError(
+                f"the model returns one class label per sample (shape {tuple(out.shape)}, "
+                f"{out.dtype}), not scores: attacks need one column per class. Wrap it as a "
+                "hard-label black box, advex.models.LabelBlackBox(model, num_classes=K) (or "
+                "CallableAdapter(model, output='labels', num_classes=K)); the evaluation then "
+                "runs the decision-based attacks (HopSkipJump, RayS, BoundaryAttack)"
+            )
         if _is_label_output(out.detach()):
             return Capability(
                 "labels",
@@ -150,18 +170,65 @@ def _probe(counted, model: Any, x: torch.Tensor, y: torch.Tensor, passes: dict) 
                 "scores", f"the backward pass fails ({err}): scores only", {"graph": True}
             )
     if g is None or not bool(torch.isfinite(g).all()) or float(g.abs().max()) == 0.0:
-        # a graph whose gradients carry nothing (quantisation, a broken backward): white-box
-        # attacks still run, the masking checks fire and name BPDA and the black-box stages
+        # a graph whose gradients carry nothing (quantisation, a broken backward, a constant
+        # shift of every logit): white-box attacks would climb nothing and report robustness
+        # that is not there, so the model goes to the black-box stages; the masking checks
+        # still run (they name BPDA for the offending layer and the black-box attacks)
         what = (
             "missing" if g is None else ("zero" if bool(torch.isfinite(g).all()) else "not finite")
         )
         return Capability(
-            "gradients",
-            f"input gradients are {what} on every probe point: left to the masking checks "
-            "(BPDA for the offending layer, or the black-box stages)",
+            "scores",
+            f"input gradients are {what} on every probe point: white-box attacks get no signal, "
+            "the model exposes scores only (BPDA on the offending layer would restore them)",
             {"graph": True, "gradient": what},
         )
+    if _constant_gradient(counted, model, x, y, g.detach(), out.detach(), passes):
+        return Capability(
+            "scores",
+            "input gradients do not depend on the input and do not describe the output (a "
+            "decoy gradient: the scores change where the gradient says they cannot): the "
+            "model exposes scores only",
+            {"graph": True, "gradient": "constant"},
+        )
     return Capability("gradients", "outputs carry usable input gradients")
+
+
+def _constant_gradient(counted, model, x, y, g, out, passes) -> bool:
+    """Whether the margin gradient is the same at ``x`` and at a nearby point ``x2`` while the
+    margin's actual change disagrees with the change that gradient predicts (one more forward
+    and backward on the probe rows). A linear model has constant gradients that predict its
+    output exactly (not flagged); a ReLU network's gradient changes between the two points
+    (not flagged); a decoy (detached scores plus a fixed differentiable term) is flagged on
+    most points."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    lo, hi = float(x.min()), float(x.max())
+    if not hi > lo:
+        return False
+    sign = torch.randint(0, 2, x.shape, generator=gen).to(x.device, x.dtype) * 2 - 1
+    x2 = (x + 0.05 * (hi - lo) * sign).clamp(lo, hi)
+    goal = Goal(y.to(out.device).long())
+    with warnings.catch_warnings(), torch.enable_grad():
+        warnings.simplefilter("ignore")
+        x2g = x2.clone().requires_grad_(True)
+        out2 = counted(x2g)
+        if not isinstance(out2, torch.Tensor) or not out2.requires_grad:
+            return False
+        m2 = margin(out2, goal)
+        passes["backward"] += int(x.shape[0])
+        (g2,) = torch.autograd.grad(m2.sum(), x2g, allow_unused=True)
+    if g2 is None:
+        return False
+    m1 = margin(out, goal).double()
+    same = (g2 - g).flatten(1).abs().amax(1) <= 1e-6 * g.flatten(1).abs().amax(1).clamp_min(1e-12)
+    predicted = (g.double() * (x2 - x).double()).flatten(1).sum(1)
+    actual = m2.detach().double() - m1
+    # rounding of the scores' dtype (float16 logits are exact to ~1e-3 only) is not a decoy
+    eps = torch.finfo(out.dtype).eps if out.is_floating_point() else 0.0
+    rtol = max(1e-3, 100 * eps)
+    scale = torch.maximum(m1.abs(), m2.detach().double().abs()).clamp_min(1.0)
+    off = (actual - predicted).abs() > rtol * (actual.abs() + predicted.abs()) + 100 * eps * scale
+    return int((same & off).sum()) * 2 > x.shape[0]
 
 
 def _decision_stages(norm: str) -> list[Stage]:
@@ -216,9 +283,15 @@ def check_capability(cap: Capability) -> Check:
     else:
         rec = (
             "use score-based black-box attacks (advex.attacks.Square), or decision-based ones "
-            "(HopSkipJump, RayS)"
+            "(advex.attacks.HopSkipJump (l2/linf), RayS (linf), BoundaryAttack (l2)); robust "
+            "accuracy from them is an upper bound"
         )
-        if not cap.evidence.get("declared"):
+        if cap.evidence.get("gradient"):
+            rec += (
+                "; or wrap the layer whose gradient is lost in advex.models.BPDA (identity or a "
+                "smooth approximation on the backward pass) for white-box attacks"
+            )
+        elif not cap.evidence.get("declared"):
             rec += (
                 "; or make forward differentiable (remove no_grad/detach/numpy, or wrap the "
                 "non-differentiable step in advex.models.BPDA) for white-box attacks"

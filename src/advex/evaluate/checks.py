@@ -95,7 +95,7 @@ def check_gradients(logits, g_ce, g_m, correct) -> Check:
             False,
             f"{frac_nan:.0%} of points have NaN/inf input gradients",
             "the model's backward pass is broken or deliberately obfuscated: use BPDA on the "
-            "offending layer, or a black-box attack (Square)",
+            "offending layer, or a black-box attack (Square; decision-based: HopSkipJump, RayS)",
             data,
         )
     if frac_m > 0.1:
@@ -106,7 +106,8 @@ def check_gradients(logits, g_ce, g_m, correct) -> Check:
             "even for the margin loss: a non-differentiable or quantising layer (shattered "
             "gradients)",
             "use BPDA (advex.BPDA(layer) — identity or a smooth approximation on the backward "
-            "pass) for that layer, or a black-box attack (Square)",
+            "pass) for that layer, or a black-box attack (Square; decision-based: HopSkipJump, "
+            "RayS)",
             data,
         )
     if frac_ce > 0.1:
@@ -274,9 +275,12 @@ def masking_checks(
     from .capabilities import check_capability, probe_capability
 
     cap = probe_capability(model, x, y)
-    if cap.black_box:
+    if cap.black_box and not cap.evidence.get("gradient"):
         return [check_capability(cap)]
-    checks: list[Check] = []
+    # a graph whose gradients carry nothing (zero, not finite, a decoy): the probes below
+    # still run (they say why: shattered gradients, BPDA), after the check naming the
+    # black-box attacks
+    checks: list[Check] = [check_capability(cap)] if cap.black_box else []
 
     def pgd(e, s=seed):
         atk = PGD(threat=threat.with_eps(e), steps=steps, seed=s, eot_samples=int(eot_samples))

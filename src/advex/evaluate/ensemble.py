@@ -122,6 +122,9 @@ class Evaluation:
     #: a sharded run (torchrun): world size, per rank the batches computed, busy and idle
     #: seconds, what was resumed (:mod:`advex.evaluate.sharded`); None in one process
     distributed: dict[str, Any] | None = None
+    #: per decision-based stage: median distance (and share within ε) vs queries per point
+    #: (:func:`advex.attacks.decision.summarise_curve`); drawn in the HTML report
+    query_curves: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def stage_names(self) -> list[str]:
@@ -186,6 +189,8 @@ class Evaluation:
         }
         if self.distributed is not None:
             out["distributed"] = self.distributed
+        if self.query_curves:
+            out["query_curves"] = self.query_curves
         if per_point:
             out["per_point"] = {
                 "y": self.y.tolist(),
@@ -657,6 +662,7 @@ def evaluate(
         distributed=dist_info,
         access=access_record(access, [p.to_dict() for p in per_attack]),
         probe_passes=dict(access.passes) if access is not None else {},
+        query_curves=_query_curves(records, thr.eps),
     )
 
 
@@ -714,6 +720,7 @@ def _run_batch(view, xb, yb, k, offset, spec, thr, seed, stages, adaptations, de
         s.name: s.build(thr, derive_seed(seed, j), spec.budget_scale) for j, s in enumerate(stages)
     }
     share_ledger(attacks.values())  # what a stage learns per point, the later ones read
+    curves = _attach_query_curves(attacks)
     for a in attacks.values():
         if adaptations["eot_samples"] > 1:
             a.eot_samples = int(adaptations["eot_samples"])
@@ -753,6 +760,11 @@ def _run_batch(view, xb, yb, k, offset, spec, thr, seed, stages, adaptations, de
             for name in names
         },
     }
+    if curves:
+        record["query_curves"] = {
+            name: {"queries": grid, "table": curve.table(grid)}
+            for name, (curve, grid) in curves.items()
+        }
     tensors: dict[str, torch.Tensor] = {}
     ex = res.examples
     if ex is not None and keep > 0:
@@ -763,6 +775,33 @@ def _run_batch(view, xb, yb, k, offset, spec, thr, seed, stages, adaptations, de
         tensors["index"] = ex.index.cpu().long() + offset
         record["example_attacks"] = list(ex.attack)
     return record, tensors
+
+
+def _attach_query_curves(attacks) -> dict[str, tuple[Any, list[int]]]:
+    """A :class:`~advex.attacks.decision.QueryCurve` on every decision-based stage that has
+    none (the report's queries-vs-distance figure), with the budgets it is read at."""
+    from ..attacks.decision import DecisionAttack, QueryCurve
+
+    out = {}
+    for name, a in attacks.items():
+        if isinstance(a, DecisionAttack):
+            if a.curve is None:
+                a.curve = QueryCurve()
+            out[name] = (a.curve, QueryCurve.grid(a.max_queries))
+    return out
+
+
+def _query_curves(records, eps: float | None) -> dict[str, dict[str, Any]]:
+    """Per decision-based stage, the curve over every batch's attacked points."""
+    from ..attacks.decision import summarise_curve
+
+    rows: dict[str, list] = {}
+    grids: dict[str, list[int]] = {}
+    for r in records:
+        for name, c in (r.get("query_curves") or {}).items():
+            grids[name] = c["queries"]
+            rows.setdefault(name, []).extend(c["table"])
+    return {name: summarise_curve(rows[name], grids[name], eps) for name in rows}
 
 
 def _concat(records) -> dict[str, torch.Tensor]:

@@ -8,7 +8,7 @@
 """
 
 from .examples import ExampleKeeper, Examples
-from .figures import auto_amplify, save_curve, save_triptych
+from .figures import auto_amplify, query_curve_figure, save_curve, save_query_curve, save_triptych
 from .html import figure_data_uri, render_html, render_page, save_html
 from .jsonio import SCHEMA, jsonable, metadata, read_json, to_json
 from .table import format_curve, format_table
@@ -28,6 +28,8 @@ __all__ = [
     "render_page",
     "save_curve",
     "save_html",
+    "save_query_curve",
+    "query_curve_figure",
     "save_triptych",
     "to_json",
 ]

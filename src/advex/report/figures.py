@@ -2,7 +2,9 @@
 
 - :func:`save_triptych`: rows of *original (class, confidence) | perturbation (amplified, grey =
   no change) | adversarial (class, confidence)*;
-- :func:`save_curve`: robust accuracy against ε, one line per attack plus the worst case.
+- :func:`save_curve`: robust accuracy against ε, one line per attack plus the worst case;
+- :func:`save_query_curve`: distance (and success within ε) against queries per point, for
+  decision-based attacks.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch  # noqa: E402
 
 from .examples import Examples  # noqa: E402
 
-__all__ = ["save_triptych", "save_curve", "auto_amplify"]
+__all__ = ["save_triptych", "save_curve", "save_query_curve", "query_curve_figure", "auto_amplify"]
 
 _GREEN = "#1a7f37"
 _RED = "#cf222e"
@@ -295,6 +297,71 @@ def save_curve(
         title = " ".join(bits)
     ax.set_title(title, fontsize=11)
     fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, facecolor="white")
+    plt.close(fig)
+    return path
+
+
+def query_curve_figure(
+    curves: Mapping[str, Mapping[str, Any]], *, norm: str | None = None, title: str | None = None
+):
+    """The matplotlib figure of :func:`save_query_curve` (the caller saves and closes it)."""
+    if not curves:
+        raise ValueError("no query curve to draw")
+    sym = _NORM_SYMBOL.get(norm, norm) if norm else None
+    with_eps = any(c.get("within_eps") is not None for c in curves.values())
+    fig, axes = plt.subplots(1, 2 if with_eps else 1, figsize=(10.4 if with_eps else 6.0, 3.8))
+    axes = np.atleast_1d(axes)
+    eps = None
+    for name, c in curves.items():
+        q = [int(v) for v in c["queries"]]
+        med = [np.nan if v is None else float(v) for v in c["median_distance"]]
+        label = f"{name} ({c.get('points', '?')} points)"
+        axes[0].plot(q, med, lw=2, label=label)
+        if with_eps and c.get("within_eps") is not None:
+            axes[1].plot(q, [100.0 * float(v) for v in c["within_eps"]], lw=2, label=label)
+            eps = c.get("eps", eps)
+    axes[0].set_ylabel(f"median L{sym} distance" if sym else "median distance")
+    if eps is not None:
+        axes[0].axhline(float(eps), color=_RED, ls="--", lw=1, label=f"ε = {float(eps):g}")
+        axes[1].set_ylabel(f"adversarial within ε = {float(eps):g} (% of points)")
+        axes[1].set_ylim(-2, 102)
+    from matplotlib.ticker import NullFormatter
+
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # decades only: no crowded labels
+        ax.set_xlabel("queries per point (the clean pass included)")
+        ax.grid(True, alpha=0.3, which="both")
+        ax.legend(fontsize=8, frameon=False)
+    fig.suptitle(title or "Decision-based attacks: distance vs queries", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def save_query_curve(
+    curves: Mapping[str, Mapping[str, Any]],
+    path: str | os.PathLike,
+    *,
+    norm: str | None = None,
+    title: str | None = None,
+    dpi: int = 120,
+) -> Path:
+    """Plot the median distance (and, when the curves carry ``within_eps``, the share of points
+    with an adversarial within ε) against the queries spent per point, one line per attack,
+    and save a PNG.
+
+    ``curves`` maps an attack name to :func:`advex.attacks.decision.summarise_curve`'s dict
+    (``queries``, ``median_distance``, optional ``within_eps``/``eps``, ``points``), e.g. from a
+    :class:`~advex.attacks.decision.QueryCurve` passed to a decision-based attack.
+
+    >>> curve = QueryCurve(); HopSkipJump(max_queries=5000, curve=curve)(model, x, y)
+    >>> grid = QueryCurve.grid(5000)
+    >>> save_query_curve({"hsja": summarise_curve(curve.table(grid), grid)}, "queries.png")
+    """
+    fig = query_curve_figure(curves, norm=norm, title=title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, facecolor="white")

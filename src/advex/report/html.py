@@ -151,6 +151,15 @@ def _triptych(ev, rows: int) -> str | None:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
+def _query_chart(ev) -> str | None:
+    from .figures import query_curve_figure
+
+    curves = getattr(ev, "query_curves", None)
+    if not curves:
+        return None
+    return _png(query_curve_figure(curves, norm=ev.threat.get("norm")))
+
+
 def figures(ev, triptych_rows: int = 6) -> dict[str, str | None]:
     """The report's figures as PNG data URIs (None where there is nothing to draw)."""
     return {
@@ -158,6 +167,7 @@ def figures(ev, triptych_rows: int = 6) -> dict[str, str | None]:
         "curve": _curve_chart(ev),
         "norms": _norm_hist(ev),
         "triptych": _triptych(ev, triptych_rows),
+        "queries": _query_chart(ev),
     }
 
 
@@ -243,6 +253,15 @@ def render_html(ev, *, title: str | None = None, meta: dict[str, Any] | None = N
     if not (figs["curve"] or figs["norms"]):
         out.append("<p>Nothing to draw (no masking-check curve, no broken point).</p>")
     out.append("</div>")
+    if figs["queries"]:  # decision-based stages: what each extra query bought
+        out.append("<h2>Queries vs distance (decision-based attacks)</h2><div class='figs'>")
+        out.append(
+            f"<figure><img alt='queries' src='{figs['queries']}'><figcaption>per stage, over "
+            "the points it attacked: the median distance of the best adversarial found (left) "
+            "and the share of points with one within ε (right) after each number of queries "
+            "per point (the clean pass included)."
+            "</figcaption></figure></div>"
+        )
     # triptychs
     out.append("<h2>Adversarial examples</h2>")
     if figs["triptych"]:
