@@ -139,6 +139,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--budget-scale", type=float, default=1.0)
     ap.add_argument("--json", default=str(RESULTS))
+    ap.add_argument(
+        "--runs",
+        default="one,two,two-static,one-1thread",
+        help="which runs (a subset is merged into an existing --json)",
+    )
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--static", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
@@ -156,17 +161,36 @@ def main(argv=None) -> dict:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         args.tmp = tmp
-        runs = {
-            "one": launch(1, 2, args, "one"),
-            "two": launch(2, 1, args, "two"),
-            "two-static": launch(2, 1, args, "two-static", static=True),
+        plan = {
+            "one": lambda: launch(1, 2, args, "one"),
+            "two": lambda: launch(2, 1, args, "two"),
+            "two-static": lambda: launch(2, 1, args, "two-static", static=True),
+            # not in the target; the same work on one thread, to separate the effect of the
+            # sharding from that of the 2 intra-op threads
+            "one-1thread": lambda: launch(1, 1, args, "one-1thread"),
         }
+        wanted = [t.strip() for t in args.runs.split(",") if t.strip()]
+        unknown = sorted(set(wanted) - set(plan))
+        if unknown:
+            raise SystemExit(f"unknown run(s) {unknown}; choose from {', '.join(plan)}")
+        runs = {}
+        for tag in wanted:
+            runs[tag] = plan[tag]()
+            runs[tag]["load_average_after"] = os.getloadavg()
     load_after = os.getloadavg()
-    same = {
-        tag: runs[tag]["per_point"] == runs["one"]["per_point"] for tag in ("two", "two-static")
-    }
-    ratio = runs["two"]["eval_wall_s"] / runs["one"]["eval_wall_s"]
-    ratio_static = runs["two-static"]["eval_wall_s"] / runs["one"]["eval_wall_s"]
+    old = Path(args.json)
+    if set(wanted) != set(plan) and old.exists():  # a subset: merge into the earlier runs
+        earlier = json.loads(old.read_text())
+        runs = {**earlier.get("runs", {}), **runs}
+        load_before = earlier["machine"]["load_average_before"]
+    ref = runs.get("one") or next(iter(runs.values()))
+    same = {tag: r["per_point"] == ref["per_point"] for tag, r in runs.items()}
+
+    def _ratio(a: str, b: str) -> float | None:
+        return runs[a]["eval_wall_s"] / runs[b]["eval_wall_s"] if {a, b} <= set(runs) else None
+
+    ratio, ratio_static = _ratio("two", "one"), _ratio("two-static", "one")
+    ratio_1t = _ratio("two", "one-1thread")
     print(f"{args.n} points, {args.model}, standard x{args.budget_scale:g}, eps {args.eps:g}")
     print(f"load average before {load_before}, after {load_after} (2 cores here)")
     for tag, r in runs.items():
@@ -179,13 +203,12 @@ def main(argv=None) -> dict:
                 f"    rank {rk['rank']}: busy {rk['busy_s']:7.1f} s  idle {rk['idle_s']:7.1f} s  "
                 f"phase A {rk['batches_phase_a']}  phase B {rk['batches_phase_b']}"
             )
-    print(
-        f"wall ratio two / one = {ratio:.2f} (target <= 0.6); two-static / one = {ratio_static:.2f}"
-    )
+    print(f"wall ratio two / one = {ratio} (target <= 0.6); two-static / one = {ratio_static}")
+    print(f"wall ratio two / one-1thread = {ratio_1t}")
     print(f"per point equal to one process: {same}")
     doc = {
         "benchmark": "distributed_eval",
-        "command": "python benchmarks/distributed_eval.py" + (" --quick" if args.quick else ""),
+        "command": "python benchmarks/distributed_eval.py " + " ".join(sys.argv[1:]),
         "n": args.n,
         "model": args.model,
         "eps": args.eps,
@@ -201,6 +224,7 @@ def main(argv=None) -> dict:
         },
         "wall_ratio_two_over_one": ratio,
         "wall_ratio_static_over_one": ratio_static,
+        "wall_ratio_two_over_one_1thread": ratio_1t,
         "per_point_equal_to_one": same,
         "runs": runs,
     }
