@@ -93,6 +93,11 @@ def _fit_timed(atk: AdvGAN, model, train) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+def _mnist_root(args) -> str:
+    root = args.mnist_root
+    return root if os.path.basename(os.path.normpath(root)) == "mnist" else f"{root}/mnist"
+
+
 def _full_mnist_train(root: str, test_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """All 70,000 MNIST digits (IDX files in ``root``) minus every digit that equals one of
     the reported test digits (the ``mnist5k`` test split is drawn from MNIST's training set):
@@ -229,7 +234,7 @@ def _row(name, m, recipe, x, y, eps, generators: dict) -> dict:
     return row
 
 
-def transfer_section(args, train, test) -> dict:
+def transfer_section(args, train, test, x_all) -> dict:
     x, y = test
     eps = args.eps
     parts = set(args.parts.split(","))
@@ -289,9 +294,15 @@ def transfer_section(args, train, test) -> dict:
             epochs=args.distill_epochs,
         )
         g_s = _advgan(args)
+        gen_x = train[0]
+        if args.train_data == "mnist-full" and not args.quick:
+            # the attacker's unlabeled digits: all of MNIST minus the reported test digits
+            gen_x = _full_mnist_train(_mnist_root(args), x_all)[0][: args.gen_n_train]
         with torch.no_grad():  # the attacker's labels: the surrogate's (no further query of A)
-            y_s = d.model(train[0]).argmax(1)
-        g_s.fit(d.model, (train[0], y_s))
+            y_s = torch.cat([d.model(c).argmax(1) for c in gen_x.split(4096)])
+        g_fit_cpu = time.process_time()
+        g_s.fit(d.model, (gen_x, y_s))
+        g_fit_cpu = time.process_time() - g_fit_cpu
         queries = box.queries
         out["distilled"] = {
             "queries": d.queries,
@@ -302,6 +313,9 @@ def transfer_section(args, train, test) -> dict:
             "success_on_surrogate": float(g_s(d.model, x, y).success.float().mean()),
             "noise_success_on_A": _noise_success(a, x, y, eps),
             "cpu_seconds": time.process_time() - t,
+            "generator_fit_cpu_seconds": g_fit_cpu,
+            "generator_train_digits": len(gen_x),
+            "generator_history": g_s.history_,
             "generator_recipe": g_s.params(),
         }
         print(json.dumps(out["distilled"]), flush=True)
@@ -339,6 +353,9 @@ def main() -> None:
     )
     ap.add_argument("--mnist-root", default=os.environ.get("ADVEX_DATASETS", "../shared/datasets"))
     ap.add_argument(
+        "--gen-n-train", type=int, default=None, help="distilled: generator digits (all)"
+    )
+    ap.add_argument(
         "--pgd-all-steps-n", type=int, default=200, help="digits timed, PGD-40 all steps"
     )
     ap.add_argument("--schedule", default="cosine")
@@ -360,10 +377,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     x_train, y_train = data.mnist5k("train").tensors()
     x, y = data.mnist5k("test").tensors()
+    x_all = x
     if args.train_data == "mnist-full" and args.section == "main" and not args.quick:
-        root = args.mnist_root
-        root = root if os.path.basename(os.path.normpath(root)) == "mnist" else f"{root}/mnist"
-        x_train, y_train = _full_mnist_train(root, x)
+        x_train, y_train = _full_mnist_train(_mnist_root(args), x)
     if args.quick:
         args.epochs, args.at_epochs, args.at_steps, args.plain_epochs = 1, 1, 2, 1
         args.distill_queries, args.distill_epochs = 400, 1
@@ -376,7 +392,7 @@ def main() -> None:
     if args.section == "main":
         summary = main_section(args, train, test)
     else:
-        summary = transfer_section(args, train, test)
+        summary = transfer_section(args, train, test, x_all)
     summary["quick"] = bool(args.quick)
     if args.out:
         write_json(args.out, summary)
