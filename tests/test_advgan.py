@@ -185,6 +185,10 @@ def test_linf_map_fills_the_room_exactly_and_keeps_edge_pixels_learning():
     x_adv.sum().backward()  # ... and a loss that wants it brighter reaches it
     assert float(raw.grad.flatten()[0]) > 0
     assert bool((raw.grad > 0).all())
+    exact = AdvGAN(0.3, "linf", edge_gradient=False)  # the exact gradient: 0 at that pixel
+    raw.grad = None
+    exact._perturb(Fixed(raw), x).sum().backward()
+    assert float(raw.grad.flatten()[0]) == 0.0 and bool((raw.grad.flatten()[1:] > 0).all())
     with pytest.raises(ValueError, match="saturation"):
         AdvGAN(0.3, saturation=-1)
 

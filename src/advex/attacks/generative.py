@@ -219,6 +219,9 @@ class AdvGAN(Attack):
         kappa: confidence κ of the margin (5.0: training points are pushed past the decision
             boundary, which carries over to unseen points).
         saturation: weight of the L∞ saturation penalty (1.0; 0 switches it off).
+        edge_gradient: L∞: a pixel with no room on the side ``tanh(G(x))`` points to gets the
+            other side's slope as its gradient (straight-through; True). False: the exact
+            gradient (0 there).
         epochs, batch_size, lr, schedule: training of ``G`` by :class:`~advex.training.Trainer`
             (Adam; ``D`` has its own Adam at ``lr``).
         width, blocks: generator size (:class:`ConvGenerator`); disc_width: discriminator width.
@@ -250,6 +253,7 @@ class AdvGAN(Attack):
         c: float | None = None,
         kappa: float = 5.0,
         saturation: float = 1.0,
+        edge_gradient: bool = True,
         epochs: int = 10,
         batch_size: int = 128,
         lr: float = 1e-3,
@@ -300,6 +304,7 @@ class AdvGAN(Attack):
         self.target = None if target is None else int(target)
         self.alpha, self.beta, self.kappa = float(alpha), float(beta), float(kappa)
         self.saturation = float(saturation)
+        self.edge_gradient = bool(edge_gradient)
         self.c = None if c is None else float(c)
         self.epochs, self.batch_size = int(epochs), int(batch_size)
         self.lr, self.schedule = float(lr), schedule
@@ -342,7 +347,7 @@ class AdvGAN(Attack):
             t = torch.tanh(raw)
             room = torch.where(t > 0, up, down)
             delta = room * t
-            if torch.is_grad_enabled():
+            if self.edge_gradient and torch.is_grad_enabled():
                 # where the side t points to has no room (a pixel at the box's edge, e.g. the
                 # black background pushed darker) the exact slope is 0 and that pixel could
                 # never learn to move the other way: its gradient uses the other side's room
@@ -533,6 +538,7 @@ class AdvGAN(Attack):
                 "c": self.c,
                 "kappa": self.kappa,
                 "saturation": self.saturation,
+                "edge_gradient": self.edge_gradient,
                 "epochs": self.epochs,
                 "batch_size": self.batch_size,
                 "lr": self.lr,
@@ -694,6 +700,7 @@ _TRAINING_KEYS = (
     "c",
     "kappa",
     "saturation",
+    "edge_gradient",
     "epochs",
     "batch_size",
     "lr",
