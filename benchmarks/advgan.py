@@ -80,7 +80,7 @@ def _advgan(args, **kw) -> AdvGAN:
         beta=args.beta,
         kappa=args.kappa,
         saturation=args.saturation,
-        edge_gradient=not args.no_edge_gradient,
+        edge_gradient=args.edge_gradient,
         schedule=args.schedule,
         seed=args.seed,
     )
@@ -345,7 +345,7 @@ def main() -> None:
     ap.add_argument("--kappa", type=float, default=5.0, help="margin confidence")
     ap.add_argument("--saturation", type=float, default=1.0, help="L-inf saturation penalty")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-edge-gradient", action="store_true", help="exact gradient at edges")
+    ap.add_argument("--edge-gradient", action="store_true", help="straight-through at edges")
     ap.add_argument(
         "--train-data",
         choices=["mnist5k", "mnist-full"],

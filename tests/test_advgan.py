@@ -172,7 +172,7 @@ def test_linf_map_fills_the_room_exactly_and_keeps_edge_pixels_learning():
         def forward(self, z):
             return self.raw
 
-    atk = AdvGAN(0.3, "linf")
+    atk = AdvGAN(0.3, "linf", edge_gradient=True)
     x = torch.tensor([0.0, 1.0, 0.5, 0.9, 0.1]).reshape(1, 1, 1, 5)
     raw = torch.tensor([-9.0, 9.0, 9.0, 9.0, -9.0]).reshape(1, 1, 1, 5)
     delta = (atk._perturb(Fixed(raw), x) - x).flatten()
@@ -253,7 +253,9 @@ def _noise_success(model, x, y, eps):
 
 def test_short_fit_on_zoo_cnn_beats_noise(mnist):
     model, train, (xt, yt) = mnist
-    atk = AdvGAN(0.3, "linf", epochs=3, batch_size=32, width=8, seed=0).fit(model, train)
+    # the edge gradient escapes the first steps' collapse (without it: 2.7 % after 75 steps)
+    atk = AdvGAN(0.3, "linf", epochs=3, batch_size=32, width=8, seed=0, edge_gradient=True)
+    atk.fit(model, train)
     rate = float(atk(model, xt, yt).success.float().mean())
     noise = _noise_success(model, xt, yt, 0.3)
     # stated: >= 30 % after 75 generator steps (measured 36 %); noise about 3 %
@@ -262,7 +264,9 @@ def test_short_fit_on_zoo_cnn_beats_noise(mnist):
 
 def test_targeted_generator_reaches_its_target(mnist):
     model, train, (xt, yt) = mnist
-    atk = AdvGAN(0.3, "linf", target=8, epochs=3, batch_size=32, width=8, seed=0)
+    atk = AdvGAN(
+        0.3, "linf", target=8, epochs=3, batch_size=32, width=8, seed=0, edge_gradient=True
+    )
     keep = yt != 8
     res = atk.fit(model, train)(model, xt[keep], yt[keep])
     assert bool(res.target.eq(8).all())

@@ -220,8 +220,9 @@ class AdvGAN(Attack):
             boundary, which carries over to unseen points).
         saturation: weight of the L∞ saturation penalty (1.0; 0 switches it off).
         edge_gradient: L∞: a pixel with no room on the side ``tanh(G(x))`` points to gets the
-            other side's slope as its gradient (straight-through; True). False: the exact
-            gradient (0 there).
+            other side's slope as its gradient (straight-through). False (default): the exact
+            gradient (0 there). True escapes the first steps' collapse sooner (short fits),
+            False ends higher in long ones (see docs/attacks-generative.md).
         epochs, batch_size, lr, schedule: training of ``G`` by :class:`~advex.training.Trainer`
             (Adam; ``D`` has its own Adam at ``lr``).
         width, blocks: generator size (:class:`ConvGenerator`); disc_width: discriminator width.
@@ -253,7 +254,7 @@ class AdvGAN(Attack):
         c: float | None = None,
         kappa: float = 5.0,
         saturation: float = 1.0,
-        edge_gradient: bool = True,
+        edge_gradient: bool = False,
         epochs: int = 10,
         batch_size: int = 128,
         lr: float = 1e-3,
