@@ -153,6 +153,44 @@ def test_save_and_load(tmp_path):
         back(other, torch.rand(2, 3, 8, 8), torch.tensor([0, 2]))
     with pytest.raises(ValueError, match="not a saved AdvGAN"):
         AdvGAN.load(tmp_path)
+    card["format"] = "advex-generator/1"  # clipped ε·tanh generators of an older advex
+    (tmp_path / "g" / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match="older advex.*fit it again"):
+        AdvGAN.load(tmp_path / "g")
+
+
+def test_linf_map_fills_the_room_exactly_and_keeps_edge_pixels_learning():
+    """L∞: δ = tanh(G(x))·room, the room on each side being min(ε, distance to the box): no
+    clipping. A pixel at the box's edge pushed outward (δ = 0 there) still gets a gradient
+    that can move it inward (otherwise the black background freezes)."""
+
+    class Fixed(nn.Module):
+        def __init__(self, raw):
+            super().__init__()
+            self.raw = raw
+
+        def forward(self, z):
+            return self.raw
+
+    atk = AdvGAN(0.3, "linf", edge_gradient=True)
+    x = torch.tensor([0.0, 1.0, 0.5, 0.9, 0.1]).reshape(1, 1, 1, 5)
+    raw = torch.tensor([-9.0, 9.0, 9.0, 9.0, -9.0]).reshape(1, 1, 1, 5)
+    delta = (atk._perturb(Fixed(raw), x) - x).flatten()
+    room = torch.tensor([0.0, 0.0, 0.3, 0.1, 0.1])  # tanh(±9) = ±1 up to rounding
+    assert torch.allclose(delta.abs(), room, atol=1e-6)
+    raw = torch.full((1, 1, 1, 5), -0.5, requires_grad=True)
+    x_adv = atk._perturb(Fixed(raw), x)
+    assert float(x_adv.detach().min()) >= 0 and float(x_adv.detach().max()) <= 1
+    assert float(x_adv.detach().flatten()[0]) == 0.0  # the black pixel cannot go darker ...
+    x_adv.sum().backward()  # ... and a loss that wants it brighter reaches it
+    assert float(raw.grad.flatten()[0]) > 0
+    assert bool((raw.grad > 0).all())
+    exact = AdvGAN(0.3, "linf", edge_gradient=False)  # the exact gradient: 0 at that pixel
+    raw.grad = None
+    exact._perturb(Fixed(raw), x).sum().backward()
+    assert float(raw.grad.flatten()[0]) == 0.0 and bool((raw.grad.flatten()[1:] > 0).all())
+    with pytest.raises(ValueError, match="saturation"):
+        AdvGAN(0.3, saturation=-1)
 
 
 def test_three_channel_and_odd_sized_images():
@@ -215,16 +253,20 @@ def _noise_success(model, x, y, eps):
 
 def test_short_fit_on_zoo_cnn_beats_noise(mnist):
     model, train, (xt, yt) = mnist
-    atk = AdvGAN(0.3, "linf", epochs=3, batch_size=32, width=8, seed=0).fit(model, train)
+    # the edge gradient escapes the first steps' collapse (without it: 2.7 % after 75 steps)
+    atk = AdvGAN(0.3, "linf", epochs=3, batch_size=32, width=8, seed=0, edge_gradient=True)
+    atk.fit(model, train)
     rate = float(atk(model, xt, yt).success.float().mean())
     noise = _noise_success(model, xt, yt, 0.3)
-    # stated: >= 30 % after 75 generator steps (measured 53 %); noise about 2 %
+    # stated: >= 30 % after 75 generator steps (measured 36 %); noise about 3 %
     assert rate >= 0.30 and rate >= 5 * noise + 0.1, (rate, noise)
 
 
 def test_targeted_generator_reaches_its_target(mnist):
     model, train, (xt, yt) = mnist
-    atk = AdvGAN(0.3, "linf", target=8, epochs=3, batch_size=32, width=8, seed=0)
+    atk = AdvGAN(
+        0.3, "linf", target=8, epochs=3, batch_size=32, width=8, seed=0, edge_gradient=True
+    )
     keep = yt != 8
     res = atk.fit(model, train)(model, xt[keep], yt[keep])
     assert bool(res.target.eq(8).all())

@@ -34,7 +34,10 @@ from .base import Attack, ModelCaller, make_threat
 __all__ = ["AdvGAN", "ConvGenerator", "ConvDiscriminator", "OnlineAdvGAN", "GENERATOR_FORMAT"]
 
 #: the ``format`` of a saved generator's card (``card.json``)
-GENERATOR_FORMAT = "advex-generator/1"
+GENERATOR_FORMAT = "advex-generator/2"
+
+#: L∞: the saturation penalty acts on ``|G(x)|`` beyond this (``tanh(2) = 0.96``)
+SATURATION_BOUND = 2.0
 
 
 class ConvGenerator(nn.Module):
@@ -130,7 +133,7 @@ class _AdvGANLoss:
 
     def __call__(self, gen: nn.Module, xb: torch.Tensor, yb: torch.Tensor, rng) -> tuple:
         atk = self.attack
-        x_adv = atk._perturb(gen, xb)
+        x_adv, raw = atk._perturb(gen, xb, with_raw=True)
         # discriminator step: real x → 1, generated x + δ → 0 (least squares)
         self.disc.train()
         d_real = self.disc(xb)
@@ -150,6 +153,11 @@ class _AdvGANLoss:
         delta = (x_adv - xb).flatten(1)
         hinge = (delta.norm(dim=1) - atk.hinge_bound_for(xb)).clamp_min(0).mean()
         loss = adv + atk.alpha * gan + atk.beta * hinge
+        if atk.threat.norm == "linf" and atk.saturation > 0:
+            # keeps G(x) where tanh still passes a gradient: a pixel saturated on the wrong
+            # side would otherwise never come back (the generator collapses to δ = −ε)
+            sat = (raw.abs() - SATURATION_BOUND).clamp_min(0).pow(2).mean()
+            loss = loss + atk.saturation * sat
         return loss, logits.detach()
 
     # the discriminator and its optimizer travel with the Trainer's checkpoint
@@ -182,11 +190,17 @@ class AdvGAN(Attack):
     - ``L_adv``: C&W's margin on the target's logits, untargeted
       ``max(Z_y − max_{i≠y} Z_i, −κ)`` or toward ``target`` ``max(max_{i≠t} Z_i − Z_t, −κ)``;
     - ``L_GAN``: least-squares GAN loss, ``D`` separating ``x`` from ``x + δ``;
-    - ``L_hinge = max(0, ‖δ‖₂ − c)``: the paper's soft bound on the perturbation.
+    - ``L_hinge = max(0, ‖δ‖₂ − c)``: the paper's soft bound on the perturbation;
+    - (L∞) ``saturation · mean(max(0, |G(x)| − 2)²)``: keeps ``G(x)`` where ``tanh`` still
+      passes a gradient. Without it a generator whose output saturates on the wrong side in
+      the first steps never recovers (it collapses to ``δ = −ε`` on the strokes, a few %
+      success).
 
     The budget is exact and comes from the threat, during training and at attack time: for L∞
-    ``δ = ε·tanh(G(x))``, for L2 ``G(x)`` is projected onto the ε-ball; then ``x + δ`` goes
-    through ``threat.project`` (ball, box and mask).
+    ``δ = tanh(G(x))`` times the room left in the ε-ball *and* the box on that side
+    (``min(ε, hi − x)`` up, ``min(ε, x − lo)`` down), so nothing is clipped and every pixel
+    keeps a gradient; for L2 ``G(x)`` is projected onto the ε-ball; then ``x + δ`` goes
+    through ``threat.project`` (mask; a no-op otherwise).
 
     One generator serves one goal: untargeted (``target=None``) or one target class. A
     targeted generator attacks toward its class (``target=`` at call time may be omitted, or
@@ -197,10 +211,18 @@ class AdvGAN(Attack):
     Args:
         eps: the budget ε (None: the ``threat``'s, else 0.3). norm: ``"linf"`` (default) | ``"l2"``.
         target: ``None`` (untargeted) or the class index the generator aims for.
-        alpha: weight α of the GAN loss (1.0). beta: weight β of the hinge loss (1.0).
-        c: hinge bound on ``‖δ‖₂``; None: ε for L2, ``ε·√d / 2`` for L∞ (half the L2 norm of a
-            full-budget L∞ perturbation of ``d`` features).
-        kappa: confidence κ of the margin (0.0).
+        alpha: weight α of the GAN loss (0.01: at larger α the realism term costs success,
+            see docs/attacks-generative.md). beta: weight β of the hinge loss (1.0).
+        c: hinge bound on ``‖δ‖₂``; None: ε for L2, ``ε·√d`` for L∞ (the L2 norm of a
+            full-budget L∞ perturbation of ``d`` features: the hinge is then inactive and the
+            ball alone bounds δ; a smaller ``c`` asks for sparser perturbations).
+        kappa: confidence κ of the margin (5.0: training points are pushed past the decision
+            boundary, which carries over to unseen points).
+        saturation: weight of the L∞ saturation penalty (1.0; 0 switches it off).
+        edge_gradient: L∞: a pixel with no room on the side ``tanh(G(x))`` points to gets the
+            other side's slope as its gradient (straight-through). False (default): the exact
+            gradient (0 there). True escapes the first steps' collapse sooner (short fits),
+            False ends higher in long ones (see docs/attacks-generative.md).
         epochs, batch_size, lr, schedule: training of ``G`` by :class:`~advex.training.Trainer`
             (Adam; ``D`` has its own Adam at ``lr``).
         width, blocks: generator size (:class:`ConvGenerator`); disc_width: discriminator width.
@@ -227,10 +249,12 @@ class AdvGAN(Attack):
         norm: str = "linf",
         *,
         target: int | None = None,
-        alpha: float = 1.0,
+        alpha: float = 0.01,
         beta: float = 1.0,
         c: float | None = None,
-        kappa: float = 0.0,
+        kappa: float = 5.0,
+        saturation: float = 1.0,
+        edge_gradient: bool = False,
         epochs: int = 10,
         batch_size: int = 128,
         lr: float = 1e-3,
@@ -255,7 +279,13 @@ class AdvGAN(Attack):
             raise ValueError(f"target must be a class index (int) or None, got {target!r}")
         if target is not None and int(target) < 0:
             raise ValueError(f"target must be a class index >= 0, got {target}")
-        for v, what in ((alpha, "alpha"), (beta, "beta"), (kappa, "kappa"), (lr, "lr")):
+        for v, what in (
+            (alpha, "alpha"),
+            (beta, "beta"),
+            (kappa, "kappa"),
+            (saturation, "saturation"),
+            (lr, "lr"),
+        ):
             if not (math.isfinite(float(v)) and float(v) >= 0):
                 raise ValueError(f"{what} must be a finite number >= 0, got {v}")
         if not float(lr) > 0:
@@ -274,6 +304,8 @@ class AdvGAN(Attack):
             raise ValueError(f"blocks must be an integer >= 0, got {blocks!r}")
         self.target = None if target is None else int(target)
         self.alpha, self.beta, self.kappa = float(alpha), float(beta), float(kappa)
+        self.saturation = float(saturation)
+        self.edge_gradient = bool(edge_gradient)
         self.c = None if c is None else float(c)
         self.epochs, self.batch_size = int(epochs), int(batch_size)
         self.lr, self.schedule = float(lr), schedule
@@ -295,15 +327,38 @@ class AdvGAN(Attack):
         eps = float(self.threat.eps)
         if self.threat.norm == "l2":
             return eps
-        return 0.5 * eps * math.sqrt(x[0].numel())
+        return eps * math.sqrt(x[0].numel())
 
-    def _perturb(self, gen: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """``x + δ`` inside the threat: δ = ε·tanh(G(x)) (L∞) or Π_ε(G(x)) (L2), then the
-        threat's projection (ball, box, mask). Differentiable w.r.t. ``G``."""
+    def _perturb(self, gen: nn.Module, x: torch.Tensor, *, with_raw: bool = False):
+        """``x + δ`` inside the threat, differentiable w.r.t. ``G``; with ``with_raw`` also
+        ``G(x)`` (the pre-``tanh`` output).
+
+        L∞: ``t = tanh(G(x))`` and ``δ = t·(upper room)`` where ``t > 0``, ``t·(lower room)``
+        where ``t < 0``; the rooms are ``min(ε, hi − x)`` and ``min(ε, x − lo)``, so ``x + δ``
+        lies in the ε-ball *and* the box by construction (no clipping, whose zero gradient
+        would freeze a pixel pushed out of the box), ``δ = 0`` at ``G(x) = 0``, and the full
+        budget is reached as ``|G(x)|`` grows. L2: ``G(x)`` projected onto the ε-ball. Then
+        the threat's projection (mask; for L∞ a no-op up to rounding)."""
         raw = gen(x)
         eps = float(self.threat.eps)
-        delta = eps * torch.tanh(raw) if self.threat.norm == "linf" else raw
-        return self.threat.project(x + delta, x)
+        if self.threat.norm == "linf":
+            lo, hi = self.threat.box.bounds_for(x)
+            up = torch.clamp(hi - x, max=eps)
+            down = torch.clamp(x - lo, max=eps)
+            t = torch.tanh(raw)
+            room = torch.where(t > 0, up, down)
+            delta = room * t
+            if self.edge_gradient and torch.is_grad_enabled():
+                # where the side t points to has no room (a pixel at the box's edge, e.g. the
+                # black background pushed darker) the exact slope is 0 and that pixel could
+                # never learn to move the other way: its gradient uses the other side's room
+                # (straight-through; the value, and so the budget, is unchanged)
+                slope = torch.where(room > 0, room, torch.where(t > 0, down, up))
+                delta = slope * t + (delta - slope * t).detach()
+        else:
+            delta = raw
+        x_adv = self.threat.project(x + delta, x)
+        return (x_adv, raw) if with_raw else x_adv
 
     # -- training --------------------------------------------------------------------------------
     def fit(
@@ -483,6 +538,8 @@ class AdvGAN(Attack):
                 "beta": self.beta,
                 "c": self.c,
                 "kappa": self.kappa,
+                "saturation": self.saturation,
+                "edge_gradient": self.edge_gradient,
                 "epochs": self.epochs,
                 "batch_size": self.batch_size,
                 "lr": self.lr,
@@ -532,6 +589,12 @@ class AdvGAN(Attack):
         if not card_path.is_file() or not weights.is_file():
             raise ValueError(f"{d} is not a saved AdvGAN generator (card.json + .safetensors)")
         card = json.loads(card_path.read_text(encoding="utf-8"))
+        if isinstance(card, dict) and card.get("format") == "advex-generator/1":
+            raise ValueError(
+                f"{card_path} holds a generator of an older advex (advex-generator/1: δ = "
+                "ε·tanh(G(x)) clipped to the box); this advex maps G(x) into the threat "
+                "without clipping, so that generator's weights do not apply: fit it again"
+            )
         if not isinstance(card, dict) or card.get("format") != GENERATOR_FORMAT:
             raise ValueError(f"{card_path} is not an AdvGAN card ({GENERATOR_FORMAT})")
         saved = tuple(int(s) for s in card["input_shape"])
@@ -637,6 +700,8 @@ _TRAINING_KEYS = (
     "beta",
     "c",
     "kappa",
+    "saturation",
+    "edge_gradient",
     "epochs",
     "batch_size",
     "lr",

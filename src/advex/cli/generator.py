@@ -49,9 +49,16 @@ def generator() -> None:
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--alpha", type=float, default=0.1, show_default=True, help="GAN loss weight.")
+@click.option("--alpha", type=float, default=0.01, show_default=True, help="GAN loss weight.")
 @click.option("--beta", type=float, default=1.0, show_default=True, help="Hinge loss weight.")
-@click.option("--kappa", type=float, default=0.0, show_default=True, help="Margin confidence.")
+@click.option("--kappa", type=float, default=5.0, show_default=True, help="Margin confidence.")
+@click.option(
+    "--saturation",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="L∞: weight of the penalty keeping G(x) out of tanh's flat tails.",
+)
 @click.option("--width", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--blocks", type=click.IntRange(min=0), default=2, show_default=True)
 @click.option("--sampling", type=click.Choice(["conv", "pixel"]), default="conv", show_default=True)
@@ -92,6 +99,7 @@ def fit(
     alpha,
     beta,
     kappa,
+    saturation,
     width,
     blocks,
     sampling,
@@ -126,6 +134,7 @@ def fit(
         alpha=alpha,
         beta=beta,
         kappa=kappa,
+        saturation=saturation,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
