@@ -224,6 +224,7 @@ def test_attack_gtsrb_and_defended_twin(client):
             "steps": 10,
         },
     ).json()
+    assert "perturbation" in j, j
     assert j["perturbation"]["linf"] <= 0.03 + 1e-6
     assert _decode(j["adversarial"]["image"]).mode == "RGB"
     # the defended twin: the same PGD at ε = 0.15 moves the plain model, not the hardened one,
