@@ -93,9 +93,26 @@ CUSTOM_KIND = "evaluate --attack"
     help="Preset mode: multiply every steps/queries budget of the preset (e.g. 0.1 for a "
     "cheap look).",
 )
+# -- physical: the patch threat model (advex.cli.physical.run_patch_evaluate) --------------
+@click.option(
+    "--threat",
+    "threat_model",
+    type=click.Choice(["lp", "patch"]),
+    default="lp",
+    show_default=True,
+    help="lp: an Lp ball of --eps (presets, --attack); patch: a per-image adversarial patch "
+    "of --patch-area at a random placement (EOT), robust accuracy under it.",
+)
+@click.option("--patch-area", default=0.05, show_default=True, type=float)
+@click.option("--patch-steps", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--patch-eot", default=8, show_default=True, type=click.IntRange(min=1))
 @common_options
 @schema_option
 def evaluate(
+    threat_model,
+    patch_area,
+    patch_steps,
+    patch_eot,
     schema_file,
     preset,
     attack_names,
@@ -158,6 +175,15 @@ def evaluate(
         return
     source = ModelData(model_spec, weights, normalize, data_spec, split, n)
     run = RunSettings(batch_size, out, force, seed, progress)
+    if threat_model == "patch":  # advex.cli.physical
+        from .physical import run_patch_evaluate
+
+        if attack_names:
+            raise click.UsageError("--threat patch runs its own attack (patch-pgd): no --attack")
+        return run_patch_evaluate(
+            source, run, area=patch_area, steps=patch_steps, eot=patch_eot,
+            targeted=targeted, target=target,
+        )  # fmt: skip
     if attack_names:
         _evaluate_custom(
             source, run, attack_names, eps_text, independent, norm.lower(), params, targeted, target
