@@ -1,4 +1,5 @@
-"""Traffic-sign reference model: ``gtsrb-cnn``, a compact CNN trained by advex on GTSRB.
+"""Traffic-sign reference models: ``gtsrb-cnn`` (and its cheap test model ``gtsrb-cnn-small``),
+compact CNNs trained by advex on GTSRB.
 
 Trained deterministically (fixed seed, fixed torch threads) on the training images found under
 the data root (:func:`advex.data.gtsrb`) with light augmentation (small rotations, scales and
@@ -10,7 +11,11 @@ The data root is, in order: ``data_root=``, ``$ADVEX_DATASETS/gtsrb-32x32``, the
 ``../shared/datasets/gtsrb-32x32`` next to the repository; a folder holding ``GTSRB/`` (or
 ``Final_Training`` / ``Final_Test``).
 
->>> model = advex.zoo.load("gtsrb-cnn")        # trains on first use (about 2.5 CPU minutes)
+Two recipes: ``gtsrb-cnn`` (:data:`GTSRB_RECIPE`, the reference model of the CLI, the docs and
+the benchmark; about 9 CPU minutes on first use) and ``gtsrb-cnn-small``
+(:data:`GTSRB_SMALL_RECIPE`, the cheap test model the tests use; about 2.5 CPU minutes).
+
+>>> model = advex.zoo.load("gtsrb-cnn")        # trains on first use
 >>> model.card["accuracy"], model.card["class_names"][14]
 """
 
