@@ -4,6 +4,7 @@ targeted success on held-out images × held-out views next to the random-sticker
 
     OMP_NUM_THREADS=1 python benchmarks/physical_sweep.py rp2 '{"steps": 1500}'
     OMP_NUM_THREADS=1 python benchmarks/physical_sweep.py patch '{"lr": 0.03}'
+    OMP_NUM_THREADS=1 python benchmarks/physical_sweep.py rp2 '{"mask": "square", "area": 0.1}'
 
 rp2: the 390 training stop signs → the 270 test stop signs × 20 views (as benchmarks/physical.py).
 patch: 2,000 random training images of all classes → 300 test images of all classes but the
@@ -47,7 +48,8 @@ def main() -> None:
         test = test.subset(keep[torch.randperm(len(keep), generator=g)[:300]])
         attack, n_views = AdversarialPatch(target=SPEED30, area=0.05, seed=0, **kw), 3
     else:
-        attack, n_views = RP2("two-bars", target=SPEED30, seed=0, **kw), 20
+        mask = kw.pop("mask", "two-bars")  # e.g. {"mask": "square", "area": 0.1}
+        attack, n_views = RP2(mask, target=SPEED30, seed=0, **kw), 20
     c0 = time.process_time()
     attack.fit(model, *fit.tensors())
     cpu = time.process_time() - c0
@@ -64,7 +66,7 @@ def main() -> None:
         json.dumps(
             {
                 "mode": mode,
-                "kwargs": kw,
+                "kwargs": json.loads(sys.argv[2]) if len(sys.argv) > 2 else {},
                 "model_accuracy": model.card["accuracy"],
                 "success": ev["success"],
                 "control_success": ev["control_success"],

@@ -99,9 +99,26 @@ CUSTOM_KIND = "evaluate --attack"
     help="Under torchrun: each rank runs whole batches of its block (default: the expensive "
     "stages are re-split across the ranks by the points still robust after the first).",
 )
+# -- physical: the patch threat model (advex.cli.physical.run_patch_evaluate) --------------
+@click.option(
+    "--threat",
+    "threat_model",
+    type=click.Choice(["lp", "patch"]),
+    default="lp",
+    show_default=True,
+    help="lp: an Lp ball of --eps (presets, --attack); patch: a per-image adversarial patch "
+    "of --patch-area at a random placement (EOT), robust accuracy under it.",
+)
+@click.option("--patch-area", default=0.05, show_default=True, type=float)
+@click.option("--patch-steps", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--patch-eot", default=8, show_default=True, type=click.IntRange(min=1))
 @common_options
 @schema_option
 def evaluate(
+    threat_model,
+    patch_area,
+    patch_steps,
+    patch_eot,
     schema_file,
     no_rebalance,
     preset,
@@ -176,6 +193,19 @@ def evaluate(
             "under torchrun, advex evaluate runs the preset ensemble (sharded); custom mode "
             "(--attack) runs in one process"
         )
+    if threat_model == "patch":  # advex.cli.physical
+        from .physical import run_patch_evaluate
+
+        if attack_names:
+            raise click.UsageError("--threat patch runs its own attack (patch-pgd): no --attack")
+        if distributed.is_distributed():
+            raise click.UsageError(
+                "--threat patch runs in one process (not sharded under torchrun)"
+            )
+        return run_patch_evaluate(
+            source, run, area=patch_area, steps=patch_steps, eot=patch_eot,
+            targeted=targeted, target=target,
+        )  # fmt: skip
     if attack_names:
         _evaluate_custom(
             source, run, attack_names, eps_text, independent, norm.lower(), params, targeted, target

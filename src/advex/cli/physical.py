@@ -10,7 +10,7 @@ import click
 
 from .common import echo_files, load_model, prepare_out, run_errors
 
-__all__ = ["physical"]
+__all__ = ["physical", "run_patch_evaluate"]
 
 
 def _load(spec: str, split: str, classes=None):
@@ -319,3 +319,50 @@ def _run(
         f"{threat.area:.1%}; fitted in {fit_s:.0f} s"
     )
     echo_files(out_dir, [Path(p) for p in files.values()])
+
+
+def run_patch_evaluate(source, run, *, area, steps, eot, targeted, target) -> None:
+    """``advex evaluate --threat patch``: robust accuracy under a per-image patch of ``area``
+    at a random placement (:func:`advex.evaluate.physical.patch_robust_accuracy`); writes
+    results.json (and triptych.png) into ``--out`` like the custom mode of the command."""
+    from advex.evaluate.physical import patch_robust_accuracy
+    from advex.report import format_table, save_triptych, to_json
+
+    from .common import command_line, targets_for, warn_clean_accuracy
+
+    if not 0 < area < 1:
+        raise click.BadParameter(f"must be in (0, 1), got {area}", param_hint="--patch-area")
+    out_dir = prepare_out(run.out, "evaluate --threat patch", run.force)
+    ds = source.load_data()
+    model = source.load_model()
+    tgt = targets_for(ds, targeted, target, run.seed)
+    t0 = time.perf_counter()
+    res = run_errors(
+        patch_robust_accuracy,
+        model,
+        ds,
+        area=area,
+        steps=steps,
+        eot_placements=eot,
+        target=tgt,
+        seed=run.seed,
+        batch_size=run.batch_size,
+        progress=run.progress,
+    )
+    click.echo(f"patch of {area:.1%} of the image, random placement ({steps} steps × {eot} EOT)")
+    click.echo(format_table(res))
+    warn_clean_accuracy(res.clean_accuracy, res.n)
+    files = [out_dir / "results.json"]
+    if res.examples is not None:
+        files.append(save_triptych(res.examples, out_dir / "triptych.png"))
+    kept = getattr(res, "results", None) or {}
+    threat = next(iter(kept.values())).threat.to_dict() if kept else {"threat": "patch"}
+    doc = {
+        **source.meta(res.n),
+        "threat_model": "patch",
+        "patch": {"area": area, "steps": steps, "eot_placements": eot},
+        "seconds": round(time.perf_counter() - t0, 2),
+        "evaluation": res,
+    }
+    to_json(doc, out_dir / "results.json", seed=run.seed, threat=threat, command=command_line())
+    echo_files(out_dir, files)

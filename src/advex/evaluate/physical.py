@@ -19,7 +19,13 @@ from ..data import ArrayDataset, class_index
 from ..models.guards import attack_mode
 from ..threats.patch import PatchThreat, ViewDistribution
 
-__all__ = ["physical_evaluation", "source_images", "held_out_views", "BREAKDOWNS"]
+__all__ = [
+    "physical_evaluation",
+    "source_images",
+    "held_out_views",
+    "patch_robust_accuracy",
+    "BREAKDOWNS",
+]
 
 #: the viewing conditions the success is broken down by: name -> (parameter, label)
 BREAKDOWNS = {
@@ -177,3 +183,54 @@ def _null():
     import contextlib
 
     return contextlib.nullcontext()
+
+
+def patch_robust_accuracy(
+    model: nn.Module,
+    data: Any,
+    *,
+    area: float = 0.05,
+    steps: int = 100,
+    eot_placements: int = 8,
+    step_size: float = 0.1,
+    target: Any = None,
+    views: ViewDistribution | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    progress: bool = False,
+):
+    """Robust accuracy of ``model`` on ``data`` under a per-image adversarial patch of ``area``
+    of the image at a random placement (the threat of ``advex evaluate --threat patch``).
+
+    Runs :class:`~advex.attacks.PatchPGD` (one patch per image, optimised by signed-gradient
+    EOT over ``eot_placements`` random placements per step, ``steps`` steps, untargeted unless
+    ``target``) through :func:`~advex.evaluate.robust_accuracy`, so the result has the usual
+    shape (clean accuracy, robust accuracy with its interval, per-point passes, examples). A
+    point counts as robust when the model still classifies it correctly with its patch pasted
+    at one more random placement that the optimisation never saw.
+
+    >>> res = patch_robust_accuracy(model, (x, y), area=0.05)
+    >>> res.clean_accuracy, res.robust_accuracy
+    """
+    from ..attacks.physical import PatchPGD
+    from .robust import robust_accuracy
+
+    x0 = data[0] if isinstance(data, tuple | list) else getattr(data, "x", None)
+    size = tuple(x0.shape[-2:]) if isinstance(x0, torch.Tensor) and x0.dim() == 4 else 32
+    attack = PatchPGD(
+        area=area,
+        size=size,
+        steps=steps,
+        eot_placements=eot_placements,
+        step_size=step_size,
+        views=views,
+        seed=seed,
+    )
+    return robust_accuracy(
+        model,
+        data,
+        {attack.name: attack},
+        batch_size=batch_size,
+        target=target,
+        progress=progress,
+    )

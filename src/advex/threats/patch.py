@@ -638,21 +638,29 @@ class PatchThreat(Threat):
         """``n`` random placements ``(n, 4)``: centre x, centre y (normalised, the patch kept
         inside the image), scale, rotation (radians)."""
         g = generator
+        u = [torch.rand(n, generator=g) for _ in range(4)]
+        return self.placement_from_uniform(torch.stack(u, -1))
+
+    def placement_from_uniform(self, u: torch.Tensor) -> torch.Tensor:
+        """Placements ``(..., 4)`` (as :meth:`sample_placement`) from uniform numbers
+        ``(..., 4)`` in ``[0, 1)``: scale, rotation, centre x, centre y — for per-point random
+        streams (:class:`~advex.threats.PointRandom`)."""
         lo, hi = self.patch_scale
-        scale = lo + (hi - lo) * torch.rand(n, generator=g)
+        scale = lo + (hi - lo) * u[..., 0]
         rl, rh = self.patch_rotation
-        rot = (rl + (rh - rl) * torch.rand(n, generator=g)) * math.pi / 180
+        rot = (rl + (rh - rl) * u[..., 1]) * math.pi / 180
         h, w = self.size
         half = self.patch_side * scale / 2 * math.sqrt(2)  # the rotated patch's half-diagonal
         room_x = (1 - (2 * half / w)).clamp_min(0.0)
         room_y = (1 - (2 * half / h)).clamp_min(0.0)
-        cx = (2 * torch.rand(n, generator=g) - 1) * room_x
-        cy = (2 * torch.rand(n, generator=g) - 1) * room_y
-        return torch.stack([cx, cy, scale, rot], 1)
+        cx = (2 * u[..., 2] - 1) * room_x
+        cy = (2 * u[..., 3] - 1) * room_y
+        return torch.stack([cx, cy, scale, rot], -1)
 
     def place(self, patch: torch.Tensor, placement: torch.Tensor, like: torch.Tensor):
-        """The patch ``(C, k, k)`` drawn on image-sized canvases: ``(canvas, mask)``, both
-        ``(B, ·, H, W)``, for placements ``(B, 4)`` (:meth:`sample_placement`)."""
+        """The patch ``(C, k, k)`` — or one patch per placement, ``(B, C, k, k)`` — drawn on
+        image-sized canvases: ``(canvas, mask)``, both ``(B, ·, H, W)``, for placements
+        ``(B, 4)`` (:meth:`sample_placement`)."""
         b = placement.shape[0]
         h, w = self.size
         k = patch.shape[-1]
@@ -669,10 +677,15 @@ class PatchThreat(Threat):
         theta[:, 1, 1] = c * sy
         theta[:, 0, 2] = -(theta[:, 0, 0] * cx + theta[:, 0, 1] * cy)
         theta[:, 1, 2] = -(theta[:, 1, 0] * cx + theta[:, 1, 1] * cy)
-        src = torch.cat([patch.to(like), torch.ones(1, k, k, dtype=like.dtype, device=like.device)])
-        grid = F.affine_grid(theta, [b, src.shape[0], h, w], align_corners=False)
+        patch = patch.to(like)
+        src = patch[None].expand(b, -1, -1, -1) if patch.dim() == 3 else patch
+        if src.shape[0] != b:
+            raise ValueError(f"{src.shape[0]} patches for {b} placements")
+        ones = torch.ones(b, 1, k, k, dtype=like.dtype, device=like.device)
+        src = torch.cat([src, ones], 1)
+        grid = F.affine_grid(theta, [b, src.shape[1], h, w], align_corners=False)
         out = F.grid_sample(
-            src[None].expand(b, -1, -1, -1),
+            src,
             grid,
             mode="bilinear",
             padding_mode="zeros",
@@ -729,8 +742,16 @@ class PatchThreat(Threat):
             ok &= ~bad.reshape(b, -1).any(1)
         return ok
 
+    #: the name reports and evaluations show for this threat's "norm"
+    norm = "patch"
+
     @property
     def budget(self) -> float:
+        return self.area
+
+    @property
+    def eps(self) -> float:
+        """The budget as evaluations report it: the area fraction."""
         return self.area
 
     def with_budget(self, eps: float | None) -> PatchThreat:

@@ -142,6 +142,7 @@ _EXTERNAL.update(
     }
 )
 _EXTERNAL["gtsrb-cnn"] = "advex.zoo.traffic:load_traffic"  # GTSRB traffic signs (physical)
+_EXTERNAL["gtsrb-cnn-small"] = "advex.zoo.traffic:load_traffic"  # its cheap test model
 # text: the sentence-encoder reference model (advex.zoo.text_encoder)
 _EXTERNAL["sms-spam-minilm"] = "advex.zoo.text_encoder:load_encoder_model"
 # the playground's "defend" twin of mnist-smallcnn: fast adversarial training (FGSM-RS)
