@@ -47,7 +47,7 @@ _DATA_HELP = "Dataset: mnist5k | digits | mnist:PATH | fashion-mnist:PATH (train
 @click.option("--opacity", type=float, default=0.2, show_default=True, help="Blend opacity.")
 @click.option("--eps", type=float, default=0.3, show_default=True, help="Clean-label PGD ε.")
 @click.option("--victim-index", type=int, default=None, help="Feature collision: test index.")
-@click.option("--epochs", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--n-train", type=click.IntRange(min=1), default=None, help="Use the first N.")
@@ -163,6 +163,13 @@ def poison(
 @click.option("--nc-steps", type=click.IntRange(min=10), default=300, show_default=True)
 @click.option("--strip-overlays", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--frr", type=float, default=0.01, show_default=True, help="STRIP false rejections.")
+@click.option(
+    "--expected-rate",
+    type=float,
+    default=None,
+    help="Spectral: the paper's operating point, remove 1.5x this share of the training set "
+    "from the suspected class (default: robust outliers, z > 4).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def scan(
@@ -177,6 +184,7 @@ def scan(
     nc_steps,
     strip_overlays,
     frr,
+    expected_rate,
     seed,
     progress,
 ):
@@ -202,6 +210,7 @@ def scan(
         nc_steps=nc_steps,
         strip_overlays=strip_overlays,
         frr=frr,
+        expected_rate=expected_rate,
         command=command_line(),
         progress=progress,
     )

@@ -185,6 +185,19 @@ def within_class_whitening(
     return evecs @ torch.diag(evals.rsqrt()) @ evecs.T
 
 
+def _reps(model: nn.Module, x: torch.Tensor, reps: torch.Tensor | None) -> torch.Tensor:
+    if reps is None:
+        return activations(model, x).double()
+    reps = torch.as_tensor(reps)
+    if reps.dim() != 2 or len(reps) != len(x):
+        raise ValueError(
+            f"reps must be the (N, D) activations of the {len(x)} inputs, got {tuple(reps.shape)}"
+        )
+    if not bool(torch.isfinite(reps).all()):
+        raise ValueError("reps holds NaN or infinite values")
+    return reps.double()
+
+
 def _labelled(data: ArrayDataset, what: str) -> ArrayDataset:
     check_dataset(data, what, images=False)
     return data
@@ -203,6 +216,7 @@ def spectral_signatures(
     threshold: float = 4.0,
     expected_rate: float | None = None,
     whiten: bool = True,
+    reps: torch.Tensor | None = None,
 ) -> Detection:
     """Spectral signatures (Tran, Li and Madry 2018).
 
@@ -235,6 +249,8 @@ def spectral_signatures(
         poisoned_indices: the true poisoned indices, for :func:`score_detection`.
         threshold: the robust z beyond which a sample is an outlier.
         expected_rate: see above.
+        reps: the penultimate activations ``(N, D)`` of ``data`` if already computed
+            (:func:`activations`), so that several detectors share one pass.
 
     >>> det = spectral_signatures(model, poisoned_train, poisoned_indices=idx)
     >>> det.metrics["recall"], det.metrics["false_positive_rate"]
@@ -244,7 +260,7 @@ def spectral_signatures(
     if expected_rate is not None and not 0 < float(expected_rate) < 1:
         raise ValueError(f"expected_rate must lie in (0, 1), got {expected_rate}")
     x, y = data.tensors()
-    reps = activations(model, x).double()
+    reps = _reps(model, x, reps)
     if whiten:
         reps = reps @ within_class_whitening(reps, y, data.num_classes)
     n = len(y)
@@ -317,6 +333,7 @@ def activation_clustering(
     max_silhouette_points: int = 1000,
     whiten: bool = True,
     seed: int = 0,
+    reps: torch.Tensor | None = None,
 ) -> Detection:
     """Activation clustering (Chen et al. 2018).
 
@@ -328,7 +345,8 @@ def activation_clustering(
     ``scores``: ``(d_big - d_small) / (d_big + d_small)`` in [-1, 1] (closeness to the
     smaller cluster), plus 2 in classes judged poisoned, so that the ROC AUC ranks the class
     verdict first. ``whiten=True`` (default) whitens the activations first as in
-    :func:`spectral_signatures`; ``whiten=False`` is the paper's method exactly.
+    :func:`spectral_signatures`; ``whiten=False`` is the paper's method exactly. ``reps``:
+    precomputed activations, as in :func:`spectral_signatures`.
 
     >>> det = activation_clustering(model, poisoned_train, poisoned_indices=idx)
     """
@@ -342,7 +360,7 @@ def activation_clustering(
     if not 0 < float(size_threshold) < 0.5 + 1e-9:
         raise ValueError(f"size_threshold must lie in (0, 0.5], got {size_threshold}")
     x, y = data.tensors()
-    reps_t = activations(model, x).double()
+    reps_t = _reps(model, x, reps)
     if whiten:
         reps_t = reps_t @ within_class_whitening(reps_t, y, data.num_classes)
     reps = reps_t.numpy()
