@@ -100,7 +100,7 @@ def test_benchmark_script_smoke(tmp_path):
     out = tmp_path / "bench.json"
     r = subprocess.run(
         [sys.executable, str(root / "benchmarks" / "poison.py"), "--quick", "--n-train", "600"]
-        + ["--n-test", "150", "--epochs", "1", "--nc-steps", "10", "--skip", "ica,5,6,7"]
+        + ["--n-test", "150", "--epochs", "1", "--nc-steps", "10", "--skip", "ica,controls,5,6,7"]
         + ["--out", str(out)],
         capture_output=True,
         text=True,
