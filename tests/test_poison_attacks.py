@@ -110,6 +110,13 @@ def test_clean_label_only_target_class_labels_unchanged_and_bounded():
         CleanLabel(0.2, 4, model=model)(data)
     with pytest.raises(ValueError, match="needs a reference model"):
         CleanLabel(0.05, 4)(data)
+    # Turner et al.'s trigger by default: a 3x3 checkerboard in each of the four corners
+    assert int(mask.sum()) == 4 * 9
+    cb = torch.tensor([[1.0, 0, 1], [0, 1, 0], [1, 0, 1]])
+    x = atk.apply_trigger(torch.full((1, 1, 28, 28), 0.5))[0, 0]
+    for r, c in ((1, 1), (1, 24), (24, 1), (24, 24)):
+        assert torch.equal(x[r : r + 3, c : c + 3], cb)
+    assert float((x == 0.5).float().sum()) == 28 * 28 - 36
 
 
 def test_feature_collision_moves_features_toward_the_target():

@@ -15,6 +15,7 @@ from advex import zoo
 from advex.poison import BadNets, VictimRecipe, accuracy, attack_success_rate, measure
 from advex.poison.defenses import (
     activation_clustering,
+    activations,
     neural_cleanse,
     spectral_signatures,
     strip_evaluate,
@@ -49,15 +50,24 @@ def test_backdoor_works_and_the_control_does_not(run):
 def test_spectral_and_activation_clustering_find_the_poison(run):
     train, test, attack, m = run
     p = m.poisoned
+    acts, acts_clean = activations(m.model, p.dataset.x), activations(m.reference_model, train.x)
     for fn in (spectral_signatures, activation_clustering):
-        det = fn(m.model, p.dataset, poisoned_indices=p.indices)
+        det = fn(m.model, p.dataset, poisoned_indices=p.indices, reps=acts)
         assert det.metrics["recall"] >= 0.9, (fn.__name__, det.metrics)
         assert det.metrics["false_positive_rate"] <= 0.01, (fn.__name__, det.metrics)
         assert det.metrics["roc_auc"] >= 0.98
         assert det.flagged_classes == [0]
         # the clean model on the clean data: almost nothing flagged
-        clean = fn(m.reference_model, train, poisoned_indices=[])
+        clean = fn(m.reference_model, train, poisoned_indices=[], reps=acts_clean)
         assert clean.metrics["n_flagged"] <= 0.01 * len(train), (fn.__name__, clean.metrics)
+    # the paper's operating point: 1.5x the expected count (180) from the suspected class
+    det = spectral_signatures(
+        m.model, p.dataset, poisoned_indices=p.indices, expected_rate=0.03, reps=acts
+    )
+    assert det.flagged_classes == [0] and det.metrics["n_flagged"] == 180
+    assert det.metrics["recall"] >= 0.95, det.metrics
+    with pytest.raises(ValueError, match="activations of the"):
+        spectral_signatures(m.model, p.dataset, reps=acts[:10])
 
 
 def test_strip_separates_triggered_inputs(run):

@@ -29,18 +29,25 @@ _DATA_HELP = "Dataset: mnist5k | digits | mnist:PATH | fashion-mnist:PATH (train
     default="checkerboard",
     show_default=True,
 )
-@click.option("--trigger-size", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option(
+    "--trigger-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Default: 4 (badnets), 3 (clean-label).",
+)
 @click.option(
     "--trigger-position",
-    type=click.Choice(["bottom-right", "bottom-left", "top-right", "top-left", "center"]),
-    default="bottom-right",
-    show_default=True,
+    type=click.Choice(
+        ["bottom-right", "bottom-left", "top-right", "top-left", "center", "all-corners"]
+    ),
+    default=None,
+    help="Default: bottom-right (badnets), all-corners (clean-label, Turner et al.).",
 )
 @click.option("--trigger-colour", type=float, default=None, help="Default: the high bound.")
 @click.option("--opacity", type=float, default=0.2, show_default=True, help="Blend opacity.")
 @click.option("--eps", type=float, default=0.3, show_default=True, help="Clean-label PGD ε.")
 @click.option("--victim-index", type=int, default=None, help="Feature collision: test index.")
-@click.option("--epochs", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--n-train", type=click.IntRange(min=1), default=None, help="Use the first N.")
@@ -73,6 +80,7 @@ def poison(
     same recipe, and write results.json (clean_accuracy, clean_accuracy_reference,
     attack_success_rate, poisoned_indices, ...), the victim (loadable with
     advex.zoo.load(OUT)), figures and report.html to --out."""
+    from advex.poison.attacks import BADNETS_TRIGGER, CLEAN_LABEL_TRIGGER
     from advex.poison.measure import VictimRecipe
     from advex.poison.runs import build_poison_attack, poison_run
 
@@ -91,10 +99,11 @@ def poison(
         if not 0 <= victim_index < len(test):
             raise click.BadParameter(f"{victim_index} out of range", param_hint="--victim-index")
         target_input = test.x[victim_index]
+    default = CLEAN_LABEL_TRIGGER if attack == "clean-label" else BADNETS_TRIGGER
     trigger = {
         "shape": trigger_shape,
-        "size": trigger_size,
-        "position": trigger_position,
+        "size": trigger_size if trigger_size is not None else default["size"],
+        "position": trigger_position if trigger_position is not None else default["position"],
         "colour": trigger_colour,
     }
     atk = run_errors(
@@ -154,6 +163,13 @@ def poison(
 @click.option("--nc-steps", type=click.IntRange(min=10), default=300, show_default=True)
 @click.option("--strip-overlays", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--frr", type=float, default=0.01, show_default=True, help="STRIP false rejections.")
+@click.option(
+    "--expected-rate",
+    type=float,
+    default=None,
+    help="Spectral: the paper's operating point, remove 1.5x this share of the training set "
+    "from the suspected class (default: robust outliers, z > 4).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def scan(
@@ -168,6 +184,7 @@ def scan(
     nc_steps,
     strip_overlays,
     frr,
+    expected_rate,
     seed,
     progress,
 ):
@@ -193,6 +210,7 @@ def scan(
         nc_steps=nc_steps,
         strip_overlays=strip_overlays,
         frr=frr,
+        expected_rate=expected_rate,
         command=command_line(),
         progress=progress,
     )

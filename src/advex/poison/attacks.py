@@ -44,10 +44,16 @@ __all__ = [
     "check_dataset",
     "TRIGGER_SHAPES",
     "POSITIONS",
+    "BADNETS_TRIGGER",
+    "CLEAN_LABEL_TRIGGER",
 ]
 
 TRIGGER_SHAPES = ("square", "checkerboard", "cross")
-POSITIONS = ("bottom-right", "bottom-left", "top-right", "top-left", "center")
+POSITIONS = ("bottom-right", "bottom-left", "top-right", "top-left", "center", "all-corners")
+#: BadNets' default trigger: a high-contrast 4×4 checkerboard in the bottom-right corner
+BADNETS_TRIGGER = {"shape": "checkerboard", "size": 4, "position": "bottom-right"}
+#: the label-consistent default (Turner et al. 2019): a 3×3 checkerboard in all four corners
+CLEAN_LABEL_TRIGGER = {"shape": "checkerboard", "size": 3, "position": "all-corners"}
 
 
 class PoisonedData(NamedTuple):
@@ -141,7 +147,9 @@ class Trigger:
         shape: ``"square"`` (solid), ``"checkerboard"`` (BadNets' pattern; alternate pixels
             take ``colour`` and the low bound) or ``"cross"`` (an X).
         size: side in pixels.
-        position: one of :data:`POSITIONS` or ``(row, col)`` of the top-left corner.
+        position: one of :data:`POSITIONS` or ``(row, col)`` of the top-left corner;
+            ``"all-corners"`` stamps the pattern in each of the four corners (Turner et al.'s
+            label-consistent trigger).
         colour: a float (every channel) or one value per channel; ``None`` means the high
             bound of the data.
         margin: distance in pixels from the border for the named corner positions.
@@ -199,24 +207,29 @@ class Trigger:
             "margin": self.margin,
         }
 
-    def _corner(self, h: int, w: int) -> tuple[int, int]:
+    def _corners(self, h: int, w: int) -> list[tuple[int, int]]:
+        """Top-left ``(row, col)`` of every stamp of the trigger in an ``h × w`` image."""
         s, m = self.size, self.margin
         pos = self.position
         if isinstance(pos, tuple):
-            r, c = pos
+            spots = [pos]
         else:
-            r = {"top": m, "bottom": h - s - m, "center": (h - s) // 2}[
-                "center" if pos == "center" else pos.split("-")[0]
-            ]
-            c = {"left": m, "right": w - s - m, "center": (w - s) // 2}[
-                "center" if pos == "center" else pos.split("-")[1]
-            ]
-        if r < 0 or c < 0 or r + s > h or c + s > w:
-            raise ValueError(
-                f"trigger of size {s} at {self.position!r} (margin {m}) does not fit in a "
-                f"{h}x{w} image"
-            )
-        return r, c
+            rows = {"top": m, "bottom": h - s - m, "center": (h - s) // 2}
+            cols = {"left": m, "right": w - s - m, "center": (w - s) // 2}
+            if pos == "center":
+                spots = [(rows["center"], cols["center"])]
+            elif pos == "all-corners":
+                spots = [(rows[a], cols[b]) for a in ("top", "bottom") for b in ("left", "right")]
+            else:
+                a, b = pos.split("-")
+                spots = [(rows[a], cols[b])]
+        for r, c in spots:
+            if r < 0 or c < 0 or r + s > h or c + s > w:
+                raise ValueError(
+                    f"trigger of size {s} at {self.position!r} (margin {m}) does not fit in a "
+                    f"{h}x{w} image"
+                )
+        return spots
 
     def mask_and_pattern(
         self, image_shape: Sequence[int], bounds: tuple[float, float] = (0.0, 1.0)
@@ -227,7 +240,7 @@ class Trigger:
             raise ValueError(f"a trigger needs image shape (C, H, W), got {tuple(image_shape)}")
         c, h, w = (int(v) for v in image_shape)
         lo, hi = bounds
-        r0, c0 = self._corner(h, w)
+        spots = self._corners(h, w)
         s = self.size
         local = torch.ones(s, s)
         if self.shape == "checkerboard":
@@ -247,16 +260,14 @@ class Trigger:
         col = col.expand(c).reshape(c, 1, 1)
         mask = torch.zeros(1, h, w)
         pattern = torch.full((c, h, w), float(lo))
-        if self.shape == "square":
-            mask[:, r0 : r0 + s, c0 : c0 + s] = 1.0
-            pattern[:, r0 : r0 + s, c0 : c0 + s] = col
-        elif self.shape == "checkerboard":
+        if self.shape in ("square", "checkerboard"):
             # the whole square is replaced: "on" pixels take the colour, the others the low bound
-            mask[:, r0 : r0 + s, c0 : c0 + s] = 1.0
-            pattern[:, r0 : r0 + s, c0 : c0 + s] = lo + (col - lo) * on
+            local_mask, local_pat = torch.ones(s, s), lo + (col - lo) * on
         else:
-            mask[:, r0 : r0 + s, c0 : c0 + s] = on
-            pattern[:, r0 : r0 + s, c0 : c0 + s] = col * on + lo * (1 - on)
+            local_mask, local_pat = on, col * on + lo * (1 - on)
+        for r0, c0 in spots:
+            mask[:, r0 : r0 + s, c0 : c0 + s] = local_mask
+            pattern[:, r0 : r0 + s, c0 : c0 + s] = local_pat
         return mask, pattern
 
     def apply(self, x: torch.Tensor, bounds: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
@@ -514,7 +525,9 @@ class CleanLabel(_TriggerAttack):
     its images).
 
     Args:
-        rate, target, trigger, seed: as in :class:`BadNets`.
+        rate, target, seed: as in :class:`BadNets`.
+        trigger: default a 3×3 checkerboard in all four corners (the paper's, which keeps the
+            trigger visible under flips and crops and gives it more pixels to be learnt from).
         model: the reference model the perturbation is computed on (a clean model trained
             with the victim's recipe; :func:`advex.poison.measure` passes it).
         eps, steps, step_size: the PGD budget (L∞; the paper: 8/255 – 16/255 on CIFAR-10).
@@ -543,7 +556,7 @@ class CleanLabel(_TriggerAttack):
         batch_size: int = 256,
         seed: int = 0,
     ) -> None:
-        super().__init__(rate, target, trigger=trigger, seed=seed)
+        super().__init__(rate, target, trigger=trigger or Trigger(**CLEAN_LABEL_TRIGGER), seed=seed)
         if not float(eps) > 0:
             raise ValueError(f"eps must be > 0, got {eps}")
         if not 0.0 < float(amplitude) <= 1.0:

@@ -185,6 +185,19 @@ def within_class_whitening(
     return evecs @ torch.diag(evals.rsqrt()) @ evecs.T
 
 
+def _reps(model: nn.Module, x: torch.Tensor, reps: torch.Tensor | None) -> torch.Tensor:
+    if reps is None:
+        return activations(model, x).double()
+    reps = torch.as_tensor(reps)
+    if reps.dim() != 2 or len(reps) != len(x):
+        raise ValueError(
+            f"reps must be the (N, D) activations of the {len(x)} inputs, got {tuple(reps.shape)}"
+        )
+    if not bool(torch.isfinite(reps).all()):
+        raise ValueError("reps holds NaN or infinite values")
+    return reps.double()
+
+
 def _labelled(data: ArrayDataset, what: str) -> ArrayDataset:
     check_dataset(data, what, images=False)
     return data
@@ -203,15 +216,25 @@ def spectral_signatures(
     threshold: float = 4.0,
     expected_rate: float | None = None,
     whiten: bool = True,
+    reps: torch.Tensor | None = None,
 ) -> Detection:
     """Spectral signatures (Tran, Li and Madry 2018).
 
     For each class, centre its penultimate activations, take their top right singular vector
     ``v`` and project: ``s_i = ((r_i - mean) · v)``; the paper's outlier score is ``s_i²``.
-    Flagging: with ``expected_rate`` ε given, the paper's rule (remove the ``1.5 ε n_c``
-    highest scores of every class); without it, a robust outlier rule that needs no ε:
-    ``|s_i − median(s)| > threshold × 1.4826 MAD(s)``. ``scores`` is that robust z-score (so
-    classes are comparable for the ROC AUC).
+    ``scores`` is the robust z-score ``|s_i − median(s)| / (1.4826 MAD(s))`` of each class (so
+    classes are comparable for the ROC AUC). Two flagging rules:
+
+    - default (no ``expected_rate``): a rule that needs no ε, robust outliers
+      ``z > threshold``;
+    - ``expected_rate=ε`` (the share of the whole training set the defender expects
+      poisoned, e.g. the attack's rate): the paper's operating point, remove ``1.5 ε N``
+      samples, 1.5× the expected poison count. Tran et al. remove them from the class that
+      holds the poisons; here the classes judged to hold them are those whose count of robust
+      outliers (``z > threshold``) is at least half the largest count of any class (one class
+      for an all-to-one backdoor), and each of the ``m`` judged classes loses its
+      ``1.5 ε N / m`` highest scores. No class is judged poisoned when no class has an
+      outlier.
 
     ``whiten=True`` (default) first whitens the activations with the pooled within-class
     covariance of the whole training set (:func:`within_class_whitening`, SPECTRE's step):
@@ -224,21 +247,27 @@ def spectral_signatures(
         model: the trained (possibly backdoored) model; last layer ``nn.Linear``.
         data: the labelled training set it was trained on.
         poisoned_indices: the true poisoned indices, for :func:`score_detection`.
+        threshold: the robust z beyond which a sample is an outlier.
+        expected_rate: see above.
+        reps: the penultimate activations ``(N, D)`` of ``data`` if already computed
+            (:func:`activations`), so that several detectors share one pass.
 
     >>> det = spectral_signatures(model, poisoned_train, poisoned_indices=idx)
     >>> det.metrics["recall"], det.metrics["false_positive_rate"]
+    >>> det = spectral_signatures(model, poisoned_train, expected_rate=0.01)  # the paper's
     """
     _labelled(data, "data")
     if expected_rate is not None and not 0 < float(expected_rate) < 1:
         raise ValueError(f"expected_rate must lie in (0, 1), got {expected_rate}")
     x, y = data.tensors()
-    reps = activations(model, x).double()
+    reps = _reps(model, x, reps)
     if whiten:
         reps = reps @ within_class_whitening(reps, y, data.num_classes)
     n = len(y)
     scores = torch.zeros(n, dtype=torch.float64)
     flagged = torch.zeros(n, dtype=torch.bool)
     per_class, flagged_classes = [], []
+    proj = {}
     for c in range(data.num_classes):
         idx = (y == c).nonzero().squeeze(1)
         if idx.numel() < 3:
@@ -251,17 +280,29 @@ def spectral_signatures(
         mad = MAD_CONSTANT * (s - med).abs().median()
         z = (s - med).abs() / mad.clamp_min(1e-12)
         scores[idx] = z
+        proj[c] = (idx, s, z)
+    outliers = {c: int((z > threshold).sum()) for c, (_, _, z) in proj.items()}
+    most = max(outliers.values(), default=0)
+    judged = [c for c, v in outliers.items() if most > 0 and v >= 0.5 * most]
+    for c, (idx, s, z) in proj.items():
         if expected_rate is not None:
-            k = int(math.ceil(1.5 * float(expected_rate) * idx.numel()))
-            top = torch.argsort(s**2, descending=True)[:k]
             fl = torch.zeros(idx.numel(), dtype=torch.bool)
-            fl[top] = True
+            if c in judged:
+                k = min(idx.numel(), int(math.ceil(1.5 * float(expected_rate) * n / len(judged))))
+                fl[torch.argsort(s**2, descending=True)[:k]] = True
         else:
             fl = z > threshold
         flagged[idx] = fl
         if bool(fl.any()):
             flagged_classes.append(c)
-        per_class.append({"class": c, "n": int(idx.numel()), "n_flagged": int(fl.sum())})
+        per_class.append(
+            {
+                "class": c,
+                "n": int(idx.numel()),
+                "n_outliers": outliers[c],
+                "n_flagged": int(fl.sum()),
+            }
+        )
     det = Detection(
         "spectral",
         flagged,
@@ -292,6 +333,7 @@ def activation_clustering(
     max_silhouette_points: int = 1000,
     whiten: bool = True,
     seed: int = 0,
+    reps: torch.Tensor | None = None,
 ) -> Detection:
     """Activation clustering (Chen et al. 2018).
 
@@ -303,7 +345,8 @@ def activation_clustering(
     ``scores``: ``(d_big - d_small) / (d_big + d_small)`` in [-1, 1] (closeness to the
     smaller cluster), plus 2 in classes judged poisoned, so that the ROC AUC ranks the class
     verdict first. ``whiten=True`` (default) whitens the activations first as in
-    :func:`spectral_signatures`; ``whiten=False`` is the paper's method exactly.
+    :func:`spectral_signatures`; ``whiten=False`` is the paper's method exactly. ``reps``:
+    precomputed activations, as in :func:`spectral_signatures`.
 
     >>> det = activation_clustering(model, poisoned_train, poisoned_indices=idx)
     """
@@ -317,7 +360,7 @@ def activation_clustering(
     if not 0 < float(size_threshold) < 0.5 + 1e-9:
         raise ValueError(f"size_threshold must lie in (0, 0.5], got {size_threshold}")
     x, y = data.tensors()
-    reps_t = activations(model, x).double()
+    reps_t = _reps(model, x, reps)
     if whiten:
         reps_t = reps_t @ within_class_whitening(reps_t, y, data.num_classes)
     reps = reps_t.numpy()

@@ -35,7 +35,7 @@ class VictimRecipe:
     image size and class count; other architectures get ``arch_kwargs`` as given."""
 
     arch: str = "smallcnn"
-    epochs: int = 2
+    epochs: int = 4
     lr: float = 1e-3
     batch_size: int = 64
     seed: int = 0

@@ -299,6 +299,7 @@ def scan_run(
     nc_steps: int = 300,
     strip_overlays: int = 100,
     frr: float = 0.01,
+    expected_rate: float | None = None,
     command: str | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -306,9 +307,11 @@ def scan_run(
     ``results.json`` (``recall``, ``precision``, ``false_positive_rate``, and with ``repair``
     the new ``clean_accuracy`` and ``attack_success_rate``), figures and ``report.html``.
 
-    The defender's clean data (STRIP's overlays and calibration, Neural Cleanse, unlearning)
-    is a seeded half of ``test`` capped at ``n_clean``; accuracies and attack success are
-    measured on the other half, before and after the repair."""
+    The defender holds a seeded half of ``test``: STRIP's overlays and calibration and Neural
+    Cleanse's reversal use up to ``n_clean`` of it, unlearning all of it (Wang et al. fine-tune
+    on 10 % of the training data); accuracies and attack success are measured on the other
+    half, before and after the repair. ``expected_rate``: spectral signatures at the paper's
+    operating point (see :func:`advex.poison.defenses.spectral_signatures`)."""
     if detector not in DETECTORS:
         raise ValueError(f"unknown detector {detector!r}; expected one of {DETECTORS}")
     check_dataset(train, "training data")
@@ -324,6 +327,7 @@ def scan_run(
     perm = torch.randperm(len(test), generator=g)
     half = len(test) // 2
     clean = test.subset(perm[: min(half, n_clean)])
+    defender = test.subset(perm[:half])
     evalset = test.subset(perm[half:])
     res: dict[str, Any] = {
         "command": "scan",
@@ -341,7 +345,8 @@ def scan_run(
     figs: dict[str, Path] = {}
     if detector in ("spectral", "activation-clustering"):
         fn = D.spectral_signatures if detector == "spectral" else D.activation_clustering
-        det = fn(model, poisoned, poisoned_indices=idx)
+        kw = {"expected_rate": expected_rate} if detector == "spectral" else {}
+        det = fn(model, poisoned, poisoned_indices=idx, **kw)
         res.update(det.to_dict())
         if det.metrics is None:
             res.update({"recall": None, "precision": None, "false_positive_rate": None})
@@ -469,7 +474,7 @@ def scan_run(
                     }
                 )
             else:
-                rep = D.unlearn(model, clean, nc.masks[t], nc.patterns[t], seed=seed)
+                rep = D.unlearn(model, defender, nc.masks[t], nc.patterns[t], seed=seed)
                 acc = accuracy(rep, evalset)
                 res.update(
                     {
