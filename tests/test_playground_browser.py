@@ -62,6 +62,7 @@ def server_url():
 
     config = ServeConfig(
         gtsrb_root=GTSRB if GTSRB.is_dir() else None,
+        gtsrb_model="gtsrb-cnn-small",  # the test model (the full recipe is for the page)
         sms_root=SMS if SMS.is_dir() else None,
         max_jobs=2,
         physical_steps=20,  # a small sticker for the stop-sign panel (fitted once, then cached)

@@ -67,6 +67,7 @@ def gtsrb_root(datasets_root):
 def app(gtsrb_root, tmp_path_factory):
     cfg = ServeConfig(
         gtsrb_root=gtsrb_root,
+        gtsrb_model="gtsrb-cnn-small",  # the test model (the full recipe is for the page)
         physical_steps=8,
         physical_fit_images=32,
         cache_dir=tmp_path_factory.mktemp("serve-cache"),

@@ -41,6 +41,8 @@ class ModelInfo:
     reason: str | None = None
     description: str = ""
     extra: dict = field(default_factory=dict)
+    #: the zoo model loaded for this entry (default: ``name``)
+    zoo: str | None = None
 
     @property
     def available(self) -> bool:
@@ -134,6 +136,7 @@ class Catalog:
                 data_root=gtsrb_root,
                 reason=gtsrb_reason,
                 description="A compact CNN trained on the German Traffic Sign benchmark.",
+                zoo=config.gtsrb_model,
             ),
             "sms-spam-cnn": ModelInfo(
                 "sms-spam-cnn",
@@ -183,7 +186,7 @@ class Catalog:
             kwargs: dict[str, Any] = {"progress": False}
             if info.data_root is not None:
                 kwargs["data_root"] = info.data_root
-            model = advex.zoo.load(name, **kwargs)
+            model = advex.zoo.load(info.zoo or name, **kwargs)
             module = model.module if info.domain == "text" else model
             module.eval()
             for p in module.parameters():

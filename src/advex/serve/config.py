@@ -21,6 +21,8 @@ class ServeConfig:
     Args:
         gtsrb_root: GTSRB folder (``GTSRB/Final_Training`` + ``Final_Test``); without it
             ``gtsrb-cnn`` and the stop-sign panel are listed as unavailable.
+        gtsrb_model: the zoo model behind ``gtsrb-cnn`` (the API name stays ``gtsrb-cnn``);
+            the tests use the cheaper ``gtsrb-cnn-small``.
         sms_root: folder holding ``SMSSpamCollection`` (default: the usual search of
             :func:`advex.data.text.sms_spam_root`); without it ``sms-spam-cnn`` is unavailable.
         max_body_bytes: largest request body (413 above).
@@ -44,6 +46,7 @@ class ServeConfig:
     """
 
     gtsrb_root: str | os.PathLike | None = None
+    gtsrb_model: str = "gtsrb-cnn"
     sms_root: str | os.PathLike | None = None
     max_body_bytes: int = 2_000_000
     max_image_side: int = 1024
