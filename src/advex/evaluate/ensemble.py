@@ -38,7 +38,7 @@ from .presets import Preset, derive_seed, get_preset
 from .progress import StageProgress
 from .robust import robust_accuracy
 from .schedule import share_ledger
-from .state import RunState, model_hash, refuse_rank_states, tensor_hash
+from .state import RunState, batch_record, model_hash, refuse_rank_states, tensor_hash
 
 __all__ = ["evaluate", "EvaluateOptions", "Evaluation", "StageResult", "clopper_pearson"]
 
@@ -740,26 +740,7 @@ def _run_batch(view, xb, yb, k, offset, spec, thr, seed, stages, adaptations, de
     for j, name in enumerate(names):
         sel = bb == j
         worst[sel] = res.norms[name][sel].float()
-    record: dict[str, Any] = {
-        "batch": k,
-        "offset": offset,
-        "y": res.y.tolist(),
-        "clean_pred": res.clean_pred.tolist(),
-        "clean_conf": res.clean_conf.tolist(),
-        "broken_by": bb.tolist(),
-        "adv_pred": res.adv_pred.tolist(),
-        "adv_conf": res.adv_conf.tolist(),
-        "norm": worst.tolist(),
-        "stages": {
-            name: {
-                "attacked": res.attacks[name].n_attacked,
-                "gradients": res.attacks[name].gradients_total,
-                "queries": res.attacks[name].queries_total,
-                "time_s": res.attacks[name].time_s,
-            }
-            for name in names
-        },
-    }
+    record = batch_record(k, offset, res, worst, names)
     if curves:
         record["query_curves"] = {
             name: {"queries": grid, "table": curve.table(grid)}

@@ -61,7 +61,14 @@ from ..models.guards import match_input_dtype
 from .presets import derive_seed
 from .robust import robust_accuracy
 from .schedule import Ledger, share_ledger
-from .state import CorruptState, FingerprintMismatch, RunState, tensor_hash
+from .state import (
+    CorruptState,
+    FingerprintMismatch,
+    RunState,
+    batch_record,
+    stage_stats,
+    tensor_hash,
+)
 
 __all__ = ["ShardedOutcome", "run_sharded", "assign_longest_first", "WorldSizeMismatch"]
 
@@ -229,31 +236,10 @@ def _phase_a(view, xb, yb, k, offset, ctx) -> tuple[dict[str, Any], dict]:
     # come with the last stage (phase B)
     only = None if ex is None else ex.success.cpu().nonzero().squeeze(1)
     tensors, ex_attacks = _example_tensors(ex, keep, None, offset, only)
-    mid = {
-        "batch": k,
-        "offset": offset,
-        "y": res.y.tolist(),
-        "clean_pred": res.clean_pred.tolist(),
-        "clean_conf": res.clean_conf.tolist(),
-        "broken_by": bb.tolist(),
-        "adv_pred": res.adv_pred.tolist(),
-        "adv_conf": res.adv_conf.tolist(),
-        "norm": worst.tolist(),
-        "stages": {n: _stage_stats(res, n) for n in first},
-        "ledger": ledger.to_state(),
-        "example_attacks": ex_attacks,
-    }
+    mid = batch_record(k, offset, res, worst, first)
+    mid["ledger"] = ledger.to_state()
+    mid["example_attacks"] = ex_attacks
     return mid, tensors
-
-
-def _stage_stats(res, name: str) -> dict[str, Any]:
-    s = res.attacks[name]
-    return {
-        "attacked": s.n_attacked,
-        "gradients": s.gradients_total,
-        "queries": s.queries_total,
-        "time_s": s.time_s,
-    }
 
 
 def _phase_b(view, xb, yb, mid, mid_tensors, ctx) -> tuple[dict[str, Any], dict]:
@@ -297,7 +283,7 @@ def _phase_b(view, xb, yb, mid, mid_tensors, ctx) -> tuple[dict[str, Any], dict]
                 "run with rebalance=False (CLI: --no-rebalance)"
             )
         for j, n in enumerate(later, start=1):
-            record["stages"][n] = _stage_stats(res, n)
+            record["stages"][n] = stage_stats(res, n)
             sel = (res.broken_by == j - 1).nonzero().squeeze(1)
             for i in sel.tolist():
                 p = int(surv[i])

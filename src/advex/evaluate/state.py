@@ -28,6 +28,8 @@ __all__ = [
     "FingerprintMismatch",
     "CorruptState",
     "refuse_rank_states",
+    "batch_record",
+    "stage_stats",
 ]
 
 
@@ -102,6 +104,37 @@ def refuse_rank_states(out_dir: str | os.PathLike, restart: bool) -> None:
         "not of one process: rerun it under torchrun with that many processes to resume it, "
         "use another output directory, or restart=True (CLI: --restart) to discard it"
     )
+
+
+def stage_stats(res: Any, name: str) -> dict[str, Any]:
+    """One stage's counts in a batch record: points attacked, gradients, queries, seconds."""
+    s = res.attacks[name]
+    return {
+        "attacked": s.n_attacked,
+        "gradients": s.gradients_total,
+        "queries": s.queries_total,
+        "time_s": s.time_s,
+    }
+
+
+def batch_record(
+    k: int, offset: int, res: Any, worst: torch.Tensor, stages: list[str]
+) -> dict[str, Any]:
+    """The per-point part of a batch's record in the run state (one process and sharded runs
+    write the same): batch ``k`` at ``offset``, a :func:`robust_accuracy` result ``res``, the
+    norm of each point's successful stage ``worst``, and the counts of ``stages``."""
+    return {
+        "batch": k,
+        "offset": offset,
+        "y": res.y.tolist(),
+        "clean_pred": res.clean_pred.tolist(),
+        "clean_conf": res.clean_conf.tolist(),
+        "broken_by": res.broken_by.tolist(),
+        "adv_pred": res.adv_pred.tolist(),
+        "adv_conf": res.adv_conf.tolist(),
+        "norm": worst.tolist(),
+        "stages": {n: stage_stats(res, n) for n in stages},
+    }
 
 
 class RunState:
