@@ -127,7 +127,7 @@ def test_every_success_of_a_low_precision_stage_is_fp32_on_a_cnn():
     from advex.attacks import APGD
 
     net, x, y = small_cnn(24)
-    stage = LowPrecisionStage(APGD(eps=0.05, steps=10, seed=0), resolve_amp("bf16", "cpu"))
+    stage = LowPrecisionStage(APGD(eps=0.3, steps=10, seed=0), resolve_amp("bf16", "cpu"))
     res = stage(net, x, y)
     ok = res.success
     assert stage.rechecks >= int(ok.sum()) > 0

@@ -100,10 +100,12 @@ def _autocast_problem(dev: torch.device, dtype: torch.dtype) -> str | None:
             warnings.simplefilter("always")
             with torch.autocast(device_type=dev.type, dtype=dtype):
                 enabled = torch.is_autocast_enabled(dev.type)
-                x = torch.rand(2, 1, 4, 4, device=dev, requires_grad=True)
-                w = torch.rand(2, 1, 3, 3, device=dev)
+                # fixed values, not torch.rand: the caller's global RNG stays untouched
+                x = torch.linspace(0, 1, 32, device=dev).reshape(2, 1, 4, 4).requires_grad_()
+                w = torch.linspace(-1, 1, 18, device=dev).reshape(2, 1, 3, 3)
                 h = torch.nn.functional.conv2d(x, w)
-                out = torch.nn.functional.linear(h.flatten(1), torch.rand(3, 8, device=dev))
+                v = torch.linspace(-1, 1, 24, device=dev).reshape(3, 8)
+                out = torch.nn.functional.linear(h.flatten(1), v)
                 (grad,) = torch.autograd.grad(out.float().sum(), x)
     except Exception as err:  # an op without a kernel in that dtype on that device
         return f"{type(err).__name__}: {err}"
