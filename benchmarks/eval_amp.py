@@ -2,10 +2,11 @@
 first stage (APGD-CE) under bf16 (and fp16) autocast, every claimed break re-checked in fp32
 (advex.evaluate.amp). Same model, points, seed and batch size; one process.
 
-Per run: wall and CPU seconds of the evaluation, the first stage's own seconds, robust and
-clean accuracy, the breaks re-checked and reversed, and per point whether the verdict (broken
-or not) equals the fp32 run's. On the CPU the runs are measured on every device present: CPU
-always, CUDA when there (the GPU rows; the output says when it is absent).
+Per run (after a warm-up evaluation of 4 points in every precision): wall and CPU seconds of
+the evaluation, the first stage's own seconds, robust and clean accuracy, the breaks re-checked
+and reversed, and per point whether the verdict (broken or not) equals the fp32 run's. Measured
+on every device present: CPU always, CUDA when there (the GPU rows; the output says when it is
+absent).
 
 No peer is run: none of AutoAttack, ART, foolbox or torchattacks has a low-precision evaluation
 mode to compare with; the comparison is advex fp32 vs advex bf16 on the same work.
@@ -107,6 +108,12 @@ def main(argv=None) -> dict:
     runs: dict[str, dict] = {}
     for dev in devices:
         m = model.to(dev)
+        for a in amps:  # warm-up: first-call costs (kernels, allocator) outside the timings
+            try:
+                one_run(m, x[:4], y[:4], argparse.Namespace(**{**vars(args), "budget_scale": 0.01}),
+                        None if a == "fp32" else a, dev)  # fmt: skip
+            except ValueError:
+                pass
         for a in amps:
             tag = f"{dev}-{a}"
             try:
