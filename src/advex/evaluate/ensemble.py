@@ -534,20 +534,8 @@ def evaluate(
             probe=probe,
             rebalance=opts.rebalance,
             run_batch=lambda v, xb, yb, k, off: _run_batch(
-                v,
-                xb,
-                yb,
-                k,
-                off,
-                spec,
-                thr,
-                seed,
-                stages,
-                adaptations,
-                dev,
-                keep_examples,
-                amp=amp,
-            ),  # fmt: skip
+                v, xb, yb, k, off, spec, thr, seed, stages, adaptations, dev, keep_examples, amp=amp
+            ),
             amp=amp,
         )
         records, ex_parts = outcome.records, outcome.ex_parts
