@@ -2,7 +2,7 @@
 tests/test_distributed_eval.py; also runnable alone as the one-process reference).
 
 Arguments: ``OUT_DIR [--n N] [--batch B] [--seed S] [--exit-after RANK:UNITS]
-[--no-rebalance] [--restart] [--bad STATE_DIR]``. Rank 0 (or the single process) writes
+[--no-rebalance] [--restart] [--amp bf16] [--bad STATE_DIR]``. Rank 0 (or the single process) writes
 ``OUT_DIR/results.json`` (``Evaluation.to_dict``); with ``--bad`` every rank then tries the bad
 uses and writes the errors it got to ``OUT_DIR/bad-<rank>.json``.
 """
@@ -49,6 +49,7 @@ def main(argv=None) -> None:
     ap.add_argument("--no-rebalance", action="store_true")
     ap.add_argument("--restart", action="store_true")
     ap.add_argument("--scale", type=float, default=0.02)
+    ap.add_argument("--amp", default=None, help="bf16 | fp16: the first stage under autocast")
     ap.add_argument(
         "--bad", default=None, help="after the run: try bad uses (a one-process run's state dir)"
     )
@@ -83,6 +84,7 @@ def main(argv=None) -> None:
         probe=16,
         keep_examples=4,
         rebalance=not args.no_rebalance,
+        amp=args.amp,
     )
     out = Path(args.out)
     if rank == 0:

@@ -99,6 +99,13 @@ CUSTOM_KIND = "evaluate --attack"
     help="Under torchrun: each rank runs whole batches of its block (default: the expensive "
     "stages are re-split across the ranks by the points still robust after the first).",
 )
+@click.option(
+    "--amp",
+    type=click.Choice(["bf16", "fp16"]),
+    default=None,
+    help="Preset mode: run the first (cheap) stage, APGD-CE, under bf16/fp16 autocast; every "
+    "break it claims is re-checked in fp32 (reversals counted in results.json). Default: fp32.",
+)
 # -- physical: the patch threat model (advex.cli.physical.run_patch_evaluate) --------------
 @click.option(
     "--threat",
@@ -120,6 +127,7 @@ def evaluate(
     patch_steps,
     patch_eot,
     schema_file,
+    amp,
     no_rebalance,
     preset,
     attack_names,
@@ -169,12 +177,17 @@ def evaluate(
       advex evaluate --model mypkg.nets:make --weights w.safetensors --eps 0.5 --norm l2
       advex evaluate --attack fgsm --attack pgd --eps 0.1,0.2,0.3 --n 200
     """
+    if amp and (attack_names or threat_model == "patch" or is_tabular(data_spec, schema_file)):
+        raise click.UsageError("--amp goes with the preset ensemble on images (not --attack, "
+                               "--threat patch or tabular data)")  # fmt: skip
     if is_tabular(data_spec, schema_file):  # rows of named features: advex.cli.tabular
         kw = dict(locals())
         return run_evaluate(**{k: kw[k] for k in TABULAR_EVAL_ARGS})
     from .text import is_text_data
 
     if is_text_data(data_spec):  # text models: advex.cli.text (engineer B's entry point)
+        if amp:
+            raise click.UsageError("--amp goes with the preset ensemble on images, not text")
         from pathlib import Path as _Path
 
         from .text import run_text_evaluate
@@ -234,6 +247,7 @@ def evaluate(
         eot_samples=eot_samples,
         progress=progress and distributed.rank() == 0,
         rebalance=not no_rebalance,
+        amp=amp,
     )
     _evaluate_preset(source, run, preset, eps_list[0], norm.lower(), budget_scale, options)
 

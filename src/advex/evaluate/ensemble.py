@@ -30,7 +30,9 @@ from ..models.counting import BACKWARD_COST, counting_stage
 from ..models.guards import match_input_dtype
 from ..report.table import verdict_text
 from ..threats import ThreatModel
+from ..training import check_amp
 from ._data import as_batches, model_device
+from .amp import AmpSpec, amp_counts, resolve_amp, wrap_amp_stages
 from .capabilities import access_record, black_box_preset, check_capability, probe_access
 from .checks import Check, masking_checks, verdict
 from .examples import Examples
@@ -68,9 +70,18 @@ class StageResult:
     gradients: int
     queries: int
     time_s: float
+    #: the stage ran under autocast in this precision (``"bf16"`` / ``"fp16"``; None: fp32);
+    #: its claimed breaks re-checked in fp32 and those fp32 refused (:mod:`.amp`)
+    amp: str | None = None
+    amp_rechecks: int = 0
+    amp_reversed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        if self.amp is None:  # an fp32 stage: the same keys as before amp existed
+            for k in ("amp", "amp_rechecks", "amp_reversed"):
+                d.pop(k)
+        return d
 
 
 @dataclass
@@ -125,6 +136,10 @@ class Evaluation:
     #: per decision-based stage: median distance (and share within ε) vs queries per point
     #: (:func:`advex.attacks.decision.summarise_curve`); drawn in the HTML report
     query_curves: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: ``evaluate(amp=...)``: the precision (``dtype``), ``device_type``, the low-precision
+    #: ``stages`` and over them the breaks ``rechecks`` in fp32 and ``reversed`` (not counted
+    #: broken); None for an fp32 run (:mod:`advex.evaluate.amp`)
+    amp: dict[str, Any] | None = None
 
     @property
     def stage_names(self) -> list[str]:
@@ -191,6 +206,8 @@ class Evaluation:
             out["distributed"] = self.distributed
         if self.query_curves:
             out["query_curves"] = self.query_curves
+        if self.amp is not None:
+            out["amp"] = self.amp
         if per_point:
             out["per_point"] = {
                 "y": self.y.tolist(),
@@ -239,6 +256,13 @@ class Evaluation:
                 f"{s.name:<12}{s.robust_accuracy:>13.2%}{s.n_broken:>7}{s.n_attacked:>10}"
                 f"{s.gradients:>10}{s.queries:>10}{s.time_s:>8.1f}s"
             )
+        if self.amp is not None:
+            a = self.amp
+            lines.append(
+                f"amp: {', '.join(a['stages'])} ran in {a['dtype']} autocast; "
+                f"{a['rechecks']} claimed break(s) re-checked in fp32, {a['reversed']} reversed "
+                "(not counted broken)"
+            )
         for c in self.checks:
             if not c.passed:
                 lines.append(f"SUSPECT {c.name}: {c.evidence} -> {c.recommendation}")
@@ -281,6 +305,10 @@ class EvaluateOptions:
         rebalance: under a torchrun process group (:mod:`advex.evaluate.sharded`), re-split
             the batches' expensive stages across the ranks after the first stage, by the
             points still robust (``False``: each rank runs whole batches of its block).
+        amp: ``"bf16"`` or ``"fp16"``: run the first (cheap) stage under ``torch.autocast``
+            on the evaluation's device, every break it claims re-checked in fp32
+            (:mod:`advex.evaluate.amp`); ``None``: fp32 throughout. Part of a resumable
+            run's fingerprint.
 
     >>> opts = EvaluateOptions(batch_size=500, out_dir="run/", progress=True)
     >>> ev = evaluate(model, (x, y), eps=0.3, options=opts)
@@ -298,6 +326,7 @@ class EvaluateOptions:
     progress: bool = False
     channels_last: bool | None = None
     rebalance: bool = True
+    amp: str | None = None
 
 
 #: test hook: called with the number of batches computed so far after each computed batch (the
@@ -406,7 +435,8 @@ def evaluate(
             a point's result does not depend on its batch (or ``batch_size``).
         options: how to run (:class:`EvaluateOptions`: batch size, resumable ``out_dir``,
             ``restart``, ``checks``/``probe``, ``adapt``/``eot_samples``, ``keep_examples``,
-            ``device``, ``progress``, ``channels_last``).
+            ``device``, ``progress``, ``channels_last``, ``rebalance``, ``amp``: the first
+            stage under bf16/fp16 autocast, its breaks re-checked in fp32).
         **run_options: any field of :class:`EvaluateOptions` given directly
             (``batch_size=500, out_dir="run/"``); it overrides the same field of ``options``.
 
@@ -421,6 +451,7 @@ def evaluate(
     checks, probe, adapt, eot_samples = opts.checks, opts.probe, opts.adapt, opts.eot_samples
     keep_examples, device, progress = opts.keep_examples, opts.device, opts.progress
     channels_last = opts.channels_last
+    amp_key = check_amp(opts.amp)  # a clear ValueError for an unknown precision, before work
     t_start = time.perf_counter()
     spec = get_preset(preset)
     if bounds is None:
@@ -436,6 +467,7 @@ def evaluate(
     if isinstance(batches.source, tuple):  # data given whole: check it all before any work
         check_batch(*batches.source, thr, name="data x")
     dev = model_device(model, device)
+    amp = resolve_amp(amp_key, dev)
     view, adaptations = _adapt(model, adapt, eot_samples)
     view, layout = _fast_layout(view, channels_last, dev)
     # what the model exposes (gradients / scores / labels), before any attack runs: a model
@@ -466,6 +498,8 @@ def evaluate(
                 "adapt": {"enabled": bool(adapt), "eot_samples": eot_samples},
                 "keep_examples": keep_examples,
                 "layout": layout,
+                # only when set: the fingerprint of an fp32 run is what it was before amp
+                **({"amp": amp_key} if amp_key is not None else {}),
             }
         )
         if out_dir is not None and not sharded:
@@ -500,8 +534,9 @@ def evaluate(
             probe=probe,
             rebalance=opts.rebalance,
             run_batch=lambda v, xb, yb, k, off: _run_batch(
-                v, xb, yb, k, off, spec, thr, seed, stages, adaptations, dev, keep_examples
+                v, xb, yb, k, off, spec, thr, seed, stages, adaptations, dev, keep_examples, amp=amp
             ),
+            amp=amp,
         )
         records, ex_parts = outcome.records, outcome.ex_parts
         probe_x, probe_y, resumed = outcome.probe_x, outcome.probe_y, outcome.resumed
@@ -546,6 +581,7 @@ def evaluate(
                         dev,
                         keep_examples,
                         bar=bar,
+                        amp=amp,
                     )
                     record["hash"] = bhash
                     if state is not None:
@@ -589,6 +625,7 @@ def evaluate(
                 gradients=sum(v["gradients"] for v in st),
                 queries=sum(v["queries"] for v in st),
                 time_s=sum(v["time_s"] for v in st),
+                **_stage_amp(st),
             )
         )
 
@@ -663,7 +700,34 @@ def evaluate(
         access=access_record(access, [p.to_dict() for p in per_attack]),
         probe_passes=dict(access.passes) if access is not None else {},
         query_curves=_query_curves(records, thr.eps),
+        amp=_amp_summary(amp, per_attack),
     )
+
+
+def _stage_amp(st: list[dict[str, Any]]) -> dict[str, Any]:
+    """A stage's amp fields summed over its batch records (empty for an fp32 stage)."""
+    low = [v for v in st if v.get("amp")]
+    if not low:
+        return {}
+    return {
+        "amp": low[0]["amp"],
+        "amp_rechecks": sum(int(v["amp_rechecks"]) for v in low),
+        "amp_reversed": sum(int(v["amp_reversed"]) for v in low),
+    }
+
+
+def _amp_summary(amp: AmpSpec | None, per_attack: list[StageResult]) -> dict[str, Any] | None:
+    if amp is None:
+        return None
+    low = [s for s in per_attack if s.amp is not None]
+    return {
+        "dtype": amp.name,
+        "device_type": amp.device_type,
+        "stages": [s.name for s in low],
+        "rechecks": sum(s.amp_rechecks for s in low),
+        "reversed": sum(s.amp_reversed for s in low),
+        "verified_in": "fp32",
+    }
 
 
 def _options(options: EvaluateOptions | None, run_options: dict[str, Any]) -> EvaluateOptions:
@@ -715,7 +779,9 @@ def _robust_count(records) -> int:
     )
 
 
-def _run_batch(view, xb, yb, k, offset, spec, thr, seed, stages, adaptations, dev, keep, bar=None):
+def _run_batch(
+    view, xb, yb, k, offset, spec, thr, seed, stages, adaptations, dev, keep, bar=None, amp=None
+):
     attacks = {
         s.name: s.build(thr, derive_seed(seed, j), spec.budget_scale) for j, s in enumerate(stages)
     }
@@ -724,6 +790,7 @@ def _run_batch(view, xb, yb, k, offset, spec, thr, seed, stages, adaptations, de
     for a in attacks.values():
         if adaptations["eot_samples"] > 1:
             a.eot_samples = int(adaptations["eot_samples"])
+    attacks = wrap_amp_stages(attacks, amp)  # the cheap stage under autocast (amp only)
     res = robust_accuracy(
         view,
         (xb, yb),
@@ -741,6 +808,8 @@ def _run_batch(view, xb, yb, k, offset, spec, thr, seed, stages, adaptations, de
         sel = bb == j
         worst[sel] = res.norms[name][sel].float()
     record = batch_record(k, offset, res, worst, names)
+    for name, counts in amp_counts(attacks).items():
+        record["stages"][name].update(counts)
     if curves:
         record["query_curves"] = {
             name: {"queries": grid, "table": curve.table(grid)}

@@ -58,6 +58,7 @@ import torch
 from .. import distributed as dist
 from .._io import atomic_write
 from ..models.guards import match_input_dtype
+from .amp import AmpSpec, amp_counts, wrap_amp_stages
 from .presets import derive_seed
 from .robust import robust_accuracy
 from .schedule import Ledger, share_ledger
@@ -218,11 +219,12 @@ def _phase_a(view, xb, yb, k, offset, ctx) -> tuple[dict[str, Any], dict]:
     attacks = _build(ctx["stages"], ctx["spec"], ctx["thr"], ctx["seed"], ctx["adaptations"])
     ledger = share_ledger(attacks.values())
     first = list(attacks)[:1]
+    low = wrap_amp_stages({n: attacks[n] for n in first}, ctx["amp"])  # the cheap stage
     keep = ctx["keep"]
     res = robust_accuracy(
         view,
         (xb, yb),
-        {n: attacks[n] for n in first},
+        low,
         batch_size=max(1, int(xb.shape[0])),
         device=ctx["dev"],
         keep_examples=keep,
@@ -237,6 +239,8 @@ def _phase_a(view, xb, yb, k, offset, ctx) -> tuple[dict[str, Any], dict]:
     only = None if ex is None else ex.success.cpu().nonzero().squeeze(1)
     tensors, ex_attacks = _example_tensors(ex, keep, None, offset, only)
     mid = batch_record(k, offset, res, worst, first)
+    for name, counts in amp_counts(low).items():
+        mid["stages"][name].update(counts)
     mid["ledger"] = ledger.to_state()
     mid["example_attacks"] = ex_attacks
     return mid, tensors
@@ -320,13 +324,15 @@ def run_sharded(
     probe: int,
     rebalance: bool = True,
     run_batch: Callable[..., tuple[dict[str, Any], dict]],
+    amp: AmpSpec | None = None,
 ) -> ShardedOutcome:
     """The batch loop of :func:`~advex.evaluate.evaluate` over the ranks of the process group
     (module docstring). ``run_batch`` is the one-process loop's batch function (whole batches
     when not rebalancing). Raises ValueError (same message on every rank) for a world size
     larger than the number of points or batches, and for ranks whose configuration (model,
     data, threat, preset, seed, options) differs; :class:`WorldSizeMismatch` for an output
-    directory from another world size."""
+    directory from another world size. ``amp``: the first stage under autocast, as in the
+    one-process run (:mod:`.amp`; phase A is that stage)."""
     t_start = time.perf_counter()
     r, w = dist.rank(), dist.world_size()
     data = list(batches)
@@ -360,8 +366,9 @@ def run_sharded(
             f"{max(1, n_points // w)}) or at most {n_batches} processes"
         )
     ctx = dict(
-        stages=stages, spec=spec, thr=thr, seed=seed, adaptations=adaptations, dev=dev, keep=keep
-    )
+        stages=stages, spec=spec, thr=thr, seed=seed, adaptations=adaptations, dev=dev, keep=keep,
+        amp=amp,
+    )  # fmt: skip
     split = bool(rebalance) and len(stages) > 1
     offsets = [0]
     for x, _ in data[:-1]:

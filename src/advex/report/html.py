@@ -232,6 +232,14 @@ def render_html(ev, *, title: str | None = None, meta: dict[str, Any] | None = N
             f"<td class='n'>{s.time_s:.1f} s</td></tr>"
         )
     out.append("</table>")
+    amp = getattr(ev, "amp", None)
+    if amp:  # evaluate(amp=...): advex.evaluate.amp
+        out.append(
+            f"<p>Precision: {_esc(', '.join(amp['stages']))} ran under {_esc(amp['dtype'])} "
+            f"autocast; the {amp['rechecks']:,} break(s) it claimed were re-checked in fp32 and "
+            f"{amp['reversed']:,} reversed (not counted broken, attacked by the later stages). "
+            "Every other stage, the clean pass and the checks ran in fp32.</p>"
+        )
     out.append(f"<div class='figs'><figure><img alt='per-attack' src='{figs['stages']}'>")
     out.append("<figcaption>grey: clean; blue: white-box; red: black-box.</figcaption>")
     out.append("</figure></div>")
