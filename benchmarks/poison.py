@@ -168,6 +168,10 @@ def _art_classifier(model, shape, k):
     )
 
 
+class _Skipped(Exception):
+    """A peer left out with --skip art."""
+
+
 def _scores(is_clean, idx, n):
     flagged = torch.as_tensor(~np.asarray(is_clean, dtype=bool))
     return P.score_detection(flagged, None, idx, n)
@@ -183,7 +187,8 @@ def main() -> int:
         "--skip",
         default="",
         help="comma-separated stages to skip (e.g. 6,7); also 'ica' (the ICA variant of "
-        "activation clustering) and 'controls' (detectors on the clean model)",
+        "activation clustering), 'controls' (detectors on the clean model) and 'art' (the "
+        "peer's detectors and STRIP)",
     )
     ap.add_argument("--n-train", type=int, default=None, help="first N training samples")
     ap.add_argument("--n-test", type=int, default=None, help="first N test samples")
@@ -320,6 +325,8 @@ def main() -> int:
         x_np = p.x.numpy()
         y_oh = np.eye(k, dtype=np.float32)[p.y.numpy()]
         try:
+            if "art" in skip:
+                raise _Skipped
             from art.defences.detector.poison import ActivationDefence, SpectralSignatureDefense
 
             clf = _art_classifier(m.model, train.x.shape[1:], k)
@@ -338,6 +345,8 @@ def main() -> int:
                 "ART takes the activations of the last layer in layer_names; for a PyTorch "
                 "nn.Sequential that is the output layer (it warns 'too small')"
             )
+        except _Skipped:
+            det["ART"] = "skipped in this run (--skip art)"
         except Exception as e:  # noqa: BLE001 - a peer failure is reported, not fatal
             det["ART error"] = f"{type(e).__name__}: {e}"
         for k_, v in det.items():
@@ -351,8 +360,32 @@ def main() -> int:
         ck = stage("3. STRIP")
         s = P.strip_evaluate(m.model, attack, test, frr=0.01, n_overlays=overlays, n=1000)
         strip = {f"advex STRIP ({overlays} overlays, add)": {**s.to_dict(), **ck.done()}}
+        # which triggered inputs are missed, and the paper's other threshold rule (a normal
+        # fitted to the clean calibration entropies) on the same entropies
+        y_trig = test.y[torch.randperm(len(test), generator=torch.Generator().manual_seed(0))]
+        third = len(test) // 3
+        y_trig = y_trig[2 * third : 2 * third + 1000]
+        y_trig = y_trig[y_trig != attack.target]
+        missed = s.entropy_triggered >= s.threshold
+        strip["missed triggered inputs"] = [
+            {"label": int(y_), "backdoor_fires": bool(f_), "entropy": round(float(h_), 4)}
+            for y_, f_, h_ in zip(
+                y_trig[missed], s.fires[missed], s.entropy_triggered[missed], strict=True
+            )
+        ]
+        hc = s.entropy_calibration.double()
+        th_n = float(hc.mean() - 2.3263 * hc.std())  # Φ⁻¹(0.01) = −2.3263
+        strip["normal-fit threshold (paper's rule)"] = {
+            "threshold": th_n,
+            "false_rejection_rate": float((s.entropy_clean < th_n).float().mean()),
+            "miss_rate": float((s.entropy_triggered >= th_n).float().mean()),
+            "miss_rate_firing": float((s.entropy_triggered[s.fires] >= th_n).float().mean()),
+        }
+        print({k_: v for k_, v in strip.items() if "missed" not in k_}, flush=True)
         print(strip, flush=True)
         try:
+            if "art" in skip:
+                raise _Skipped
             from art.defences.transformer.poisoning import STRIP as ArtSTRIP
 
             c0 = Clock()
@@ -380,6 +413,8 @@ def main() -> int:
                 "n_triggered": len(xt),
                 **c0.done(),
             }
+        except _Skipped:
+            strip["ART"] = "skipped in this run (--skip art)"
         except Exception as e:  # noqa: BLE001
             strip["ART error"] = f"{type(e).__name__}: {e}"
         print(strip, flush=True)

@@ -77,6 +77,15 @@ def test_strip_separates_triggered_inputs(run):
     assert s.false_rejection_rate <= 0.12
     assert s.roc_auc >= 0.97
     assert float(s.entropy_triggered.median()) < float(s.entropy_clean.median())
+    # misses over all triggered inputs and over those the backdoor moves to the target
+    assert s.fires is not None and len(s.fires) == s.n_triggered == len(s.entropy_triggered)
+    assert s.n_firing >= 0.9 * s.n_triggered
+    missed = s.entropy_triggered >= s.threshold
+    assert s.miss_rate == pytest.approx(float(missed.float().mean()))
+    assert s.miss_rate_firing == pytest.approx(float(missed[s.fires].float().mean()))
+    d = s.to_dict()
+    assert d["miss_rate"] == s.miss_rate and d["n_firing"] == s.n_firing
+    assert "miss_rate_firing" in d and len(s.entropy_calibration) == 200
 
 
 def test_neural_cleanse_names_the_target_and_unlearning_repairs(run):
@@ -95,10 +104,10 @@ def test_neural_cleanse_names_the_target_and_unlearning_repairs(run):
     assert torch.equal(one.masks[0], nc.masks[0])
     # early stop: the cost went up and down and the mask stopped shrinking, so a long budget
     # is not spent; without it every class runs the whole budget
-    es = neural_cleanse(m.model, clean, classes=[0], steps=400, batch_size=32, early_stop=4)
-    full = neural_cleanse(m.model, clean, classes=[0], steps=400, batch_size=32, early_stop=None)
-    assert full.params["steps_run"] == [400]
-    assert es.params["steps_run"][0] < 400, es.params
+    es = neural_cleanse(m.model, clean, classes=[0], steps=250, batch_size=32, early_stop=4)
+    full = neural_cleanse(m.model, clean, classes=[0], steps=250, batch_size=32, early_stop=None)
+    assert full.params["steps_run"] == [250]
+    assert es.params["steps_run"][0] < 250, es.params
     assert es.l1_norms[0] <= 1.25 * full.l1_norms[0], (es.l1_norms, full.l1_norms)
     with pytest.raises(ValueError, match="early_stop"):
         neural_cleanse(m.model, clean, classes=[0], steps=10, early_stop=0)
