@@ -114,3 +114,36 @@ def test_benchmark_script_smoke(tmp_path):
     assert any(k.startswith("advex STRIP") for k in st["strip"])
     assert st["badnets"]["cpu_s"] > 0 and res["advex_job_cpu_s"]["total"] > 0
     assert "Keras" in st["neural_cleanse"]["ART NeuralCleanse"]
+
+
+def test_scan_shares_one_activation_pass(poisoned_dir, monkeypatch):
+    """spectral and activation-clustering scans of one model reuse one cached activation pass
+    (keyed by the weights and the data); another training set or a broken cache recomputes."""
+    import torch
+
+    from advex import data as D
+    from advex.poison import defenses as P
+    from advex.poison import runs
+
+    model = zoo.load(poisoned_dir)
+    poisoned, _, _ = runs.load_poisoned_training_set(poisoned_dir, D.mnist5k("train").subset(1000))
+    cache = poisoned_dir / runs.ACTIVATIONS_FILE
+    cache.unlink(missing_ok=True)
+    real = P.activations
+    calls = []
+
+    def counted(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(P, "activations", counted)
+    first = runs.training_activations(poisoned_dir, model, poisoned)
+    assert len(calls) == 1 and cache.is_file()
+    assert torch.equal(runs.training_activations(poisoned_dir, model, poisoned), first)
+    assert len(calls) == 1  # the second detector pays nothing
+    other = poisoned.subset(torch.arange(999))
+    assert len(runs.training_activations(poisoned_dir, model, other)) == 999
+    assert len(calls) == 2  # other data: recomputed, not a stale cache
+    cache.write_bytes(b"not a safetensors file")
+    assert torch.equal(runs.training_activations(poisoned_dir, model, poisoned), first)
+    assert len(calls) == 3

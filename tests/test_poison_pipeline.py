@@ -77,6 +77,15 @@ def test_strip_separates_triggered_inputs(run):
     assert s.false_rejection_rate <= 0.12
     assert s.roc_auc >= 0.97
     assert float(s.entropy_triggered.median()) < float(s.entropy_clean.median())
+    # misses over all triggered inputs and over those the backdoor moves to the target
+    assert s.fires is not None and len(s.fires) == s.n_triggered == len(s.entropy_triggered)
+    assert s.n_firing >= 0.9 * s.n_triggered
+    missed = s.entropy_triggered >= s.threshold
+    assert s.miss_rate == pytest.approx(float(missed.float().mean()))
+    assert s.miss_rate_firing == pytest.approx(float(missed[s.fires].float().mean()))
+    d = s.to_dict()
+    assert d["miss_rate"] == s.miss_rate and d["n_firing"] == s.n_firing
+    assert "miss_rate_firing" in d and len(s.entropy_calibration) == 200
 
 
 def test_neural_cleanse_names_the_target_and_unlearning_repairs(run):
@@ -90,7 +99,26 @@ def test_neural_cleanse_names_the_target_and_unlearning_repairs(run):
     assert min(range(10), key=lambda c: nc.l1_norms[c]) == 0
     assert nc.l1_norms[0] < 0.5 * sorted(nc.l1_norms)[1]
     assert all(torch.equal(a, b) for a, b in zip(params, m.model.parameters(), strict=True))
+    # every class draws from its own generator: one class alone gives the same mask
+    one = neural_cleanse(m.model, clean, classes=[0], steps=100, batch_size=32)
+    assert torch.equal(one.masks[0], nc.masks[0])
+    # early stop: the cost went up and down and the mask stopped shrinking, so a long budget
+    # is not spent; without it every class runs the whole budget
+    es = neural_cleanse(m.model, clean, classes=[0], steps=250, batch_size=32, early_stop=4)
+    full = neural_cleanse(m.model, clean, classes=[0], steps=250, batch_size=32, early_stop=None)
+    assert full.params["steps_run"] == [250]
+    assert es.params["steps_run"][0] < 250, es.params
+    assert es.l1_norms[0] <= 1.25 * full.l1_norms[0], (es.l1_norms, full.l1_norms)
+    with pytest.raises(ValueError, match="early_stop"):
+        neural_cleanse(m.model, clean, classes=[0], steps=10, early_stop=0)
+    for bad in ({"trigger_share": 1.0}, {"trigger_share": 0.6, "random_share": 0.5}):
+        with pytest.raises(ValueError, match="share"):
+            unlearn(m.model, clean, nc.masks[0], nc.patterns[0], **bad)
+    with pytest.raises(ValueError, match="do not fit"):
+        unlearn(m.model, clean, nc.masks[0][:, :5], nc.patterns[0])
+    x_before = clean.x.clone()
     rep = unlearn(m.model, clean, nc.masks[0], nc.patterns[0], lr=3e-4, epochs=5)
+    assert torch.equal(clean.x, x_before)  # stamping works on copies of the batches
     assert all(torch.equal(a, b) for a, b in zip(params, m.model.parameters(), strict=True))
     evalset = test.subset(torch.arange(300, 1000))
     before = attack_success_rate(m.model, attack, evalset)

@@ -16,7 +16,8 @@ entropy is low. The threshold comes from a clean false-rejection rate.
 Model inspection and repair: :func:`neural_cleanse` (Wang et al. 2019) reverse-engineers a
 minimal trigger (mask + pattern, L1 penalty on the mask) per class and names the classes whose
 mask norm is an outlier by the MAD anomaly index; :func:`unlearn` fine-tunes the model on clean
-data stamped with the reversed trigger and their true labels. :func:`filter_and_retrain` removes
+data stamped with the reversed trigger (and with the reversed mask filled with random noise)
+and their true labels. :func:`filter_and_retrain` removes
 what a detector flagged and retrains with the victim's recipe.
 """
 
@@ -152,7 +153,7 @@ class Detection:
 # --------------------------------------------------------------------------------------------
 
 
-def activations(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+def activations(model: nn.Module, x: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
     """Penultimate-layer activations ``(N, D)`` (the input of the model's last ``nn.Linear``),
     computed in eval mode without changing the model."""
     was = model.training
@@ -444,6 +445,7 @@ class STRIP:
         n_overlays: N, overlays per input (the paper: 100).
         mode: ``"add"`` (the paper's ``cv2.addWeighted(x, 1, overlay, 1)``: sum clipped to the
             bounds) or ``"average"`` (``(x + overlay) / 2``).
+        batch_size: superimposed images per forward pass (at least one input's overlays).
         seed: draws the overlays.
 
     >>> strip = STRIP(model, clean_heldout).calibrate(x_clean, frr=0.01)
@@ -457,7 +459,7 @@ class STRIP:
         *,
         n_overlays: int = 100,
         mode: str = "add",
-        batch_size: int = 2000,
+        batch_size: int = 128,
         seed: int = 0,
     ) -> None:
         check_dataset(reference, "STRIP reference data")
@@ -534,6 +536,22 @@ class StripResult:
     params: dict
     entropy_clean: torch.Tensor = field(repr=False)
     entropy_triggered: torch.Tensor = field(repr=False)
+    fires: torch.Tensor | None = field(default=None, repr=False)
+    entropy_calibration: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def n_firing(self) -> int | None:
+        """Triggered inputs the model actually sends to the target (the backdoor fires)."""
+        return None if self.fires is None else int(self.fires.sum())
+
+    @property
+    def miss_rate_firing(self) -> float | None:
+        """Misses among the triggered inputs on which the backdoor fires (a triggered input
+        the model still classifies correctly is no attack, but :attr:`miss_rate`, over all
+        triggered inputs, still counts it)."""
+        if self.fires is None or not bool(self.fires.any()):
+            return None
+        return float((self.entropy_triggered[self.fires] >= self.threshold).float().mean())
 
     def to_dict(self) -> dict:
         return {
@@ -543,9 +561,11 @@ class StripResult:
             "false_rejection_rate": self.false_rejection_rate,
             "miss_rate": self.miss_rate,
             "detection_rate": 1.0 - self.miss_rate,
+            "miss_rate_firing": self.miss_rate_firing,
             "roc_auc": self.roc_auc,
             "n_clean": self.n_clean,
             "n_triggered": self.n_triggered,
+            "n_firing": self.n_firing,
             "params": self.params,
         }
 
@@ -563,7 +583,15 @@ def strip_evaluate(
 ) -> StripResult:
     """Score STRIP on ``test``: a seeded third of it is the overlay pool, a third calibrates
     the threshold at ``frr``, the last third gives the clean false-rejection rate and, with the
-    attack's trigger stamped on its non-target inputs, the miss rate. ``n`` caps each third."""
+    attack's trigger stamped on its non-target inputs, the miss rate. ``n`` caps each third.
+
+    The miss rate counts every triggered input; ``miss_rate_firing`` only those the model
+    sends to the target (a triggered input the backdoor does not move is no attack at all,
+    and STRIP has nothing to see on it). Both are reported.
+
+    >>> s = strip_evaluate(model, attack, test, frr=0.01)
+    >>> s.false_rejection_rate, s.miss_rate, s.miss_rate_firing
+    """
     check_dataset(test, "test data")
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(test), generator=g)
@@ -573,12 +601,15 @@ def strip_evaluate(
     m = third if n is None else min(third, int(n))
     pool, cal, ev = perm[:third], perm[third : third + m], perm[2 * third : 2 * third + m]
     s = STRIP(model, test.subset(pool), n_overlays=n_overlays, mode=mode, seed=seed)
-    s.calibrate(test.x[cal], frr)
+    h_cal = s.entropy(test.x[cal])
+    s.threshold, s.frr = float(torch.quantile(h_cal.double(), float(frr))), float(frr)
     x_ev, y_ev = test.x[ev], test.y[ev]
     h_clean = s.entropy(x_ev)
     goal = attack.target_labels(y_ev, test.num_classes)
     keep = goal != y_ev
-    h_trig = s.entropy(attack.apply_trigger(x_ev[keep], test.bounds))
+    x_trig = attack.apply_trigger(x_ev[keep], test.bounds)
+    h_trig = s.entropy(x_trig)
+    fires = predict(model, x_trig) == goal[keep]
     scores = torch.cat([-h_clean, -h_trig])
     truth = torch.cat([torch.zeros(len(h_clean)), torch.ones(len(h_trig))]).bool()
     return StripResult(
@@ -592,6 +623,8 @@ def strip_evaluate(
         params={"n_overlays": n_overlays, "mode": mode, "seed": seed, "pool": int(third)},
         entropy_clean=h_clean,
         entropy_triggered=h_trig,
+        fires=fires,
+        entropy_calibration=h_cal,
     )
 
 
@@ -641,7 +674,10 @@ class NeuralCleanseResult:
         }
 
 
-def _reverse_one(model, x, target, *, steps, batch_size, lr, init_cost, success, g, lo, hi):
+def _reverse_one(
+    model, x, target, *, steps, batch_size, lr, init_cost, success, g, lo, hi, early_stop
+):
+    """One class of Neural Cleanse; returns ``(mask, pattern, steps_run)``."""
     c, h, w = x.shape[1:]
     mask_raw = torch.zeros(1, 1, h, w).requires_grad_(True)
     pat_raw = torch.zeros(1, c, h, w).requires_grad_(True)
@@ -650,7 +686,12 @@ def _reverse_one(model, x, target, *, steps, batch_size, lr, init_cost, success,
     best_l1, best = math.inf, None
     up = down = 0
     patience, check = 3, 5
+    # early stop (as Wang et al.'s code): once the cost has been raised and lowered at least
+    # once, stop when the best mask norm has not improved by 1 % for `early_stop` checks
+    raised = lowered = False
+    stall, stall_ref = 0, math.inf
     acc_hist = []
+    step = 0
     for step in range(steps):
         pick = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=g)
         xb = x[pick]
@@ -678,12 +719,19 @@ def _reverse_one(model, x, target, *, steps, batch_size, lr, init_cost, success,
             else:
                 up, down = 0, down + 1
             if up >= patience:
-                cost, up = cost * 1.5, 0
+                cost, up, raised = cost * 1.5, 0, True
             elif down >= patience:
-                cost, down = cost / 1.5**1.5, 0
+                cost, down, lowered = cost / 1.5**1.5, 0, True
+            if early_stop and best is not None:
+                if best_l1 < 0.99 * stall_ref:
+                    stall, stall_ref = 0, best_l1
+                else:
+                    stall += 1
+                if raised and lowered and stall >= early_stop:
+                    break
     if best is None:
         best = (mask.detach().clone(), pattern.detach().clone())
-    return best
+    return best[0], best[1], step + 1
 
 
 def neural_cleanse(
@@ -697,6 +745,7 @@ def neural_cleanse(
     init_cost: float = 1e-3,
     success: float = 0.99,
     threshold: float = 2.0,
+    early_stop: int | None = 5,
     seed: int = 0,
 ) -> NeuralCleanseResult:
     """Neural Cleanse (Wang et al. 2019): for each class ``t``, find the smallest mask ``m``
@@ -709,7 +758,13 @@ def neural_cleanse(
     Args:
         model: the model to inspect (not modified; its weights are frozen while reversing).
         clean: clean labelled images (the defender's held-out set).
-        steps, batch_size, lr, init_cost: the optimisation per class.
+        steps, batch_size, lr, init_cost: the optimisation per class (``steps`` is the
+            most it runs).
+        early_stop: stop a class once the cost has been both raised and lowered and its best
+            mask norm has not improved by 1 % for this many checks (of 5 steps each), as in
+            Wang et al.'s code; ``None`` runs every class for ``steps``.
+        seed: each class draws its batches from its own generator (seeded from ``seed`` and
+            the class), so a class's result does not depend on the others.
 
     >>> nc = neural_cleanse(model, clean_subset)
     >>> nc.suspected_target, nc.anomaly_index
@@ -721,17 +776,18 @@ def neural_cleanse(
     for c in classes:
         if not 0 <= c < k:
             raise ValueError(f"class {c} out of range for {k} classes")
+    if early_stop is not None and int(early_stop) < 1:
+        raise ValueError(f"early_stop must be a positive count of checks or None, got {early_stop}")
     x = clean.x
-    g = torch.Generator().manual_seed(seed)
     was = model.training
     model.eval()
     flags = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
-    masks, patterns, l1s, succ = [], [], [], []
+    masks, patterns, l1s, succ, ran = [], [], [], [], []
     try:
         for t in classes:
-            m, p = _reverse_one(
+            m, p, n_steps = _reverse_one(
                 model,
                 x,
                 t,
@@ -740,10 +796,12 @@ def neural_cleanse(
                 lr=lr,
                 init_cost=init_cost,
                 success=success,
-                g=g,
+                g=torch.Generator().manual_seed(int(seed) * 100_003 + t),
                 lo=lo,
                 hi=hi,
+                early_stop=None if early_stop is None else int(early_stop),
             )
+            ran.append(n_steps)
             masks.append(m[0])
             patterns.append(p[0])
             l1s.append(float(m.sum()))
@@ -779,6 +837,8 @@ def neural_cleanse(
             "lr": lr,
             "init_cost": init_cost,
             "success": success,
+            "early_stop": early_stop,
+            "steps_run": ran,
             "seed": seed,
             "n_clean": len(clean),
         },
@@ -792,32 +852,86 @@ def unlearn(
     pattern: torch.Tensor,
     *,
     trigger_share: float = 0.2,
+    random_share: float = 0.2,
     epochs: int = 1,
     lr: float = 1e-3,
     batch_size: int = 64,
     seed: int = 0,
 ) -> nn.Module:
-    """Neural Cleanse's unlearning: fine-tune a *copy* of ``model`` on ``clean`` where a
-    seeded ``trigger_share`` of the images carry the reversed trigger ``(1 − mask) x + mask
-    pattern`` but keep their true labels (the paper: 20 % of 10 % of the training data, one
-    epoch). Returns the repaired copy in eval mode (the caller's model is untouched)."""
+    """Neural Cleanse's unlearning (Wang et al. 2019): fine-tune a *copy* of ``model`` on
+    ``clean`` images with their true labels, where in every batch a seeded ``trigger_share``
+    of the images carry the reversed trigger ``(1 − mask) x + mask pattern`` (the paper: 20 %
+    of 10 % of the training data, one epoch) and another ``random_share`` carry the mask
+    filled with a fresh uniform-random pattern, ``(1 − mask) x + mask u``, so that the model
+    learns to ignore whatever the masked region holds, not only the one reversed pattern
+    (the real trigger differs from its reversal; ``random_share=0`` is the paper's recipe).
+    Adam with a cosine schedule through :func:`advex.zoo.train`.
+
+    Args:
+        model: the backdoored model (not modified).
+        clean: the defender's clean labelled images.
+        mask: ``(1, H, W)`` (or broadcastable) reversed mask in [0, 1]; pattern ``(C, H, W)``.
+        trigger_share, random_share: shares of each batch stamped, each in [0, 1), summing
+            to less than 1.
+        epochs, lr, batch_size, seed: the fine-tuning.
+
+    Returns the repaired copy in eval mode.
+
+    >>> nc = neural_cleanse(model, clean)
+    >>> t = nc.suspected_target
+    >>> repaired = unlearn(model, clean, nc.masks[t], nc.patterns[t])
+    """
     check_dataset(clean, "clean data")
-    if not 0 < float(trigger_share) < 1:
-        raise ValueError(f"trigger_share must lie in (0, 1), got {trigger_share}")
-    g = torch.Generator().manual_seed(seed)
-    n = len(clean)
-    pick = torch.randperm(n, generator=g)[: int(round(trigger_share * n))]
-    x = clean.x.clone()
-    mask, pattern = mask.to(x), pattern.to(x)
-    x[pick] = ((1 - mask) * x[pick] + mask * pattern).clamp(*clean.bounds)
-    data = ArrayDataset(
-        x, clean.y.clone(), num_classes=clean.num_classes, bounds=clean.bounds, name="unlearn"
-    )
+    for name, v in (("trigger_share", trigger_share), ("random_share", random_share)):
+        if not 0 <= float(v) < 1:
+            raise ValueError(f"{name} must lie in [0, 1), got {v}")
+    if float(trigger_share) + float(random_share) >= 1:
+        raise ValueError(
+            f"trigger_share + random_share must be below 1, got {trigger_share} + {random_share}"
+        )
+    if float(trigger_share) + float(random_share) == 0:
+        raise ValueError("trigger_share and random_share are both 0: nothing to unlearn")
+    x = clean.x
+    mask = torch.as_tensor(mask).to(x)
+    pattern = torch.as_tensor(pattern).to(x)
+    try:
+        torch.broadcast_shapes(mask.shape, x.shape[1:])
+        torch.broadcast_shapes(pattern.shape, x.shape[1:])
+    except RuntimeError as e:
+        raise ValueError(
+            f"mask {tuple(mask.shape)} / pattern {tuple(pattern.shape)} do not fit images "
+            f"{tuple(x.shape[1:])}"
+        ) from e
+    if not (bool(torch.isfinite(mask).all()) and bool(torch.isfinite(pattern).all())):
+        raise ValueError("mask or pattern holds NaN or infinite values")
+    lo, hi = clean.bounds
+    t_share, r_share = float(trigger_share), float(random_share)
+
+    def stamp(xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        u = torch.rand(len(xb), generator=gen)
+        out = xb.clone()
+        rev = u < t_share
+        out[rev] = (1 - mask) * xb[rev] + mask * pattern
+        rnd = (u >= t_share) & (u < t_share + r_share)
+        if bool(rnd.any()):
+            fill = lo + (hi - lo) * torch.rand(
+                (int(rnd.sum()), *pattern.shape[-3:]), generator=gen, dtype=xb.dtype
+            )
+            out[rnd] = (1 - mask) * xb[rnd] + mask * fill
+        return out.clamp(lo, hi)
+
     repaired = copy.deepcopy(model)
     for p in repaired.parameters():
         p.requires_grad_(True)
     zoo.train(
-        repaired, data, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=False
+        repaired,
+        clean,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        augment=stamp,
+        progress=False,
     )
     repaired.eval()
     return repaired

@@ -100,7 +100,7 @@ def train_victim(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
     """Predicted classes of ``model`` (in eval mode) on ``x``."""
     was = model.training
     model.eval()

@@ -36,7 +36,7 @@ from .attacks import (
     Trigger,
     check_dataset,
 )
-from .measure import VictimRecipe, accuracy, attack_success_rate, measure
+from .measure import VictimRecipe, accuracy, attack_success_rate, measure, predict
 
 __all__ = [
     "ATTACKS",
@@ -46,12 +46,14 @@ __all__ = [
     "poison_run",
     "scan_run",
     "load_poisoned_training_set",
+    "training_activations",
 ]
 
 ATTACKS = ("badnets", "blend", "clean-label", "feature-collision")
 DETECTORS = ("spectral", "activation-clustering", "strip", "neural-cleanse")
 POISON_FILE = "poison.safetensors"
 POISON_META = "poison.json"
+ACTIVATIONS_FILE = "activations.safetensors"
 
 
 def build_poison_attack(
@@ -278,6 +280,53 @@ def load_poisoned_training_set(model_dir: str | os.PathLike, train: ArrayDataset
     return poisoned, idx, attack
 
 
+def _fingerprint(model, data: ArrayDataset) -> str:
+    import hashlib
+
+    h = hashlib.sha1()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    for t in data.tensors():
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def training_activations(model_dir: str | os.PathLike, model, data: ArrayDataset) -> torch.Tensor:
+    """The penultimate activations ``(N, D)`` of ``model`` on the training set ``data``
+    (:func:`advex.poison.defenses.activations`), cached in ``model_dir/activations.safetensors``
+    under a fingerprint of the weights and the data: spectral signatures and activation
+    clustering on the same model share one pass over the training set. A cache that does not
+    match (another model or data) is recomputed and replaced; a directory that cannot be
+    written to just goes without the cache."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = Path(model_dir) / ACTIVATIONS_FILE
+    key = _fingerprint(model, data)
+    if path.is_file():
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                if (f.metadata() or {}).get("fingerprint") == key:
+                    reps = f.get_tensor("activations")
+                    if reps.dim() == 2 and len(reps) == len(data):
+                        return reps
+        except Exception:  # noqa: BLE001 - a broken cache is recomputed, never trusted
+            pass
+    reps = D.activations(model, data.x)
+    try:
+        atomic_write(
+            path,
+            lambda tmp: save_file(
+                {"activations": reps.contiguous()}, tmp, metadata={"fingerprint": key}
+            ),
+        )
+    except OSError:
+        pass
+    return reps
+
+
 def _recipe_of(card: dict) -> tuple[VictimRecipe, dict]:
     r = dict(card.get("recipe") or {})
     kw = r.pop("arch_kwargs", card.get("arch_kwargs", {}))
@@ -346,7 +395,8 @@ def scan_run(
     if detector in ("spectral", "activation-clustering"):
         fn = D.spectral_signatures if detector == "spectral" else D.activation_clustering
         kw = {"expected_rate": expected_rate} if detector == "spectral" else {}
-        det = fn(model, poisoned, poisoned_indices=idx, **kw)
+        reps = training_activations(model_dir, model, poisoned)
+        det = fn(model, poisoned, poisoned_indices=idx, reps=reps, **kw)
         res.update(det.to_dict())
         if det.metrics is None:
             res.update({"recall": None, "precision": None, "false_positive_rate": None})
@@ -423,16 +473,13 @@ def scan_run(
             x, y = evalset.tensors()
             strip = D.STRIP(model, clean, n_overlays=strip_overlays, seed=seed)
             strip.threshold = s.threshold
-            pred = torch.cat(
-                [model(x[i : i + 1000]).argmax(1).detach() for i in range(0, len(x), 1000)]
-            )
+            pred = predict(model, x)
             accepted = ~strip.detect(x)
             goal = attack.target_labels(y, test.num_classes)
             keep = goal != y
             xt = attack.apply_trigger(x[keep], test.bounds)
             acc_t = ~strip.detect(xt)
-            with torch.no_grad():
-                pt = torch.cat([model(xt[i : i + 1000]).argmax(1) for i in range(0, len(xt), 1000)])
+            pt = predict(model, xt)
             res.update(
                 {
                     "repair": "reject-flagged-inputs",
