@@ -90,9 +90,13 @@ def gtsrb_subset(datasets_root):
 def test_short_badnets_run_on_real_gtsrb(gtsrb_subset):
     train, test = gtsrb_subset
     assert is_gtsrb_shaped(train)  # 43 classes, 3x32x32, whatever classes the subset holds
-    # the data's recipe, made tiny for CI: a narrower network, fewer epochs
+    # the data's recipe, made tiny for CI: a narrower network, 4 epochs of batch 32 (batch 128
+    # gives only 47 steps on 1,500 images: 43 % attack success, measured)
     recipe = dataclasses.replace(
-        default_recipe(train), arch_kwargs={"width": 8, "standardize": True}, epochs=4
+        default_recipe(train),
+        arch_kwargs={"width": 8, "standardize": True},
+        epochs=4,
+        batch_size=32,
     )
     attack = BadNets(0.05, TARGET)
     m = measure(attack, train, test, recipe=recipe)
@@ -105,7 +109,7 @@ def test_short_badnets_run_on_real_gtsrb(gtsrb_subset):
     # the backdoor works, the clean model (the control) does not have it
     assert m.attack_success_rate >= 0.8, m.attack_success_rate
     assert m.attack_success_rate_reference <= 0.2, m.attack_success_rate_reference
-    assert m.clean_accuracy_reference >= 0.6, m.clean_accuracy_reference
+    assert m.clean_accuracy_reference >= 0.8, m.clean_accuracy_reference
     assert m.accuracy_drop <= 0.1, (m.clean_accuracy, m.clean_accuracy_reference)
 
 
