@@ -5,6 +5,9 @@
     python benchmarks/poison.py --data fashion-mnist --skip 5,6
     python benchmarks/poison.py --quick                      # mnist5k smoke run
 
+The victim recipe is the data's (``advex.poison.default_recipe``): ``smallcnn`` for MNIST and
+Fashion-MNIST, the zoo's ``gtsrb-cnn-small`` architecture (per-image standardisation) for GTSRB.
+
 Stages (the JSON is rewritten after each, so an interrupted run keeps what it measured; every
 stage records its wall time and its CPU time, ``time.process_time()`` of this one-thread
 process, and the load average at its start and end):
