@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
 from .common import command_line, echo_files, load_data, prepare_out, run_errors
 
 __all__ = ["poison", "scan"]
 
-_DATA_HELP = "Dataset: mnist5k | digits | mnist:PATH | fashion-mnist:PATH (train and test splits)."
+_DATA_HELP = (
+    "Dataset: mnist5k | digits | mnist:PATH | fashion-mnist:PATH | gtsrb:PATH (train and test "
+    "splits)."
+)
 
 
 @click.command(short_help="Poison a training set, train a victim, measure the backdoor.")
@@ -47,9 +52,19 @@ _DATA_HELP = "Dataset: mnist5k | digits | mnist:PATH | fashion-mnist:PATH (train
 @click.option("--opacity", type=float, default=0.2, show_default=True, help="Blend opacity.")
 @click.option("--eps", type=float, default=0.3, show_default=True, help="Clean-label PGD ε.")
 @click.option("--victim-index", type=int, default=None, help="Feature collision: test index.")
-@click.option("--epochs", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Default: the data's victim recipe (smallcnn: 4; GTSRB: 8).",
+)
+@click.option("--lr", type=float, default=None, help="Default: the recipe's (1e-3; GTSRB 3e-3).")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Default: the recipe's (64; GTSRB 128).",
+)
 @click.option("--n-train", type=click.IntRange(min=1), default=None, help="Use the first N.")
 @click.option("--n-test", type=click.IntRange(min=1), default=None, help="Use the first N.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -79,9 +94,11 @@ def poison(
     """Poison the training split of --data, train the victim and a clean reference with the
     same recipe, and write results.json (clean_accuracy, clean_accuracy_reference,
     attack_success_rate, poisoned_indices, ...), the victim (loadable with
-    advex.zoo.load(OUT)), figures and report.html to --out."""
+    advex.zoo.load(OUT)), figures and report.html to --out. The victim recipe follows the
+    data (stated in results.json): GTSRB (3x32x32, 43 classes) gets the zoo's traffic-sign CNN
+    with per-image standardisation, other data smallcnn; --epochs/--lr/--batch-size override."""
     from advex.poison.attacks import BADNETS_TRIGGER, CLEAN_LABEL_TRIGGER
-    from advex.poison.measure import VictimRecipe
+    from advex.poison.measure import default_recipe
     from advex.poison.runs import build_poison_attack, poison_run
 
     train = load_data(data_spec, "train", n_train)
@@ -118,7 +135,10 @@ def poison(
         eps=eps,
         target_input=target_input,
     )
-    recipe = VictimRecipe(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+    # the data's victim recipe (GTSRB: the zoo's traffic-sign architecture), options override
+    recipe = default_recipe(train, seed=seed)
+    overrides = {"epochs": epochs, "lr": lr, "batch_size": batch_size}
+    recipe = dataclasses.replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
     res = run_errors(
         poison_run,
         atk,

@@ -36,7 +36,14 @@ from .attacks import (
     Trigger,
     check_dataset,
 )
-from .measure import VictimRecipe, accuracy, attack_success_rate, measure, predict
+from .measure import (
+    VictimRecipe,
+    accuracy,
+    attack_success_rate,
+    default_recipe,
+    measure,
+    predict,
+)
 
 __all__ = [
     "ATTACKS",
@@ -136,8 +143,9 @@ def poison_run(
     command: str | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Poison, train, measure and write everything to ``out``; returns the results dict."""
-    recipe = recipe or VictimRecipe()
+    """Poison, train, measure and write everything to ``out``; returns the results dict.
+    ``recipe`` defaults to :func:`advex.poison.measure.default_recipe` of ``train``."""
+    recipe = recipe or default_recipe(train)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
