@@ -144,3 +144,21 @@ def test_restarts_keep_the_best_on_held_out_images(monkeypatch):
     # deterministic per seed
     again = AdversarialPatch(restarts=3, select_draws=2, patch_region=0.9, **kw).fit(model, x, y)
     assert torch.equal(again.sticker_, atk.sticker_)
+
+
+def test_cli_patch_options_are_checked_before_any_work(tmp_path):
+    from click.testing import CliRunner
+
+    from advex.cli import main
+
+    base = ["physical", "--data", f"gtsrb:{tmp_path}", "--attack", "patch", "--target", "1"]
+    for opt, bad, says in (
+        ("--patch-region", "0", "--patch-region"),
+        ("--patch-region", "1.5", "--patch-region"),
+        ("--patch-loss", "hinge", "--patch-loss"),
+        ("--kappa", "-1", "--kappa"),
+        ("--restarts", "0", "--restarts"),
+    ):
+        r = CliRunner().invoke(main, [*base, opt, bad, "--out", str(tmp_path / "o")])
+        assert r.exit_code == 2 and says in r.output, (opt, bad, r.output)
+    assert not (tmp_path / "o").exists()
