@@ -122,20 +122,32 @@ class PhysicalAttack(Attack):
             self.fit_gradients_ = int(p.caller.gradients.sum())
         return self
 
+    #: the loss minimised per draw: "ce" (cross-entropy) or "margin" (CW-style, see below)
+    loss: str = "ce"
+    kappa: float = 0.0
+
     def _objective(self, y: torch.Tensor):
-        target = self.target
+        target, loss, kappa = self.target, self.loss, self.kappa
 
         def objective(logits: torch.Tensor) -> torch.Tensor:
-            if target is None:  # untargeted: push away from the true class
-                return -F.cross_entropy(logits, y, reduction="none")
-            t = torch.full_like(y, target)
-            return F.cross_entropy(logits, t, reduction="none")
+            # the class to push up (targeted) or down (untargeted), per draw
+            cls = y if target is None else torch.full_like(y, target)
+            if loss == "margin":
+                # Carlini & Wagner's f6: the best other logit minus the class's logit, clipped
+                # at −κ, so a draw fooled with margin κ stops pulling (the others get the step)
+                z_c = logits.gather(1, cls[:, None])[:, 0]
+                other = logits.scatter(1, cls[:, None], float("-inf")).amax(1)
+                m = other - z_c if target is not None else z_c - other
+                return m.clamp_min(-kappa)
+            ce = F.cross_entropy(logits, cls, reduction="none")
+            return ce if target is not None else -ce  # untargeted: away from the true class
 
         return objective
 
-    def _optimise(self, caller: ModelCaller, x: torch.Tensor, y: torch.Tensor, keep):
+    def _optimise(self, caller: ModelCaller, x: torch.Tensor, y: torch.Tensor, keep, start=0):
         th: PatchThreat = self.threat
-        g = torch.Generator().manual_seed(0 if self.seed is None else int(self.seed))
+        # restart r of AdversarialPatch draws its start and its draws from seed + 1000·r
+        g = torch.Generator().manual_seed((0 if self.seed is None else int(self.seed)) + start)
         views: ViewDistribution = th.views
         lo = th.palette.min(0).values.to(x).view(3, 1, 1) if th.gamut else x.new_zeros(3, 1, 1)
         hi = th.palette.max(0).values.to(x).view(3, 1, 1) if th.gamut else x.new_ones(3, 1, 1)
@@ -286,19 +298,34 @@ class AdversarialPatch(PhysicalAttack):
     """Adversarial Patch (Brown et al. 2017): one universal, targeted patch that makes the
     model predict ``target`` wherever it is pasted.
 
-    A square patch covering ``area`` of the image is pasted at a random location, scale and
-    rotation (the threat's random placement) on images of every class but the target, then
-    seen under random viewing conditions (EOT); Adam maximises ``E log p(target)`` over
-    ``steps`` mini-batches of ``batch_size`` (image, placement, view) draws. The patch stays in
-    the printable gamut (tanh parametrisation).
+    A square patch covering ``area`` of the image (at placement scale 1) is pasted at a random
+    location, scale and rotation (the threat's random placement) on images of every class but
+    the target, then seen under random viewing conditions (EOT); Adam minimises the expected
+    loss over ``steps`` mini-batches of ``batch_size`` (image, placement, view) draws. The loss
+    is Brown et al.'s ``−log p(target)`` (``loss="ce"``) or the CW margin
+    ``max(max_{j≠t} z_j − z_t, −κ)`` (``loss="margin"``: a draw already fooled by a margin κ
+    stops contributing, so the steps go to the draws not yet fooled). The patch stays in the
+    printable gamut (tanh parametrisation).
 
     Args:
-        target: the target class (required). area: the patch's share of the image (0.05).
+        target: the target class (required). area: the patch's share of the image at scale 1
+            (0.05; the mean area over the scales is ``area × E[scale²]``, and the side is
+            rounded to whole pixels: ``threat.patch_side``).
         size: image side. steps (500), batch_size (32), lr (0.1).
+        loss: ``"ce"`` (default) or ``"margin"``. kappa: the margin's κ (``loss="margin"``).
         patch_scale, patch_rotation: ranges of the random placement ((0.8, 1.2), ±20°).
+        patch_region: the patch lies wholly inside the central ``patch_region`` of the image
+            (1.0: anywhere; 0.8: on a GTSRB sign's face).
+        restarts: fit this many patches (restart ``r`` from seed + 1000·r, each ``steps``
+            steps) on all but a held-out fifth of the fitting images (at most 500), and keep the
+            one with the highest targeted success on that held-out slice × ``select_draws``
+            placements and views (the same draws for every restart); 1: no selection, all
+            images fit the one patch.
         views: the EOT :class:`ViewDistribution`. threat: a random-placement ``PatchThreat``.
         seed, progress: as in :class:`RP2`.
 
+    Cost of ``fit``: ``restarts × steps × batch_size`` forward + backward passes, plus
+    ``restarts × select_draws`` forward passes per held-out image when ``restarts > 1``.
     ``attack(model, x, y)`` pastes the patch at a random placement per image (drawn from the
     attack's seed + 1); :meth:`apply` takes another ``seed``.
 
@@ -319,8 +346,13 @@ class AdversarialPatch(PhysicalAttack):
         steps: int = 500,
         batch_size: int = 32,
         lr: float = 0.1,
+        loss: str = "ce",
+        kappa: float = 0.0,
         patch_scale: tuple[float, float] = (0.8, 1.2),
         patch_rotation: float = 20.0,
+        patch_region: float = 1.0,
+        restarts: int = 1,
+        select_draws: int = 4,
         views: ViewDistribution | None = None,
         threat: PatchThreat | None = None,
         seed: int | None = 0,
@@ -336,6 +368,7 @@ class AdversarialPatch(PhysicalAttack):
                 views=views,
                 patch_scale=patch_scale,
                 patch_rotation=patch_rotation,
+                patch_region=patch_region,
             )
         if threat.placement != "random":
             raise ValueError("AdversarialPatch needs a random-placement PatchThreat")
@@ -351,10 +384,51 @@ class AdversarialPatch(PhysicalAttack):
             progress=progress,
             eot_samples=eot_samples,
         )
+        if loss not in ("ce", "margin"):
+            raise ValueError(f"loss must be 'ce' or 'margin', got {loss!r}")
+        self.loss = loss
+        self.kappa = float(kappa)
+        if not (self.kappa >= 0 and math.isfinite(self.kappa)):
+            raise ValueError(f"kappa must be a finite number >= 0, got {kappa}")
+        self.restarts = check_steps("restarts", restarts)
+        self.select_draws = check_steps("select_draws", select_draws)
+        self.restart_scores_: list[float] = []
 
     def _compose(self, x, sticker, g):
         placement = self.threat.sample_placement(x.shape[0], g)
         return self.threat.apply(x, sticker, placement)
+
+    def _optimise(self, caller, x, y, keep, start=0):
+        if self.restarts == 1:
+            self.restart_scores_ = []
+            return super()._optimise(caller, x, y, keep, start)
+        n = keep.numel()
+        if n < 2:
+            raise ValueError("restarts > 1 needs at least 2 fitting images (one held out)")
+        g = torch.Generator().manual_seed((0 if self.seed is None else int(self.seed)) + 999)
+        perm = keep[torch.randperm(n, generator=g)]
+        n_val = max(1, min(500, n // 5))
+        val, train = perm[:n_val], perm[n_val:]
+        # the selection draws: each held-out image × select_draws placements and views
+        rep = val.repeat_interleave(self.select_draws)
+        placement = self.threat.sample_placement(rep.numel(), g)
+        views = self.threat.views.sample(rep.numel(), g)
+        best, best_score, scores, fit_success = None, -1.0, [], None
+        for r in range(self.restarts):
+            patch = super()._optimise(caller, x, y, train, 1000 * r)
+            hits = 0
+            for s in range(0, rep.numel(), 1024):
+                sl = slice(s, s + 1024)
+                seen = self.threat.views.apply(
+                    self.threat.apply(x[rep[sl]], patch, placement[sl]), views.index(sl)
+                )
+                hits += int((caller.logits(seen, rep[sl]).argmax(1) == self.target).sum())
+            scores.append(hits / rep.numel())
+            if scores[-1] > best_score:
+                best, best_score, fit_success = patch, scores[-1], self.fit_success_
+        self.restart_scores_ = scores
+        self.fit_success_ = fit_success
+        return best
 
 
 class PatchPGD(Attack):

@@ -77,6 +77,36 @@ def _load(spec: str, split: str, classes=None):
     type=float,
     help="Area fraction of the universal patch (--attack patch).",
 )
+@click.option(
+    "--patch-region",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0.0, max=1.0, min_open=True),
+    help="--attack patch: the patch lies wholly inside the central square of this fraction "
+    "of the image side (1: anywhere; 0.8: on a GTSRB sign's face).",
+)
+@click.option(
+    "--patch-loss",
+    type=click.Choice(["ce", "margin"]),
+    default="ce",
+    show_default=True,
+    help="--attack patch: cross-entropy of the target (Brown et al.) or the CW margin "
+    "(fooled draws stop pulling).",
+)
+@click.option(
+    "--kappa",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0.0),
+    help="--patch-loss margin: the margin's confidence κ.",
+)
+@click.option(
+    "--restarts",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="--attack patch: fit this many patches, keep the best on held-out fitting images.",
+)
 @click.option("--steps", default=500, show_default=True, type=click.IntRange(min=1))
 @click.option(
     "--batch-size",
@@ -159,6 +189,10 @@ def _run(
     mask_spec,
     area,
     patch_area,
+    patch_region,
+    patch_loss,
+    kappa,
+    restarts,
     steps,
     batch_size,
     lr,
@@ -235,6 +269,10 @@ def _run(
             steps=steps,
             batch_size=batch_size,
             lr=lr,
+            loss=patch_loss,
+            kappa=kappa,
+            patch_region=patch_region,
+            restarts=restarts,
             seed=seed,
             progress=progress,
         )
@@ -295,6 +333,16 @@ def _run(
             "forward_passes": attack.fit_queries_,
             "gradients": attack.fit_gradients_,
             "success_on_fit_views": attack.fit_success_,
+            **(
+                {
+                    "loss": attack.loss,
+                    "kappa": attack.kappa,
+                    "restarts": attack.restarts,
+                    "restart_scores": attack.restart_scores_,
+                }
+                if attack_name == "patch"
+                else {}
+            ),
         },
         "print": printed,
         "seed": seed,

@@ -527,6 +527,9 @@ class PatchThreat(Threat):
         palette: printer palette ``(K, 3)`` (default :data:`PRINTER_PALETTE`).
         patch_scale: random placement: patch side × this factor, drawn in the range (0.8, 1.2).
         patch_rotation: random placement: rotation range in degrees (±20).
+        patch_region: random placement: the whole (rotated) patch lies inside the central
+            square of ``patch_region`` × the image side (1: anywhere in the image; GTSRB crops
+            have a 10% border around the sign, so 0.8 keeps the patch on the sign's face).
 
     >>> threat = PatchThreat("two-bars", size=32)
     >>> x_stickered = threat.apply(x, sticker)         # x·(1−mask) + sticker·mask
@@ -544,6 +547,7 @@ class PatchThreat(Threat):
         gamut: bool = True,
         patch_scale: tuple[float, float] = (0.8, 1.2),
         patch_rotation: float = 20.0,
+        patch_region: float = 1.0,
         channels: int = 3,
     ) -> None:
         if placement not in ("fixed", "random"):
@@ -572,6 +576,22 @@ class PatchThreat(Threat):
         if self.patch_scale[0] <= 0:
             raise ValueError("patch_scale must be > 0")
         self.patch_rotation = _range(patch_rotation, "patch_rotation", symmetric=True)
+        region = patch_region
+        if isinstance(region, bool) or not isinstance(region, int | float):
+            raise TypeError(f"patch_region must be a number in (0, 1], got {region!r}")
+        if not 0 < float(region) <= 1:
+            raise ValueError(f"patch_region must be in (0, 1], got {region!r}")
+        self.patch_region = float(region)
+        if self.placement == "random" and self.patch_region < 1:
+            h, w = self.size
+            side = self.patch_side * self.patch_scale[1] * math.sqrt(2)  # largest rotated extent
+            if side > self.patch_region * min(h, w) + 1e-9:
+                raise ValueError(
+                    f"the patch ({self.patch_side} px × scale up to {self.patch_scale[1]:g}, "
+                    f"{side:.1f} px across when rotated) does not fit in the central "
+                    f"{self.patch_region:g} of a {h}×{w} image: use a larger patch_region or "
+                    "a smaller area"
+                )
         self.bounds = (0.0, 1.0)
 
     # -- the sticker itself ----------------------------------------------------------------
@@ -644,15 +664,17 @@ class PatchThreat(Threat):
     def placement_from_uniform(self, u: torch.Tensor) -> torch.Tensor:
         """Placements ``(..., 4)`` (as :meth:`sample_placement`) from uniform numbers
         ``(..., 4)`` in ``[0, 1)``: scale, rotation, centre x, centre y — for per-point random
-        streams (:class:`~advex.threats.PointRandom`)."""
+        streams (:class:`~advex.threats.PointRandom`). The centre is uniform over the
+        positions that keep the whole rotated patch (its half-diagonal) inside the central
+        ``patch_region`` of the image."""
         lo, hi = self.patch_scale
         scale = lo + (hi - lo) * u[..., 0]
         rl, rh = self.patch_rotation
         rot = (rl + (rh - rl) * u[..., 1]) * math.pi / 180
         h, w = self.size
         half = self.patch_side * scale / 2 * math.sqrt(2)  # the rotated patch's half-diagonal
-        room_x = (1 - (2 * half / w)).clamp_min(0.0)
-        room_y = (1 - (2 * half / h)).clamp_min(0.0)
+        room_x = (self.patch_region - (2 * half / w)).clamp_min(0.0)
+        room_y = (self.patch_region - (2 * half / h)).clamp_min(0.0)
         cx = (2 * u[..., 2] - 1) * room_x
         cy = (2 * u[..., 3] - 1) * room_y
         return torch.stack([cx, cy, scale, rot], -1)
@@ -769,6 +791,7 @@ class PatchThreat(Threat):
             gamut=self.gamut,
             patch_scale=self.patch_scale,
             patch_rotation=self.patch_rotation,
+            patch_region=self.patch_region,
             channels=self.channels,
         )
 
@@ -781,6 +804,16 @@ class PatchThreat(Threat):
             "size": list(self.size),
             "gamut": self.gamut,
             "views": self.views.to_dict(),
+            **(
+                {
+                    "patch_scale": list(self.patch_scale),
+                    "patch_rotation_deg": list(self.patch_rotation),
+                    "patch_region": self.patch_region,
+                    "patch_side_px": self.patch_side,
+                }
+                if self.placement == "random"
+                else {}
+            ),
         }
 
     def describe(self) -> str:
