@@ -292,6 +292,7 @@ def train_traffic(
                 weight_decay=r["weight_decay"],
                 seeds=StreamSeed(r["seed"]),
                 augment=sign_augment(r["augment"]),
+                channels_last=bool(r.get("channels_last", False)),
                 check_finite=False,
                 progress=progress,
                 desc=f"advex.zoo: training {name}",
