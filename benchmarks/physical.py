@@ -75,7 +75,7 @@ def _rp2(model, root, args) -> dict:
         "fit_success_on_training_views": rp2.fit_success_,
     }
     evs = {}
-    for widen in (1.0, 1.25):
+    for widen in args.widen:
         ev = evs[widen] = physical_evaluation(
             model,
             rp2.sticker_,
@@ -86,7 +86,7 @@ def _rp2(model, root, args) -> dict:
             seed=1000,
             widen=widen,
         )
-        key = "held_out" if widen == 1.0 else "held_out_widened_1.25"
+        key = "held_out" if widen == 1.0 else f"held_out_widened_{widen:g}"
         out[key] = {
             k: ev[k]
             for k in (
@@ -341,6 +341,12 @@ def main() -> None:
         help="RP2 sticker: a mask name, or square:AREA (e.g. square:0.1); default two-bars",
     )
     ap.add_argument(
+        "--widen",
+        default="1,1.25",
+        help="RP2: held-out view distributions to measure (1 = as drawn; 1.25 = every range "
+        "×1.25); default 1,1.25",
+    )
+    ap.add_argument(
         "--parts",
         default="rp2,patch,art",
         help="comma-separated parts to run: rp2, patch, art (art needs patch; default all)",
@@ -366,6 +372,7 @@ def main() -> None:
     args.patch_steps = args.patch_steps or (10 if q else 500)
     args.views = args.views or (2 if q else 20)
     args.patch_views = args.patch_views or (2 if q else 5)
+    args.widen = sorted({float(w) for w in args.widen.split(",") if w.strip()} | {1.0})
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     unknown = parts - {"rp2", "patch", "art"}
     if unknown:
