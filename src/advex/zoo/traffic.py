@@ -12,7 +12,7 @@ The data root is, in order: ``data_root=``, ``$ADVEX_DATASETS/gtsrb-32x32``, the
 ``Final_Training`` / ``Final_Test``).
 
 Two recipes: ``gtsrb-cnn`` (:data:`GTSRB_RECIPE`, the reference model of the CLI, the docs and
-the benchmark; about 9 CPU minutes on first use) and ``gtsrb-cnn-small``
+the benchmark; about 9 CPU minutes on first use: 7 epochs, channels-last) and ``gtsrb-cnn-small``
 (:data:`GTSRB_SMALL_RECIPE`, the cheap test model the tests use; about 2.5 CPU minutes).
 
 >>> model = advex.zoo.load("gtsrb-cnn")        # trains on first use
@@ -86,7 +86,7 @@ GTSRB_SMALL_RECIPE = {
 GTSRB_RECIPE = {
     "arch": "gtsrb-cnn",
     "arch_kwargs": {"width": 32, "standardize": True, "convs": [1, 2, 2]},
-    "epochs": 6,
+    "epochs": 7,
     "lr": 3e-3,
     "batch_size": 128,
     "schedule": "onecycle",
@@ -104,6 +104,7 @@ GTSRB_RECIPE = {
     "seed": 0,
     "threads": 1,
     "min_accuracy": 0.97,
+    "channels_last": True,  # NHWC convolutions: ~9% less CPU per image here
 }
 
 #: the named traffic-sign models and their recipes
@@ -292,6 +293,7 @@ def train_traffic(
                 weight_decay=r["weight_decay"],
                 seeds=StreamSeed(r["seed"]),
                 augment=sign_augment(r["augment"]),
+                channels_last=bool(r.get("channels_last", False)),
                 check_finite=False,
                 progress=progress,
                 desc=f"advex.zoo: training {name}",
