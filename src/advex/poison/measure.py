@@ -197,10 +197,7 @@ def train_victim(
 def _train_with_trainer(
     model: nn.Module, data: ArrayDataset, recipe: VictimRecipe, *, progress: bool, desc: str
 ) -> None:
-    from torch.nn import functional as F
-
-    from advex.training import StreamSeed, Trainer
-    from advex.zoo.traffic import sign_augment
+    from advex.zoo.traffic import fit_sign_model
 
     if recipe.augment == "shift":
         raise ValueError(
@@ -211,25 +208,20 @@ def _train_with_trainer(
     if not 0.0 <= smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {recipe.label_smoothing!r}")
 
-    def loss(m, xb, yb, gen):
-        logits = m(xb)
-        return F.cross_entropy(logits, yb, label_smoothing=smoothing), logits
-
-    Trainer(
+    fit_sign_model(
         model,
-        loss,
+        data,
         epochs=recipe.epochs,
         batch_size=recipe.batch_size,
         lr=recipe.lr,
-        optimizer="adam",
         schedule=recipe.schedule,
         weight_decay=recipe.weight_decay,
-        seeds=StreamSeed(recipe.seed),
-        augment=sign_augment(recipe.augment) if isinstance(recipe.augment, dict) else None,
-        check_finite=False,
+        seed=recipe.seed,
+        augment=recipe.augment if isinstance(recipe.augment, dict) else None,
+        label_smoothing=smoothing,
         progress=progress,
         desc=desc,
-    ).fit(data)  # hands the model back in eval mode
+    )
 
 
 @torch.no_grad()

@@ -648,3 +648,24 @@ def recipe_fingerprint(recipe: Recipe | dict) -> str:
         return _recipe_id(recipe)
     text = json.dumps(recipe, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def card_fields(
+    recipe: dict, train_ds, test_ds, *, num_classes: int, wall: float, cpu: float
+) -> dict:
+    """The card fields every recipe-dict model of the zoo's sibling modules records after its
+    own (name, data, accuracy) fields: the expected accuracy, the data sizes and shape, the
+    classes, the training time and threads, and the recipe's fingerprint."""
+    return {
+        "expected_min_accuracy": recipe["min_accuracy"],
+        "n_train": len(train_ds),
+        "n_test": len(test_ds),
+        "input_shape": list(train_ds.x.shape[1:]),
+        "bounds": [0.0, 1.0],
+        "num_classes": num_classes,
+        "class_names": train_ds.class_names,
+        "train_time_s": round(wall, 3),
+        "train_cpu_s": round(cpu, 3),
+        "torch_threads": int(recipe["threads"]),
+        "recipe_id": recipe_fingerprint(recipe),
+    }

@@ -21,7 +21,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import CARD_FILE, accuracy, file_lock, load_dir, models_root, recipe_fingerprint, save
+from . import (
+    CARD_FILE,
+    accuracy,
+    card_fields,
+    file_lock,
+    load_dir,
+    models_root,
+    recipe_fingerprint,
+    save,
+)
 
 __all__ = ["AT_RECIPE", "fgsm_rs_loss", "load_robust"]
 
@@ -132,17 +141,7 @@ def _train(name: str, progress: bool) -> tuple[nn.Module, dict]:
         "robust_accuracy_note": "PGD-40 (L∞, step 2.5ε/40, random start, seed 0) on the 1,000 "
         "mnist5k test digits",
         "accuracy_split": test_ds.name,
-        "expected_min_accuracy": r["min_accuracy"],
-        "n_train": len(train_ds),
-        "n_test": len(test_ds),
-        "input_shape": list(train_ds.x.shape[1:]),
-        "bounds": [0.0, 1.0],
-        "num_classes": 10,
-        "class_names": train_ds.class_names,
-        "train_time_s": round(wall, 3),
-        "train_cpu_s": round(cpu, 3),
-        "torch_threads": int(r["threads"]),
-        "recipe_id": recipe_fingerprint(r),
+        **card_fields(r, train_ds, test_ds, num_classes=10, wall=wall, cpu=cpu),
     }
     return model, card
 

@@ -36,6 +36,7 @@ from advex.models.wrappers import Normalize
 from . import (
     CARD_FILE,
     accuracy,
+    card_fields,
     file_lock,
     load_dir,
     models_root,
@@ -251,6 +252,52 @@ def traffic_data_root(data_root: str | os.PathLike | None = None) -> Path:
     )
 
 
+def fit_sign_model(
+    model: nn.Module,
+    data,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    schedule: str,
+    weight_decay: float,
+    seed: int,
+    augment: dict | None,
+    label_smoothing: float,
+    channels_last: bool = False,
+    progress: bool = True,
+    desc: str = "",
+) -> nn.Module:
+    """Train ``model`` on ``data`` the way the traffic-sign recipes do: Adam, label-smoothed
+    cross-entropy, the trainer's seeded streams, :func:`sign_augment` when ``augment`` is a
+    dict (none when ``None``). Returns the model in eval mode."""
+    from advex.training import StreamSeed, Trainer
+
+    smoothing = float(label_smoothing)
+
+    def loss(m, xb, yb, gen):
+        logits = m(xb)
+        return F.cross_entropy(logits, yb, label_smoothing=smoothing), logits
+
+    Trainer(
+        model,
+        loss,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer="adam",
+        schedule=schedule,
+        weight_decay=weight_decay,
+        seeds=StreamSeed(seed),
+        augment=sign_augment(augment) if augment is not None else None,
+        channels_last=channels_last,
+        check_finite=False,
+        progress=progress,
+        desc=desc,
+    ).fit(data)  # hands the model back in eval mode
+    return model
+
+
 def train_traffic(
     name: str, recipe: dict, root: str | os.PathLike, progress: bool = True
 ) -> tuple[nn.Module, dict]:
@@ -261,7 +308,6 @@ def train_traffic(
     import warnings
 
     from advex import data as D
-    from advex.training import StreamSeed, Trainer
 
     r = recipe
     root = Path(root)
@@ -276,28 +322,21 @@ def train_traffic(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(r["seed"])
             model = gtsrb_cnn(**r["arch_kwargs"])
-            smoothing = float(r["label_smoothing"])
-
-            def loss(m, xb, yb, gen):
-                logits = m(xb)
-                return F.cross_entropy(logits, yb, label_smoothing=smoothing), logits
-
-            Trainer(
+            fit_sign_model(
                 model,
-                loss,
+                train_ds,
                 epochs=r["epochs"],
                 batch_size=r["batch_size"],
                 lr=r["lr"],
-                optimizer="adam",
                 schedule=r["schedule"],
                 weight_decay=r["weight_decay"],
-                seeds=StreamSeed(r["seed"]),
-                augment=sign_augment(r["augment"]),
+                seed=r["seed"],
+                augment=r["augment"],
+                label_smoothing=r["label_smoothing"],
                 channels_last=bool(r.get("channels_last", False)),
-                check_finite=False,
                 progress=progress,
                 desc=f"advex.zoo: training {name}",
-            ).fit(train_ds)  # hands the model back in eval mode
+            )
         wall = time.perf_counter() - t0
         cpu = time.process_time() - c0
         acc = accuracy(model, test_ds)
@@ -317,17 +356,7 @@ def train_traffic(
         },
         "accuracy": acc,
         "accuracy_split": "gtsrb official test set (GT-final_test.csv)",
-        "expected_min_accuracy": r["min_accuracy"],
-        "n_train": len(train_ds),
-        "n_test": len(test_ds),
-        "input_shape": list(train_ds.x.shape[1:]),
-        "bounds": [0.0, 1.0],
-        "num_classes": 43,
-        "class_names": train_ds.class_names,
-        "train_time_s": round(wall, 3),
-        "train_cpu_s": round(cpu, 3),
-        "torch_threads": int(r["threads"]),
-        "recipe_id": recipe_fingerprint(r),
+        **card_fields(r, train_ds, test_ds, num_classes=43, wall=wall, cpu=cpu),
     }
     return model, card
 
