@@ -155,6 +155,16 @@ def _wait_runs(pg, n: int) -> None:
     )
 
 
+def _wait_for_eps(pg, eps: float) -> None:
+    """Wait until the rendered result is the one for ``eps`` (a re-attack the slider scheduled
+    earlier can still land after a newer run has been counted)."""
+    pg.wait_for_function(
+        "e => Math.abs(Number(document.getElementById('result').dataset.eps) - e) < 1e-9 "
+        "&& document.getElementById('result').dataset.state === 'done'",
+        arg=eps,
+    )
+
+
 def _set_eps(pg, value: float) -> None:
     pg.fill("#eps-slider", str(value))  # fires 'input', as dragging does
 
@@ -216,6 +226,7 @@ def test_slider_reattacks_and_the_curve_follows(page, artifacts):
     assert float(pg.get_attribute("[data-testid=curve-marker]", "x1")) < marker_x
     _wait_runs(pg, runs + 1)
     small = float(pg.input_value("#eps-slider"))
+    _wait_for_eps(pg, small)
     assert float(pg.get_attribute("#result", "data-eps")) == pytest.approx(small)
     assert pg.inner_text("#adv-pred") == pg.inner_text("#orig-pred") != flipped  # too small to fool
 
