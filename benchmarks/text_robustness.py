@@ -12,8 +12,9 @@
    ``sms-spam-cnn``, ``sms-spam-minilm``, and the defended CNNs: spelling correction in front
    (attacked through it) and adversarial training by augmentation (retrained on the training
    spam that DeepWordBug and TextFooler fooled).
-4. TextAttack: its TextFooler / DeepWordBug recipes on the same model, when a throwaway venv
-   (``/tmp/ta``, ``pip install textattack``) holds it; what fails is recorded verbatim.
+4. TextAttack: its TextFooler / DeepWordBug recipes on the same model and spam, through
+   ``benchmarks/textattack_compare.py`` (TextAttack in a throwaway venv, ``--textattack-venv``;
+   the full side-by-side comparison with timings and ratios is that script's job).
 
 Results: ``benchmarks/results/2026-11-29-text-robustness.json`` (``--out`` to change).
 """
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -102,86 +102,6 @@ def evaluate_row(name, model, texts, out_dir: Path) -> dict:
     }
 
 
-TEXTATTACK_SCRIPT = r"""
-import json, os, sys, time, traceback
-src, n = sys.argv[1], int(sys.argv[2])
-out = {}
-try:
-    import textattack
-    out["textattack_version"] = getattr(textattack, "__version__", "?")
-except Exception as e:
-    print(json.dumps({"import_error": repr(e)[:800], "trace": traceback.format_exc()[-1500:]}))
-    sys.exit(0)
-try:  # the same model: advex's sms-spam-cnn, loaded from the shared cache
-    sys.path.insert(0, src)
-    import torch
-    from advex import zoo
-    from advex.data.text import sms_spam
-    cnn = zoo.load("sms-spam-cnn", progress=False)
-    spam = list(sms_spam(None, "test").of_class("spam").texts)[:n]
-except Exception as e:
-    print(json.dumps({**out, "model_error": repr(e)[:800]})); sys.exit(0)
-import textattack.attack_recipes as R
-from textattack.models.wrappers import ModelWrapper
-
-class Wrapped(ModelWrapper):
-    def __init__(self):
-        self.model, self.queries = cnn, 0
-    def __call__(self, texts):
-        self.queries += len(texts)
-        return cnn(list(texts)).softmax(1).numpy()
-
-for recipe in ("TextFoolerJin2019", "DeepWordBugGao2018"):
-    rec = out[recipe] = {}
-    try:
-        t = time.time()
-        wrapper = Wrapped()
-        attack = getattr(R, recipe).build(wrapper)
-        rec["build_seconds"] = round(time.time() - t, 1)
-    except Exception as e:
-        rec.update(built=False, error=repr(e)[:800], trace=traceback.format_exc()[-1500:])
-        continue
-    try:
-        from textattack.attack_results import SuccessfulAttackResult, SkippedAttackResult
-        t = time.time(); ok = skipped = 0; queries = []
-        for text in spam:
-            r = attack.attack(text, 1)
-            ok += isinstance(r, SuccessfulAttackResult)
-            skipped += isinstance(r, SkippedAttackResult)
-            queries.append(r.num_queries)
-        rec.update(built=True, n=len(spam), skipped=skipped, successes=ok,
-                   success_rate=ok / max(1, len(spam) - skipped),
-                   seconds=round(time.time() - t, 1),
-                   median_queries=sorted(queries)[len(queries) // 2] if queries else None)
-    except Exception as e:
-        rec.update(built=True, error=repr(e)[:800], trace=traceback.format_exc()[-1500:])
-print(json.dumps(out))
-"""
-
-
-def try_textattack(venv: Path, n: int) -> dict:
-    """Build TextAttack's recipes inside the throwaway venv, offline; report what happens."""
-    py = venv / "bin" / "python"
-    if not py.is_file():
-        return {"status": "not available", "why": f"no venv at {venv} (pip install textattack)"}
-    try:
-        p = subprocess.run(
-            [str(py), "-c", TEXTATTACK_SCRIPT, str(ROOT / "src"), str(n)],
-            capture_output=True,
-            text=True,
-            timeout=900,
-            # offline, as advex runs: no hub downloads (this machine cannot reach them anyway)
-            env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
-        )
-    except subprocess.TimeoutExpired:
-        return {"status": "timeout", "why": "building the recipes took over 15 minutes"}
-    last = (p.stdout.strip().splitlines() or [""])[-1]
-    try:
-        return {"status": "ran", "result": json.loads(last), "stderr_tail": p.stderr[-1500:]}
-    except json.JSONDecodeError:
-        return {"status": "failed", "stdout": p.stdout[-1500:], "stderr_tail": p.stderr[-1500:]}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="12 test spam only (smoke run)")
@@ -190,7 +110,7 @@ def main() -> None:
         "--out", default=str(ROOT / "benchmarks/results/2026-11-29-text-robustness.json")
     )
     ap.add_argument("--table-n", type=int, default=None, help="spam per model in the table")
-    ap.add_argument("--textattack-venv", default="/tmp/ta")
+    ap.add_argument("--textattack-venv", default="/work/venvs/ta")
     ap.add_argument("--skip", default="", help="comma list of: curve,table,adv-train,textattack")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -265,7 +185,15 @@ def main() -> None:
         res["table"] = rows
 
     if "textattack" not in skip:
-        res["textattack"] = try_textattack(Path(args.textattack_venv), n)
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from textattack_compare import run_textattack
+
+        spec = {"src": str(ROOT / "src"), "texts": texts, "label": 1, "data": args.data}
+        venv = Path(args.textattack_venv)
+        res["textattack"] = {
+            task: run_textattack(task, venv, spec, timeout=900)
+            for task in ("textfooler-recipe", "deepwordbug")
+        }
         print("4. TextAttack:", json.dumps(res["textattack"])[:400])
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
