@@ -395,27 +395,26 @@ def _textfooler_recipe(wrapper, out: dict) -> None:
 
     from textattack.attack_recipes import TextFoolerJin2019
 
+    # 1. the recipe; its first resource is the counter-fitted embedding, fetched from S3
     attempt("build_recipe", lambda: TextFoolerJin2019.build(wrapper))
+    # 2. the same build again in the same process: TextAttack's download keeps its file lock
+    #    when the download fails, so a retry fails differently
+    attempt("build_recipe_retry_same_process", lambda: TextFoolerJin2019.build(wrapper))
 
-    def embedding():
-        from textattack.shared import WordEmbedding
-
-        WordEmbedding.counterfitted_GLOVE_embedding()
-
+    # 3. the recipe's other resources, each alone
     def use():
         from textattack.constraints.semantics.sentence_encoders import UniversalSentenceEncoder
 
-        enc = UniversalSentenceEncoder(threshold=0.84, metric="angular", window_size=15)
+        enc = UniversalSentenceEncoder(threshold=0.840845057, metric="angular", window_size=15)
         enc.encode(["a test sentence"])
 
     def pos():
         from textattack.constraints.grammaticality import PartOfSpeech
 
-        PartOfSpeech(allow_verb_noun_swap=True)._get_pos(["free", "prize"])
+        PartOfSpeech(allow_verb_noun_swap=True)._get_pos(["win", "a"], "free", ["prize"])
 
-    attempt("counterfitted_embeddings", embedding)
     attempt("universal_sentence_encoder", use)
-    attempt("part_of_speech_flair", pos)
+    attempt("part_of_speech_nltk", pos)
     out["status"] = "built" if out["build_recipe"]["ok"] else "cannot build offline"
 
 
