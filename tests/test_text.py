@@ -8,6 +8,8 @@ import time
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from advex.data import DatasetError, TextDataset, load, sms_spam
 from advex.data.text import read_labelled_tsv
@@ -232,3 +234,29 @@ def test_spam_tfidf_is_a_skops_black_box(sms_root):
         1,
         0,
     ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    a=st.text(alphabet="abcé ", max_size=14),
+    b=st.text(alphabet="abcé ", max_size=14),
+    limit=st.one_of(st.none(), st.integers(1, 6)),
+)
+def test_compiled_edit_distance_equals_the_python_one(a, b, limit):
+    """The compiled OSA (rapidfuzz, [text] extra) and the pure-Python fallback give the same
+    distance, capped the same way, on characters and on word lists."""
+    from advex.threats import text as tt
+
+    assert tt._osa(a, b, limit) == tt._osa_python(a, b, limit)
+    wa, wb = a.split(), b.split()
+    assert tt._osa(wa, wb, limit) == tt._osa_python(wa, wb, limit)
+
+
+def test_edit_distance_without_rapidfuzz(monkeypatch):
+    from advex.threats import text as tt
+
+    monkeypatch.setattr(tt, "_RF_OSA", None)
+    assert char_edits("kitten", "sitting") == 3 and char_edits("free", "fere") == 1
+    assert char_edits("abcdef", "uvwxyz", limit=2) == 3
+    # unbounded, the band must cover the longer string (it used to stop at the shorter one)
+    assert char_edits(" a ", "a") == 2 and words_changed("free prize now call", "free") == 3

@@ -25,6 +25,11 @@ from typing import Any
 
 import torch
 
+try:  # optional: the compiled edit distance of the [text] extra
+    from rapidfuzz.distance import OSA as _RF_OSA
+except ImportError:  # pragma: no cover - exercised by the fallback test
+    _RF_OSA = None
+
 __all__ = [
     "EditBudget",
     "SimilarityFn",
@@ -83,8 +88,19 @@ def _trim(a: Sequence, b: Sequence) -> tuple[Sequence, Sequence]:
 
 
 def _osa(a: Sequence, b: Sequence, limit: int | None) -> int:
-    """Optimal-string-alignment distance (Levenshtein + adjacent transpositions), computed in
-    a band of width ``limit`` when given (the answer is then ``min(distance, limit + 1)``)."""
+    """Optimal-string-alignment distance (Levenshtein + adjacent transpositions); with
+    ``limit`` the answer is ``min(distance, limit + 1)``. Uses rapidfuzz's compiled OSA when it
+    is installed (the ``[text]`` extra; the same distance, ~100x faster: it dominated
+    DeepWordBug's CPU time), else the pure-Python band below."""
+    if _RF_OSA is not None:
+        if limit is None:
+            return int(_RF_OSA.distance(a, b))
+        return int(_RF_OSA.distance(a, b, score_cutoff=limit))
+    return _osa_python(a, b, limit)
+
+
+def _osa_python(a: Sequence, b: Sequence, limit: int | None) -> int:
+    """:func:`_osa` in pure Python, computed in a band of width ``limit`` when given."""
     a, b = _trim(a, b)
     n, m = len(a), len(b)
     if n == 0 or m == 0:
@@ -93,7 +109,7 @@ def _osa(a: Sequence, b: Sequence, limit: int | None) -> int:
     if limit is not None and abs(n - m) > limit:
         return limit + 1
     big = n + m + 1
-    band = m if limit is None else limit
+    band = max(n, m) if limit is None else limit
     prev2: list[int] = []
     prev = list(range(m + 1))
     for i in range(1, n + 1):
