@@ -115,6 +115,8 @@ class TextFooler(TextAttack):
             ``p > 1`` puts the candidates of the next ``p`` untried important positions side
             by side and keeps the best substitution among them (more queries per step, better
             use of a small word budget); the positions not chosen stay in the queue.
+        pos_filter: keep only candidates sharing a WordNet part of speech with the word (the
+            paper's POS check, from the dictionary; see :class:`~.synonyms.SynonymSource`).
         max_text_words: a message with more words is left unchanged (with a warning): ranking
             its words costs one query per word.
         similarity: ``similarity(originals, adversarials) -> scores``; default
@@ -143,6 +145,7 @@ class TextFooler(TextAttack):
         min_cosine: float = 0.7,
         synonyms: str = "wordnet+glove",
         positions: int = 1,
+        pos_filter: bool = True,
         max_text_words: int = 2000,
         similarity: SimilarityFn | None = None,
         budget: EditBudget | None = None,
@@ -178,6 +181,7 @@ class TextFooler(TextAttack):
         if isinstance(positions, bool) or not isinstance(positions, int) or positions < 1:
             raise ValueError(f"positions must be an integer >= 1, got {positions!r}")
         self.positions = positions
+        self.pos_filter = bool(pos_filter)
         if isinstance(max_text_words, bool) or not isinstance(max_text_words, int):
             raise ValueError(f"max_text_words must be an integer >= 1, got {max_text_words!r}")
         if max_text_words < 1:
@@ -195,6 +199,7 @@ class TextFooler(TextAttack):
                 min_cosine=self.min_cosine,
                 max_candidates=self.max_candidates,
                 stop_words=STOP_WORDS,
+                pos_filter=self.pos_filter,
             )
         return self._source
 
