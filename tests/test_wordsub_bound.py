@@ -153,3 +153,24 @@ def test_bad_settings_and_models(model):
         WordSubstitutionSearch()(clf, ["free prize"], "spam", target="ham")
     assert split_word("(prize!)") == ("(", "prize", "!)")
     assert split_word("£900") == ("£", "900", "")
+
+
+def test_benchmark_quick_runs(tmp_path, sms_root, model, monkeypatch, capsys):
+    import json
+    import runpy
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "text_wordsub_bound.py"
+    out = tmp_path / "bound.json"
+    argv = ["text_wordsub_bound.py", "--quick", "--n", "2", "--fractions", "0.1"]
+    argv += ["--data-root", str(sms_root), "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(script), run_name="__main__")
+    doc = json.loads(out.read_text())
+    assert doc["config"]["quick"] is True and doc["caught"] == 2
+    b = doc["bound"]
+    assert 0 <= b["exact_one_word_success"] <= b["search_success"] <= b["union_success"] <= 1
+    assert doc["subset_violations"] == []
+    assert len(doc["per_message"]) == 2 and doc["textfooler"][0]["max_word_fraction"] == 0.1
+    assert "at most for any word substitution attack" in capsys.readouterr().out

@@ -11,8 +11,9 @@ For each example still to attack:
 2. **stop-word protection** — function words (:data:`~.synonyms.STOP_WORDS`), numbers and
    punctuation are never replaced;
 3. for the words in that order, **synonym candidates** (:class:`~.synonyms.SynonymSource`:
-   WordNet synonyms and GloVe neighbours, antonyms removed, capitalisation kept) are put in
-   place, one query each;
+   WordNet synonyms and GloVe neighbours with cosine ≥ δ = 0.5, up to N = 50, antonyms
+   removed, sharing a WordNet part of speech with the word, capitalisation kept) are put in
+   place, one query each — all candidates of all active examples in one batched call;
 4. **the similarity constraint** — a candidate must keep the sentence embedding similarity
    (MiniLM cosine, :mod:`advex.models.minilm`) to the *original* text at or above
    ``min_similarity``; among candidates that reach the goal, the most similar is taken (of the
@@ -107,8 +108,9 @@ class TextFooler(TextAttack):
             adversarial (paper: 0.7 with USE on a window; 0.8 here on the whole message).
         max_candidates: synonym candidates tried per word (paper: N = 50).
         glove_k: GloVe neighbours considered per word.
-        min_cosine: least GloVe cosine of a neighbour to the word (raw GloVe is less
-            synonym-like than the paper's counter-fitted vectors, hence above its δ = 0.5).
+        min_cosine: least GloVe cosine of a neighbour to the word (the paper's δ = 0.5;
+            raw GloVe is less synonym-like than its counter-fitted vectors, so the WordNet
+            part-of-speech check and the antonym filter prune what this lets through).
         synonyms: ``"wordnet+glove"`` (default), ``"wordnet"`` or ``"glove"``.
         positions: word positions tried per step, in importance order. 1 is the paper's
             greedy walk down the importance ranking (one position at a time, each tried once);
@@ -142,7 +144,7 @@ class TextFooler(TextAttack):
         min_similarity: float | None = 0.8,
         max_candidates: int = 50,
         glove_k: int = 50,
-        min_cosine: float = 0.7,
+        min_cosine: float = 0.5,
         synonyms: str = "wordnet+glove",
         positions: int = 1,
         pos_filter: bool = True,
