@@ -85,6 +85,7 @@ def main() -> None:
         help="instead of a run: search again with beam B the messages that --out's run did "
         "not flip (same data), and add the outcome to --out as 'widened'",
     )
+    ap.add_argument("--widen-n", type=int, default=None, help="with --widen: the first N only")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.widen is not None:
@@ -276,11 +277,15 @@ def widen(args) -> None:
         raise SystemExit(f"{args.out} was not written for these messages")
     # one-word budgets are searched exhaustively already: only the beam's failures
     todo = [i for i, r in enumerate(per) if r["budget"] >= 2 and not (r["search"] or r["hotflip"])]
+    failures = len(todo)
+    if args.widen_n is not None:
+        todo = todo[: max(0, args.widen_n)]
     search = WordSubstitutionSearch(max_word_fraction=0.1, beam_width=args.widen)
     res, cpu, wall = _cpu(lambda: search(model, [caught[i] for i in todo], "spam", target="ham"))
     flipped = [i for i, ok in zip(todo, res.success.tolist(), strict=True) if ok]
     doc["widened"] = {
         "beam_width": args.widen,
+        "failures_of_the_run": failures,
         "messages": len(todo),
         "budgets": {
             str(k): [per[i]["budget"] for i in todo].count(k)
@@ -296,9 +301,9 @@ def widen(args) -> None:
     doc["bound"]["union_success_widened"] = ok / m
     write_json(args.out, doc)
     print(
-        f"beam {args.widen} on the {len(todo)} messages beam {doc['bound']['beam_width']} did "
-        f"not flip: {len(flipped)} flipped ({cpu:.0f} s CPU); unconstrained success "
-        f"{ok}/{m} = {100 * ok / m:.1f} %"
+        f"beam {args.widen} on {len(todo)} of the {failures} messages (budget >= 2) that beam "
+        f"{doc['bound']['beam_width']} did not flip: {len(flipped)} flipped ({cpu:.0f} s CPU); "
+        f"unconstrained success {ok}/{m} = {100 * ok / m:.1f} %"
     )
 
 
