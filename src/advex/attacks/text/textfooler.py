@@ -309,7 +309,34 @@ class TextFooler(TextAttack):
         for k, s in enumerate(owner):
             groups.setdefault(id(s), []).append(k)
         by_id = {id(s): s for s in owner}
-        # similarity is checked lazily: the flipping candidates, then the best improvers
+        # similarity is checked lazily: the flipping candidates, then the best improvers;
+        # the first chunk of every example is scored in one batched similarity call
+        sim_cache: dict[int, float | None] = {}
+        first_chunks: list[int] = []
+        for sid, ks in groups.items():
+            s = by_id[sid]
+            flips = [k for k in ks if bool(hit[k])]
+            if flips:
+                first_chunks.extend(flips[:8])
+            else:
+                better = sorted(
+                    (k for k in ks if float(g[k]) > s.score + 1e-7),
+                    key=lambda k: (-float(g[k]), k),
+                )
+                first_chunks.extend(better[:4])
+        if first_chunks:
+            pre = self._similarities_batch(
+                [texts[owner[k].i] for k in first_chunks], [batch[k] for k in first_chunks]
+            )
+            sim_cache.update(zip(first_chunks, pre, strict=True))
+
+        def sims_of(i: int, chunk: list[int]) -> list[float | None]:
+            missing = [k for k in chunk if k not in sim_cache]
+            if missing:
+                got = self._similarities(texts[i], [batch[k] for k in missing])
+                sim_cache.update(zip(missing, got, strict=True))
+            return [sim_cache[k] for k in chunk]
+
         for sid, ks in groups.items():
             s = by_id[sid]
             tried = list(dict.fromkeys(meta[k][0] for k in ks))
@@ -320,7 +347,7 @@ class TextFooler(TextAttack):
             # this bounds the similarity model's work when dozens of candidates flip)
             for start in range(0, len(flips), 8):
                 chunk = flips[start : start + 8]
-                sims = self._similarities(texts[s.i], [batch[k] for k in chunk])
+                sims = sims_of(s.i, chunk)
                 ok = [(sims[t], -t, k) for t, k in enumerate(chunk) if self._passes(sims[t])]
                 if ok:
                     chosen = max(ok, key=lambda v: (v[0] if v[0] is not None else 1.0, v[1]))[2]
@@ -333,7 +360,7 @@ class TextFooler(TextAttack):
                 )
                 for start in range(0, len(better), 4):  # four at a time, best first
                     chunk = better[start : start + 4]
-                    sims = self._similarities(texts[s.i], [batch[k] for k in chunk])
+                    sims = sims_of(s.i, chunk)
                     passing = [k for t, k in enumerate(chunk) if self._passes(sims[t])]
                     if passing:
                         chosen = passing[0]
@@ -351,6 +378,13 @@ class TextFooler(TextAttack):
 
     def _passes(self, sim: float | None) -> bool:
         return self.min_similarity is None or sim is None or sim >= self.min_similarity
+
+    def _similarities_batch(
+        self, originals: list[str], candidates: list[str]
+    ) -> list[float | None]:
+        if self.threat.similarity is None or self.min_similarity is None:
+            return [None] * len(candidates)
+        return self.threat.similarities(originals, candidates).tolist()
 
     def _similarities(self, original: str, candidates: list[str]) -> list[float | None]:
         if self.threat.similarity is None or self.min_similarity is None:
