@@ -4,6 +4,11 @@
   then edits characters (swap, substitute, delete, insert; homoglyphs optional).
 - :class:`HotFlip` (Ebrahimi et al. 2018): white box; character flips chosen by gradients with
   respect to one-hot inputs, with an optional beam search.
+- :class:`TextFooler` (Jin et al. 2020): black box; synonym substitutions under a MiniLM
+  similarity constraint.
+- :class:`WordSubstitutionSearch`: white box; any vocabulary word, an unknown word or nothing
+  in place of each of up to ``k`` words, exhaustive for one word, a beam beyond: the upper bound
+  a synonym attack with the same word budget obeys (word CNN only).
 
 Every attack is called as ``attack(model, texts, y, target=None) -> TextAttackResult``; they
 have their own registry (:func:`find_text_attack`, :func:`build_text_attack`).
@@ -29,6 +34,7 @@ __all__ = [
     "TextAttack",
     "TextAttackResult",
     "TextFooler",
+    "WordSubstitutionSearch",
     "available_text_attacks",
     "build_text_attack",
     "find_text_attack",
@@ -52,4 +58,8 @@ def __getattr__(name: str):
         from . import textfooler
 
         return getattr(textfooler, name)
+    if name == "WordSubstitutionSearch":
+        from .wordsub import WordSubstitutionSearch
+
+        return WordSubstitutionSearch
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -498,6 +498,7 @@ def _load_builtins() -> None:
     from . import deepwordbug, hotflip  # noqa: F401  (they register themselves)
 
     __import__(f"{__package__}.textfooler")  # advex.attacks.text.textfooler (engineer B)
+    __import__(f"{__package__}.wordsub")  # the unconstrained word-substitution search
 
 
 def available_text_attacks() -> list[str]:

@@ -338,6 +338,11 @@ class WordNet:
                     out[s] = None
         return tuple(out)
 
+    def parts_of_speech(self, word: str) -> frozenset[str]:
+        """The WordNet parts of speech (``n``, ``v``, ``a``, ``r``) of ``word`` or of its base
+        forms; empty for a word WordNet does not know."""
+        return frozenset(pos for b in self.base_forms(word) for pos, _ in self._index.get(b, []))
+
     def antonyms(self, word: str) -> set[str]:
         """WordNet antonyms of ``word`` or of its base forms (lower case)."""
         out: set[str] = set()
@@ -396,10 +401,14 @@ class SynonymSource:
             δ = 0.5 is for counter-fitted vectors; raw GloVe needs a higher bar).
         max_candidates: at most this many candidates are returned.
         stop_words: words never replaced and never used as replacements.
+        pos_filter: keep only candidates sharing a WordNet part of speech with the word.
 
     The filters need no part-of-speech tagger: WordNet antonyms of the word are removed (GloVe
     puts "good" next to "bad"), as are stop words, non-alphabetic tokens, the word itself and
-    its own inflections (same crude stem); the original capitalisation is restored.
+    its own inflections (same crude stem); with ``pos_filter`` a candidate must share a
+    WordNet part of speech with the word (the paper's POS check, from the dictionary instead
+    of a tagger; a word WordNet does not know is not checked); the original capitalisation is
+    restored.
 
     >>> SynonymSource()("Winner")   # e.g. ['Victor', 'Champion', 'Winners', ...]
     """
@@ -412,6 +421,7 @@ class SynonymSource:
         min_cosine: float = 0.7,
         max_candidates: int = 30,
         stop_words: Iterable[str] = STOP_WORDS,
+        pos_filter: bool = True,
     ) -> None:
         sources = (sources,) if isinstance(sources, str) else tuple(sources)
         bad = [s for s in sources if s not in ("wordnet", "glove")]
@@ -426,6 +436,7 @@ class SynonymSource:
         self.min_cosine = float(min_cosine)
         self.max_candidates = int(max_candidates)
         self.stop_words = frozenset(w.lower() for w in stop_words)
+        self.pos_filter = bool(pos_filter)
         # resources load here, so a missing package fails at construction, not mid-attack
         self.glove = load_glove() if "glove" in sources else None
         self.wordnet = load_wordnet()  # antonym filtering needs it even for GloVe alone
@@ -438,6 +449,7 @@ class SynonymSource:
             "k": self.k,
             "min_cosine": self.min_cosine,
             "max_candidates": self.max_candidates,
+            "pos_filter": self.pos_filter,
         }
 
     def __call__(self, word: str) -> list[str]:
@@ -468,6 +480,9 @@ class SynonymSource:
                     ranked.setdefault(s, cos)
         anti = self.wordnet.antonyms(w)
         stem = _stem(w)
+        # part-of-speech agreement without a tagger: a candidate must share a WordNet part of
+        # speech with the word (either unknown to WordNet: no check)
+        pos = self.wordnet.parts_of_speech(w) if self.pos_filter else frozenset()
         out = [
             s
             for s, _ in sorted(ranked.items(), key=lambda kv: -kv[1])
@@ -476,5 +491,10 @@ class SynonymSource:
             and s != w
             and _stem(s) != stem
             and not (min(len(s), len(w)) >= 3 and (s.startswith(w) or w.startswith(s)))
+            and (not pos or self._pos_agrees(pos, s))
         ]
         return tuple(out[: self.max_candidates])
+
+    def _pos_agrees(self, pos: frozenset[str], candidate: str) -> bool:
+        other = self.wordnet.parts_of_speech(candidate)
+        return not other or bool(pos & other)

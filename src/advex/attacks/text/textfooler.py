@@ -11,8 +11,9 @@ For each example still to attack:
 2. **stop-word protection** — function words (:data:`~.synonyms.STOP_WORDS`), numbers and
    punctuation are never replaced;
 3. for the words in that order, **synonym candidates** (:class:`~.synonyms.SynonymSource`:
-   WordNet synonyms and GloVe neighbours, antonyms removed, capitalisation kept) are put in
-   place, one query each;
+   WordNet synonyms and GloVe neighbours with cosine ≥ δ = 0.5, up to N = 50, antonyms
+   removed, sharing a WordNet part of speech with the word, capitalisation kept) are put in
+   place, one query each — all candidates of all active examples in one batched call;
 4. **the similarity constraint** — a candidate must keep the sentence embedding similarity
    (MiniLM cosine, :mod:`advex.models.minilm`) to the *original* text at or above
    ``min_similarity``; among candidates that reach the goal, the most similar is taken (of the
@@ -107,14 +108,17 @@ class TextFooler(TextAttack):
             adversarial (paper: 0.7 with USE on a window; 0.8 here on the whole message).
         max_candidates: synonym candidates tried per word (paper: N = 50).
         glove_k: GloVe neighbours considered per word.
-        min_cosine: least GloVe cosine of a neighbour to the word (raw GloVe is less
-            synonym-like than the paper's counter-fitted vectors, hence above its δ = 0.5).
+        min_cosine: least GloVe cosine of a neighbour to the word (the paper's δ = 0.5;
+            raw GloVe is less synonym-like than its counter-fitted vectors, so the WordNet
+            part-of-speech check and the antonym filter prune what this lets through).
         synonyms: ``"wordnet+glove"`` (default), ``"wordnet"`` or ``"glove"``.
         positions: word positions tried per step, in importance order. 1 is the paper's
             greedy walk down the importance ranking (one position at a time, each tried once);
             ``p > 1`` puts the candidates of the next ``p`` untried important positions side
             by side and keeps the best substitution among them (more queries per step, better
             use of a small word budget); the positions not chosen stay in the queue.
+        pos_filter: keep only candidates sharing a WordNet part of speech with the word (the
+            paper's POS check, from the dictionary; see :class:`~.synonyms.SynonymSource`).
         max_text_words: a message with more words is left unchanged (with a warning): ranking
             its words costs one query per word.
         similarity: ``similarity(originals, adversarials) -> scores``; default
@@ -140,9 +144,10 @@ class TextFooler(TextAttack):
         min_similarity: float | None = 0.8,
         max_candidates: int = 50,
         glove_k: int = 50,
-        min_cosine: float = 0.7,
+        min_cosine: float = 0.5,
         synonyms: str = "wordnet+glove",
         positions: int = 1,
+        pos_filter: bool = True,
         max_text_words: int = 2000,
         similarity: SimilarityFn | None = None,
         budget: EditBudget | None = None,
@@ -178,6 +183,7 @@ class TextFooler(TextAttack):
         if isinstance(positions, bool) or not isinstance(positions, int) or positions < 1:
             raise ValueError(f"positions must be an integer >= 1, got {positions!r}")
         self.positions = positions
+        self.pos_filter = bool(pos_filter)
         if isinstance(max_text_words, bool) or not isinstance(max_text_words, int):
             raise ValueError(f"max_text_words must be an integer >= 1, got {max_text_words!r}")
         if max_text_words < 1:
@@ -195,6 +201,7 @@ class TextFooler(TextAttack):
                 min_cosine=self.min_cosine,
                 max_candidates=self.max_candidates,
                 stop_words=STOP_WORDS,
+                pos_filter=self.pos_filter,
             )
         return self._source
 
@@ -302,7 +309,34 @@ class TextFooler(TextAttack):
         for k, s in enumerate(owner):
             groups.setdefault(id(s), []).append(k)
         by_id = {id(s): s for s in owner}
-        # similarity is checked lazily: the flipping candidates, then the best improvers
+        # similarity is checked lazily: the flipping candidates, then the best improvers;
+        # the first chunk of every example is scored in one batched similarity call
+        sim_cache: dict[int, float | None] = {}
+        first_chunks: list[int] = []
+        for sid, ks in groups.items():
+            s = by_id[sid]
+            flips = [k for k in ks if bool(hit[k])]
+            if flips:
+                first_chunks.extend(flips[:8])
+            else:
+                better = sorted(
+                    (k for k in ks if float(g[k]) > s.score + 1e-7),
+                    key=lambda k: (-float(g[k]), k),
+                )
+                first_chunks.extend(better[:4])
+        if first_chunks:
+            pre = self._similarities_batch(
+                [texts[owner[k].i] for k in first_chunks], [batch[k] for k in first_chunks]
+            )
+            sim_cache.update(zip(first_chunks, pre, strict=True))
+
+        def sims_of(i: int, chunk: list[int]) -> list[float | None]:
+            missing = [k for k in chunk if k not in sim_cache]
+            if missing:
+                got = self._similarities(texts[i], [batch[k] for k in missing])
+                sim_cache.update(zip(missing, got, strict=True))
+            return [sim_cache[k] for k in chunk]
+
         for sid, ks in groups.items():
             s = by_id[sid]
             tried = list(dict.fromkeys(meta[k][0] for k in ks))
@@ -313,7 +347,7 @@ class TextFooler(TextAttack):
             # this bounds the similarity model's work when dozens of candidates flip)
             for start in range(0, len(flips), 8):
                 chunk = flips[start : start + 8]
-                sims = self._similarities(texts[s.i], [batch[k] for k in chunk])
+                sims = sims_of(s.i, chunk)
                 ok = [(sims[t], -t, k) for t, k in enumerate(chunk) if self._passes(sims[t])]
                 if ok:
                     chosen = max(ok, key=lambda v: (v[0] if v[0] is not None else 1.0, v[1]))[2]
@@ -326,7 +360,7 @@ class TextFooler(TextAttack):
                 )
                 for start in range(0, len(better), 4):  # four at a time, best first
                     chunk = better[start : start + 4]
-                    sims = self._similarities(texts[s.i], [batch[k] for k in chunk])
+                    sims = sims_of(s.i, chunk)
                     passing = [k for t, k in enumerate(chunk) if self._passes(sims[t])]
                     if passing:
                         chosen = passing[0]
@@ -344,6 +378,13 @@ class TextFooler(TextAttack):
 
     def _passes(self, sim: float | None) -> bool:
         return self.min_similarity is None or sim is None or sim >= self.min_similarity
+
+    def _similarities_batch(
+        self, originals: list[str], candidates: list[str]
+    ) -> list[float | None]:
+        if self.threat.similarity is None or self.min_similarity is None:
+            return [None] * len(candidates)
+        return self.threat.similarities(originals, candidates).tolist()
 
     def _similarities(self, original: str, candidates: list[str]) -> list[float | None]:
         if self.threat.similarity is None or self.min_similarity is None:
