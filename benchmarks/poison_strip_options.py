@@ -1,10 +1,13 @@
 """STRIP's defender-side options, each measured on the same victim and the same inputs.
 
+    python benchmarks/poison_strip_options.py --victim /tmp/pois/cache/64e77ad60a7967d7.pt
     python benchmarks/poison_strip_options.py --cache /tmp/pois/cache            # full MNIST
     python benchmarks/poison_strip_options.py --quick                            # mnist5k smoke
 
 The victim is the BadNets 1 % pair of ``benchmarks/poison.py`` (reused from its ``--cache``,
-trained with the same recipe when the cache does not hold it). For every configuration
+trained with the same recipe when the cache does not hold it; ``--victim FILE`` names one cache
+file directly — a pair cached before the recipe gained fields has another cache key). For
+every configuration
 (``--configs``: ``mode/overlays/balanced/N``, e.g. ``add/shared/balanced/100``) it runs
 :func:`advex.poison.defenses.strip_evaluate` (overlay pool: a seeded third of the test set;
 threshold: the 1 % quantile of the clean entropies of the calibration third; evaluation: the
@@ -21,6 +24,7 @@ last third, clean and triggered) and adds
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -34,11 +38,24 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from poison import DATA, RESULTS, Clock, _trained_pair  # noqa: E402
 
 from advex import data as D  # noqa: E402
+from advex import zoo  # noqa: E402
 from advex._io import write_json  # noqa: E402
 from advex.poison import BadNets, VictimRecipe, default_recipe  # noqa: E402
 from advex.poison import defenses as P  # noqa: E402
 
 DEFAULT_CONFIGS = "add/random/uniform/100,add/random/balanced/100,add/shared/balanced/100"
+
+
+def load_victim(path, attack):
+    """The victim of one cache file of ``benchmarks/poison.py`` (a ``.pt`` of tensors
+    read with ``weights_only=True``), checked to hold ``attack``'s backdoor."""
+    st = torch.load(path, weights_only=True)
+    meta = json.loads(st["meta"])
+    if json.loads(meta["key"])[3] != attack.describe():
+        raise SystemExit(f"{path} holds another attack: {meta['key']}")
+    model = zoo.build(json.loads(meta["key"])[4]["arch"], **meta["arch_kwargs"])
+    model.load_state_dict(st["victim"])
+    return model.eval(), meta["key"]
 
 
 def parse(cfg: str) -> dict:
@@ -53,6 +70,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="mnist5k, 20 overlays, n=100")
     ap.add_argument("--cache", default=None, help="benchmarks/poison.py's --cache")
+    ap.add_argument("--victim", default=None, help="one cache file of benchmarks/poison.py")
     ap.add_argument("--configs", default=DEFAULT_CONFIGS)
     ap.add_argument("--frr", type=float, default=0.01)
     ap.add_argument("--out", default=None)
@@ -69,7 +87,12 @@ def main() -> None:
         rate, recipe, n = 0.01, default_recipe(train, seed=0), 1000
         configs = [parse(c) for c in args.configs.split(",")]
     attack = BadNets(rate, 0)
-    m, train_cpu, reused = _trained_pair(attack, train, test, recipe, args.cache)
+    if args.victim:
+        model, key = load_victim(args.victim, attack)
+        reused = {"file": args.victim, "cache_key": key}
+    else:
+        model = _trained_pair(attack, train, test, recipe, args.cache)[0].model
+        reused = args.cache
     out = (
         Path(args.out)
         if args.out
@@ -92,9 +115,9 @@ def main() -> None:
         name = f"{cfg['mode']}/{cfg['overlays']}/{'balanced' if cfg['balanced'] else 'uniform'}"
         name += f"/{cfg['n_overlays']}"
         ck = Clock()
-        s = P.strip_evaluate(m.model, attack, test, frr=args.frr, n=n, seed=0, **cfg)
+        s = P.strip_evaluate(model, attack, test, frr=args.frr, n=n, seed=0, **cfg)
         # selection: the calibration third's triggered copies, same STRIP, same threshold
-        strip = P.STRIP(m.model, test.subset(perm[:third]), seed=0, **cfg)
+        strip = P.STRIP(model, test.subset(perm[:third]), seed=0, **cfg)
         xc, yc = test.x[cal], test.y[cal]
         xt = attack.apply_trigger(xc[yc != attack.target], test.bounds)
         sel = float((strip.entropy(xt) >= s.threshold).float().mean())
