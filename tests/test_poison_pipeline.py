@@ -173,3 +173,39 @@ def test_neural_cleanse_names_the_target_and_unlearning_repairs(run):
     assert attack_success_rate(rep, attack, evalset) <= 0.5 * before
     # 300 clean images fine-tune a 2-epoch model: measured 6 pt lost with the true trigger
     assert accuracy(rep, evalset) >= accuracy(m.model, evalset) - 0.10
+
+
+def test_strip_diagnosis_of_the_benchmark(run):
+    """benchmarks/poison_strip_diagnose.py's per-superimposition pass and its analysis, tiny."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from poison_strip_diagnose import analyse, superimpose
+    from poison_strip_options import parse
+
+    train, test, attack, m = run
+    ov_idx = torch.cat([(test.y == c).nonzero().squeeze(1)[:3] for c in range(10)])
+    sets = {}
+    for name, lo in (("cal", 0), ("ev", 40)):
+        x, y = test.x[lo : lo + 40], test.y[lo : lo + 40]
+        sets[name + "_clean"] = (x, y)
+        sets[name + "_trig"] = (attack.apply_trigger(x[y != 0]), y[y != 0])
+    for mode in ("add", "average"):
+        d = superimpose(m.model, sets, test.x[ov_idx], mode)
+        assert d["ev_trig"]["H"].shape == (len(sets["ev_trig"][0]), 30)
+        rep = analyse(d, test.x[ov_idx], test.y[ov_idx], mode)
+        assert set(rep["configs"]) >= {"shared 0-10", "shared 30", "random 10 (seed 0)"}
+        for r in rep["configs"].values():
+            assert 0 <= r["miss"] <= 100 and 0 <= r["frr"] <= 100
+        # the backdoor wins almost every triggered superimposition under the paper's sum
+        if mode == "add":
+            assert rep["diagnosis"]["all_triggered_share_target_loses"] <= 0.2
+    assert parse("add/shared/balanced/100") == {
+        "mode": "add",
+        "overlays": "shared",
+        "balanced": True,
+        "n_overlays": 100,
+    }
+    with pytest.raises(SystemExit, match="pool must be"):
+        parse("add/shared/classes/100")
