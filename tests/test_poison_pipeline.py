@@ -14,6 +14,7 @@ from advex import data as D
 from advex import zoo
 from advex.poison import BadNets, VictimRecipe, accuracy, attack_success_rate, measure
 from advex.poison.defenses import (
+    STRIP,
     activation_clustering,
     activations,
     neural_cleanse,
@@ -88,6 +89,53 @@ def test_strip_separates_triggered_inputs(run):
     assert "miss_rate_firing" in d and len(s.entropy_calibration) == 200
 
 
+def test_strip_shared_balanced_overlays(run):
+    train, test, attack, m = run
+    ref = test.subset(torch.arange(300))
+    x = test.x[300:330].clone()
+    before = x.clone()
+    s = STRIP(m.model, ref, n_overlays=20, overlays="shared", balanced=True, seed=3)
+    # one class-balanced set of 20 distinct overlays: two per digit
+    assert len(set(s.shared_indices.tolist())) == 20
+    assert torch.bincount(ref.y[s.shared_indices], minlength=10).tolist() == [2] * 10
+    h = s.entropy(x)
+    assert torch.equal(
+        h, STRIP(m.model, ref, n_overlays=20, overlays="shared", balanced=True, seed=3).entropy(x)
+    )  # deterministic per seed
+    assert torch.equal(h[:7], s.entropy(x[:7]))  # an input's score ignores its batch-mates
+    other = STRIP(m.model, ref, n_overlays=20, overlays="shared", balanced=True, seed=4)
+    assert not torch.equal(other.shared_indices, s.shared_indices)
+    assert torch.equal(x, before)  # the caller's inputs untouched
+    # random, class-balanced: deterministic per seed, slot i from class i mod 10
+    r = STRIP(m.model, ref, n_overlays=20, balanced=True, seed=3)
+    assert torch.equal(r.entropy(x), r.entropy(x))
+    pick = r.overlay_indices(5, torch.Generator().manual_seed(0))
+    assert (ref.y[pick] == torch.arange(20) % 10).all()
+    # it separates triggered from clean inputs on the small run
+    e = strip_evaluate(
+        m.model, attack, test, frr=0.05, n_overlays=20, n=200, overlays="shared", balanced=True
+    )
+    assert e.params["overlays"] == "shared" and e.params["balanced"] is True
+    assert e.miss_rate <= 0.05, e.to_dict()
+    assert e.false_rejection_rate <= 0.12
+    assert e.roc_auc >= 0.97
+    # bad arguments and inputs: clear errors
+    with pytest.raises(ValueError, match="overlays must be one of"):
+        STRIP(m.model, ref, overlays="fixed")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        STRIP(m.model, ref, mode="blend")
+    with pytest.raises(ValueError, match="balanced must be True or False"):
+        STRIP(m.model, ref, balanced="yes")
+    with pytest.raises(ValueError, match="only 300 images"):
+        STRIP(m.model, ref, n_overlays=301, overlays="shared")
+    with pytest.raises(ValueError, match="n_overlays must be >= 1"):
+        STRIP(m.model, ref, n_overlays=0)
+    with pytest.raises(ValueError, match="NaN"):
+        s.entropy(torch.full((2, 1, 28, 28), float("nan")))
+    with pytest.raises(ValueError, match="must have shape"):
+        s.entropy(torch.zeros(2, 3, 28, 28))
+
+
 def test_neural_cleanse_names_the_target_and_unlearning_repairs(run):
     train, test, attack, m = run
     params = [p.clone() for p in m.model.parameters()]
@@ -125,3 +173,39 @@ def test_neural_cleanse_names_the_target_and_unlearning_repairs(run):
     assert attack_success_rate(rep, attack, evalset) <= 0.5 * before
     # 300 clean images fine-tune a 2-epoch model: measured 6 pt lost with the true trigger
     assert accuracy(rep, evalset) >= accuracy(m.model, evalset) - 0.10
+
+
+def test_strip_diagnosis_of_the_benchmark(run):
+    """benchmarks/poison_strip_diagnose.py's per-superimposition pass and its analysis, tiny."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from poison_strip_diagnose import analyse, superimpose
+    from poison_strip_options import parse
+
+    train, test, attack, m = run
+    ov_idx = torch.cat([(test.y == c).nonzero().squeeze(1)[:3] for c in range(10)])
+    sets = {}
+    for name, lo in (("cal", 0), ("ev", 40)):
+        x, y = test.x[lo : lo + 40], test.y[lo : lo + 40]
+        sets[name + "_clean"] = (x, y)
+        sets[name + "_trig"] = (attack.apply_trigger(x[y != 0]), y[y != 0])
+    for mode in ("add", "average"):
+        d = superimpose(m.model, sets, test.x[ov_idx], mode)
+        assert d["ev_trig"]["H"].shape == (len(sets["ev_trig"][0]), 30)
+        rep = analyse(d, test.x[ov_idx], test.y[ov_idx], mode)
+        assert set(rep["configs"]) >= {"shared 0-10", "shared 30", "random 10 (seed 0)"}
+        for r in rep["configs"].values():
+            assert 0 <= r["miss"] <= 100 and 0 <= r["frr"] <= 100
+        # the backdoor wins almost every triggered superimposition under the paper's sum
+        if mode == "add":
+            assert rep["diagnosis"]["all_triggered_share_target_loses"] <= 0.2
+    assert parse("add/shared/balanced/100") == {
+        "mode": "add",
+        "overlays": "shared",
+        "balanced": True,
+        "n_overlays": 100,
+    }
+    with pytest.raises(SystemExit, match="pool must be"):
+        parse("add/shared/classes/100")

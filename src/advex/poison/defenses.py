@@ -57,6 +57,8 @@ __all__ = [
     "filter_and_retrain",
 ]
 
+STRIP_MODES = ("add", "average")
+STRIP_OVERLAYS = ("random", "shared")
 MAD_CONSTANT = 1.4826  # makes the MAD a consistent estimator of a normal's standard deviation
 
 
@@ -441,12 +443,22 @@ class STRIP:
 
     Args:
         model: the model under test.
-        reference: clean held-out images the overlays are drawn from.
+        reference: clean held-out images the overlays are drawn from (with labels when
+            ``balanced``).
         n_overlays: N, overlays per input (the paper: 100).
-        mode: ``"add"`` (the paper's ``cv2.addWeighted(x, 1, overlay, 1)``: sum clipped to the
-            bounds) or ``"average"`` (``(x + overlay) / 2``).
+        mode: the superimposition: ``"add"`` (the paper's ``cv2.addWeighted(x, 1, overlay,
+            1)``: the sum, saturated at the bounds) or ``"average"`` (the 50/50 alpha blend
+            ``(x + overlay) / 2``).
+        overlays: ``"random"`` (the paper: each input gets its own N overlays drawn from
+            ``reference``) or ``"shared"`` (one seeded set of N distinct overlays for every
+            input, so that two inputs' entropies differ only by the inputs themselves).
+        balanced: draw the overlays class-balanced (slot ``i`` from class ``i mod K``)
+            instead of uniformly from ``reference``.
         batch_size: superimposed images per forward pass (at least one input's overlays).
         seed: draws the overlays.
+
+    Inputs ``x`` are ``(B, C, H, W)`` of the reference's image shape; :meth:`entropy`
+    returns ``(B,)``.
 
     >>> strip = STRIP(model, clean_heldout).calibrate(x_clean, frr=0.01)
     >>> rejected = strip.detect(x)     # True: judged triggered
@@ -459,51 +471,116 @@ class STRIP:
         *,
         n_overlays: int = 100,
         mode: str = "add",
+        overlays: str = "random",
+        balanced: bool = False,
         batch_size: int = 128,
         seed: int = 0,
     ) -> None:
         check_dataset(reference, "STRIP reference data")
-        if int(n_overlays) < 1:
+        if isinstance(n_overlays, bool) or int(n_overlays) < 1:
             raise ValueError(f"n_overlays must be >= 1, got {n_overlays}")
-        if mode not in ("add", "average"):
-            raise ValueError(f"mode must be 'add' or 'average', got {mode!r}")
+        if mode not in STRIP_MODES:
+            raise ValueError(f"mode must be one of {STRIP_MODES}, got {mode!r}")
+        if overlays not in STRIP_OVERLAYS:
+            raise ValueError(f"overlays must be one of {STRIP_OVERLAYS}, got {overlays!r}")
+        if not isinstance(balanced, bool):
+            raise ValueError(f"balanced must be True or False, got {balanced!r}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model
         self.reference = reference
         self.n_overlays = int(n_overlays)
         self.mode = mode
+        self.overlays = overlays
+        self.balanced = balanced
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.threshold: float | None = None
+        self._by_class: list[torch.Tensor] | None = None
+        if balanced:
+            y = reference.y  # check_dataset: one label per image
+            self._by_class = [(y == c).nonzero().squeeze(1) for c in torch.unique(y).tolist()]
+        self.shared_indices: torch.Tensor | None = None
+        if overlays == "shared":
+            if self.n_overlays > len(reference.x):
+                raise ValueError(
+                    f"STRIP: overlays='shared' draws {self.n_overlays} distinct overlays, "
+                    f"but the reference holds only {len(reference.x)} images"
+                )
+            self.shared_indices = self._shared_set()
+
+    def _shared_set(self) -> torch.Tensor:
+        """N distinct reference indices: uniform, or round-robin over the classes."""
+        g = torch.Generator().manual_seed(self.seed)
+        if self._by_class is None:
+            return torch.randperm(len(self.reference.x), generator=g)[: self.n_overlays]
+        shuffled = [c[torch.randperm(len(c), generator=g)] for c in self._by_class]
+        picked: list[int] = []
+        r = 0
+        while len(picked) < self.n_overlays:  # a class that runs out is skipped
+            for c in shuffled:
+                if r < len(c) and len(picked) < self.n_overlays:
+                    picked.append(int(c[r]))
+            r += 1
+        return torch.tensor(picked, dtype=torch.long)
+
+    def overlay_indices(self, b: int, g: torch.Generator) -> torch.Tensor:
+        """``(b, N)`` reference indices of the overlays of ``b`` inputs (``g``: the random
+        draws; the shared set ignores it)."""
+        if self.shared_indices is not None:
+            return self.shared_indices.expand(b, -1)
+        if self._by_class is None:
+            return torch.randint(0, len(self.reference.x), (b, self.n_overlays), generator=g)
+        k = len(self._by_class)
+        sizes = torch.tensor([len(c) for c in self._by_class])
+        flat = torch.cat(self._by_class)
+        starts = torch.cumsum(sizes, 0) - sizes
+        cls = torch.arange(self.n_overlays) % k
+        r = (torch.rand(b, self.n_overlays, generator=g) * sizes[cls]).long()
+        return flat[starts[cls] + r.clamp_max(sizes[cls] - 1)]
 
     @torch.no_grad()
-    def entropy(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean prediction entropy ``(B,)`` of each input of ``x`` under the overlays."""
+    def entropies(self, x: torch.Tensor) -> torch.Tensor:
+        """The prediction entropy ``(B, N)`` (float64) of each input of ``x`` under each overlay."""
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise ValueError("STRIP: inputs must be a floating-point tensor")
         if x.dim() != 4 or tuple(x.shape[1:]) != tuple(self.reference.x.shape[1:]):
             want = ", ".join(map(str, self.reference.x.shape[1:]))
             raise ValueError(f"STRIP: inputs must have shape (B, {want}), got {tuple(x.shape)}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("STRIP: inputs contain NaN or infinite values")
         lo, hi = self.reference.bounds
         g = torch.Generator().manual_seed(self.seed)
         ref = self.reference.x
         was = self.model.training
         self.model.eval()
-        out = torch.empty(len(x))
+        out = torch.empty(len(x), self.n_overlays, dtype=torch.float64)
         per = max(1, self.batch_size // self.n_overlays)
         try:
             for i in range(0, len(x), per):
-                xb = x[i : i + per]
+                xb = x[i : i + per].to(ref.dtype)
                 b = len(xb)
-                pick = torch.randint(0, len(ref), (b, self.n_overlays), generator=g)
+                pick = self.overlay_indices(b, g)
                 ov = ref[pick.reshape(-1)].reshape(b, self.n_overlays, *ref.shape[1:])
                 if self.mode == "add":
                     mix = (xb[:, None] + ov - lo).clamp(lo, hi)
                 else:
                     mix = (xb[:, None] + ov) / 2
-                p = F.softmax(self.model(mix.reshape(-1, *ref.shape[1:])).double(), dim=1)
-                h = -(p * torch.log(p.clamp_min(1e-12))).sum(1)
-                out[i : i + b] = h.reshape(b, self.n_overlays).mean(1).float()
+                mix = mix.reshape(-1, *ref.shape[1:])
+                h = torch.empty(len(mix), dtype=torch.float64)
+                step = max(self.batch_size, self.n_overlays)
+                for j in range(0, len(mix), step):
+                    p = F.softmax(self.model(mix[j : j + step]).double(), dim=1)
+                    h[j : j + step] = -(p * torch.log(p.clamp_min(1e-12))).sum(1)
+                out[i : i + b] = h.reshape(b, self.n_overlays)
         finally:
             self.model.train(was)
         return out
+
+    def entropy(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean prediction entropy ``(B,)`` of each input of ``x`` under the overlays (the
+        paper's decision statistic)."""
+        return self.entropies(x).mean(1).float()
 
     def calibrate(self, x_clean: torch.Tensor, frr: float = 0.01) -> STRIP:
         """Set the threshold to the ``frr`` quantile of the entropies of clean inputs."""
@@ -579,6 +656,8 @@ def strip_evaluate(
     n_overlays: int = 100,
     n: int | None = None,
     mode: str = "add",
+    overlays: str = "random",
+    balanced: bool = False,
     seed: int = 0,
 ) -> StripResult:
     """Score STRIP on ``test``: a seeded third of it is the overlay pool, a third calibrates
@@ -600,7 +679,15 @@ def strip_evaluate(
         raise ValueError(f"STRIP needs at least 30 test inputs, got {len(test)}")
     m = third if n is None else min(third, int(n))
     pool, cal, ev = perm[:third], perm[third : third + m], perm[2 * third : 2 * third + m]
-    s = STRIP(model, test.subset(pool), n_overlays=n_overlays, mode=mode, seed=seed)
+    s = STRIP(
+        model,
+        test.subset(pool),
+        n_overlays=n_overlays,
+        mode=mode,
+        overlays=overlays,
+        balanced=balanced,
+        seed=seed,
+    )
     h_cal = s.entropy(test.x[cal])
     s.threshold, s.frr = float(torch.quantile(h_cal.double(), float(frr))), float(frr)
     x_ev, y_ev = test.x[ev], test.y[ev]
@@ -620,7 +707,14 @@ def strip_evaluate(
         roc_auc=roc_auc(scores, truth),
         n_clean=len(h_clean),
         n_triggered=len(h_trig),
-        params={"n_overlays": n_overlays, "mode": mode, "seed": seed, "pool": int(third)},
+        params={
+            "n_overlays": n_overlays,
+            "mode": mode,
+            "overlays": overlays,
+            "balanced": balanced,
+            "seed": seed,
+            "pool": int(third),
+        },
         entropy_clean=h_clean,
         entropy_triggered=h_trig,
         fires=fires,
