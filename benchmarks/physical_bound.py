@@ -112,6 +112,7 @@ def fit_per_image(
     fixed: tuple[float, float] | None = None,
     seed: int = 0,
     chunk: int = 32,
+    snapshots: dict[int, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One patch per image of ``x`` ``(N, 3, H, W)``: ``(patches (N, 3, k, k), fit_success
     (N,))`` — each image's patch minimises the mean ``loss`` towards ``target`` over ``draws``
@@ -120,7 +121,9 @@ def fit_per_image(
     images of a chunk are independent problems), ``restarts`` starts, the one kept per image
     that fools most of ``select_draws`` further draws (its share is ``fit_success``).
     Deterministic per ``seed``. Cost: ``restarts × (steps × draws + select_draws)`` forward
-    passes (and ``steps × draws`` backward) per image."""
+    passes (and ``steps × draws`` backward) per image. ``snapshots``: a dict whose keys are
+    step counts; with ``restarts=1`` it is filled with the patches after that many steps (a
+    steps curve from one optimisation)."""
     n, k = x.shape[0], threat.patch_side
     views = threat.views
     fmt = _CL if any(isinstance(m, nn.Conv2d) for m in model.modules()) else torch.contiguous_format
@@ -139,7 +142,7 @@ def fit_per_image(
                 w = torch.atanh(2 * frac - 1).requires_grad_(True)
                 opt = torch.optim.Adam([w], lr=lr)
                 xr = xb.repeat_interleave(draws, 0)
-                for _ in range(steps):
+                for step in range(steps):
                     if fixed is None:
                         pl = threat.sample_placement(b * draws, g)
                     else:
@@ -153,6 +156,12 @@ def fit_per_image(
                         opt.zero_grad()
                         (obj.view(b, draws).mean(1).sum()).backward()
                     opt.step()
+                    if snapshots is not None and restarts == 1 and step + 1 in snapshots:
+                        with torch.no_grad():
+                            snap = snapshots[step + 1]
+                            if snap is None or snap.shape[0] != n:
+                                snapshots[step + 1] = snap = x.new_zeros(n, 3, k, k)
+                            snap[s : s + b] = lo + (hi - lo) * (torch.tanh(w) + 1) / 2
                 with torch.no_grad():
                     p = lo + (hi - lo) * (torch.tanh(w) + 1) / 2
                     if fixed is None:
@@ -238,6 +247,12 @@ def main() -> None:
     ap.add_argument("--placements", default="random,fixed")
     ap.add_argument("--grid-images", type=int, default=24, help="training images per location")
     ap.add_argument("--no-universal", action="store_true")
+    ap.add_argument(
+        "--steps-curve",
+        default="",
+        help="comma-separated step counts: also measure the per-image patches after that many "
+        "steps of the same optimisation (needs --restarts 1)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None)
@@ -328,10 +343,22 @@ def main() -> None:
                 key = max(scores, key=scores.get)
                 fixed = tuple(float(v) for v in key.split(","))
                 part.update(location_scores_on_training_images=scores, location=list(fixed))
-            patches, fs = fit_per_image(model, x_ev, threat, SPEED30, fixed=fixed, **opts)
+            curve = {int(c): None for c in args.steps_curve.split(",") if c.strip()}
+            patches, fs = fit_per_image(
+                model, x_ev, threat, SPEED30, fixed=fixed, snapshots=curve, **opts
+            )
             hits = evaluate(
                 model, x_ev, patches, threat, SPEED30, n_views=args.n_views, fixed=fixed
             )
+            if curve:
+                part["steps_curve"] = {
+                    str(c): _summary(
+                        evaluate(model, x_ev, p, threat, SPEED30, n_views=args.n_views, fixed=fixed)
+                    )["success"]
+                    for c, p in sorted(curve.items())
+                    if p is not None
+                }
+            part["per_image_success"] = [round(float(v), 3) for v in hits.float().mean(1)]
             part.update(
                 _summary(hits),
                 fit_success_on_fitting_draws=round(float(fs.mean()), 4),

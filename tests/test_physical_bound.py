@@ -128,3 +128,25 @@ def test_bound_evaluation_uses_the_draws_of_physical_evaluation():
     assert torch.equal(
         hits, B.evaluate(model, x, sticker.expand(6, -1, -1, -1), threat, target, n_views=4)
     )
+
+
+def test_bound_benchmark_quick(datasets_root, tmp_path, monkeypatch, capsys):
+    import json
+    import sys
+
+    if not (datasets_root / "gtsrb-32x32").is_dir():
+        pytest.skip("gtsrb-32x32 not in the shared datasets")
+    monkeypatch.setenv("ADVEX_DATASETS", str(datasets_root))
+    B = _bench()
+    out = tmp_path / "bound.json"
+    argv = ["physical_bound.py", "--quick", "--steps-curve", "2", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    B.main()
+    doc = json.loads(out.read_text())
+    row = doc["rows"][0]
+    assert doc["quick"] and row["patch_side_px"] == 7
+    rnd, fixed = row["per_image_random"], row["per_image_fixed"]
+    assert rnd["success"]["n"] == 6 * 2 and len(rnd["per_image_success"]) == 6
+    assert set(rnd["steps_curve"]) == {"2"} and 0 <= rnd["steps_curve"]["2"]["rate"] <= 1
+    assert len(fixed["location_scores_on_training_images"]) == 9 and len(fixed["location"]) == 2
+    assert "per-image bound, fixed placement" in capsys.readouterr().out
