@@ -88,8 +88,7 @@ class ModelCaller:
 
     #: a forward pass without gradient over more rows than this runs in chunks of this many
     #: (one pass per row is counted either way): a clean pass over thousands of fitting images
-    #: in one batch is slower on CPU than in chunks (5.4 vs 3.3 CPU-s for 2,000 GTSRB images on
-    #: ``gtsrb-cnn``, the same logits bit for bit)
+    #: in one batch is slower on CPU than in chunks (measured in docs/physical.md)
     chunk: int = 256
 
     def logits(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
