@@ -86,11 +86,18 @@ class ModelCaller:
             if grad:
                 self.gradients.index_add_(0, idx, torch.ones_like(idx))
 
+    #: a forward pass without gradient over more rows than this runs in chunks of this many
+    #: (one pass per row is counted either way): a clean pass over thousands of fitting images
+    #: in one batch is slower on CPU than in chunks (measured in docs/physical.md)
+    chunk: int = 256
+
     def logits(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
-        """Forward pass without gradient."""
+        """Forward pass without gradient (in chunks of :attr:`chunk` rows above that size)."""
         self._count(idx, grad=False)
         with torch.no_grad():
-            return self.model(x)
+            if x.dim() == 0 or x.shape[0] <= self.chunk:
+                return self.model(x)
+            return torch.cat([self.model(part) for part in x.split(self.chunk)])
 
     def forward_with_graph(self, x: torch.Tensor, idx: torch.Tensor | None = None):
         """Forward pass that records the graph w.r.t. ``x`` (returns ``(x_leaf, logits)``);

@@ -455,11 +455,13 @@ class ViewDistribution:
         y = v1 * (1 + x * sy_ / d)
         return torch.stack([x, y], dim=-1)
 
-    def apply(self, x: torch.Tensor, params: ViewParams) -> torch.Tensor:
+    def apply(self, x: torch.Tensor, params: ViewParams, *, check: bool = True) -> torch.Tensor:
         """``x`` ``(B, C, H, W)`` seen under ``params`` (``B`` conditions, or one for all);
         differentiable in ``x``; values clamped to ``[0, 1]``. The identity distribution
-        returns ``x`` itself."""
-        check_float_batch(x)
+        returns ``x`` itself. ``check=False`` skips validating ``x`` (for an inner loop whose
+        images were validated once)."""
+        if check:
+            check_float_batch(x)
         if self.is_identity:
             return x
         n = len(params)
@@ -638,12 +640,16 @@ class PatchThreat(Threat):
             raise ValueError("a random-placement patch has no fixed mask: use place()")
         return self.mask.to(device=x.device, dtype=x.dtype)
 
-    def apply(self, x: torch.Tensor, sticker: torch.Tensor, placement=None) -> torch.Tensor:
+    def apply(
+        self, x: torch.Tensor, sticker: torch.Tensor, placement=None, *, check: bool = True
+    ) -> torch.Tensor:
         """``x`` with the sticker on: ``x·(1−mask) + sticker·mask`` (fixed) or the patch pasted
         with ``placement`` (random; drawn from a generator seeded 0 when None). Differentiable
-        in ``sticker``."""
-        self._check_images(x)
-        self.check_sticker(sticker)
+        in ``sticker``. ``check=False`` skips validating ``x`` and ``sticker`` (for an inner
+        loop whose inputs were validated once)."""
+        if check:
+            self._check_images(x)
+            self.check_sticker(sticker)
         sticker = sticker.to(x)
         if self.placement == "fixed":
             m = self.mask_for(x)
