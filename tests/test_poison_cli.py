@@ -111,7 +111,7 @@ def test_benchmark_script_smoke(tmp_path):
     res = json.loads(out.read_text())
     st = res["stages"]
     assert 0 <= st["badnets"]["attack_success_rate"] <= 1
-    # --target reaches the attack (the default target follows the data: 1 on GTSRB)
+    # --target reaches the attack (the default target follows the data: 2 on GTSRB)
     assert res["target"] == 3 and st["badnets"]["attack"]["target"] == 3
     assert res["target_class_train_count"] == int((D.mnist5k("train").y[:600] == 3).sum())
     assert "advex spectral (whitened, robust rule z > 4)" in st["detectors"]
