@@ -52,8 +52,9 @@ class VictimRecipe:
             (``"onecycle"``: the GTSRB recipe).
         label_smoothing: cross-entropy label smoothing.
         channels_last: train the convolutions on channels-last (NHWC) tensors (the trainer's
-            ``channels_last``; the model is handed back in the default layout). Used by the
-            traffic-sign recipes only (the MNIST recipe trains as :func:`advex.zoo.train`).
+            ``channels_last``; the model is handed back in the default layout), through
+            :func:`advex.zoo.traffic.fit_sign_model` as the traffic-sign recipes; ``False``
+            (default) keeps the MNIST recipe's plain :func:`advex.zoo.train` path.
         name: what the recipe is, stated in ``results.json``.
 
     In every recipe the normalisation is the model's first layer: a trigger is stamped on the
