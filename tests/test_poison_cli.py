@@ -8,6 +8,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from advex import data as D
 from advex import zoo
 from advex.cli import main
 
@@ -101,7 +102,7 @@ def test_benchmark_script_smoke(tmp_path):
     r = subprocess.run(
         [sys.executable, str(root / "benchmarks" / "poison.py"), "--quick", "--n-train", "600"]
         + ["--n-test", "150", "--epochs", "1", "--nc-steps", "10", "--skip", "ica,controls,5,6,7"]
-        + ["--out", str(out)],
+        + ["--target", "3", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=900,
@@ -110,6 +111,9 @@ def test_benchmark_script_smoke(tmp_path):
     res = json.loads(out.read_text())
     st = res["stages"]
     assert 0 <= st["badnets"]["attack_success_rate"] <= 1
+    # --target reaches the attack (the default target follows the data: 2 on GTSRB)
+    assert res["target"] == 3 and st["badnets"]["attack"]["target"] == 3
+    assert res["target_class_train_count"] == int((D.mnist5k("train").y[:600] == 3).sum())
     assert "advex spectral (whitened, robust rule z > 4)" in st["detectors"]
     assert any(k.startswith("advex STRIP") for k in st["strip"])
     assert st["badnets"]["cpu_s"] > 0 and res["advex_job_cpu_s"]["total"] > 0

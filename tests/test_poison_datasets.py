@@ -43,6 +43,7 @@ def test_gtsrb_shaped_data_gets_the_traffic_sign_recipe():
     for key in ("lr", "batch_size", "schedule", "label_smoothing", "weight_decay"):
         assert getattr(r, key) == GTSRB_SMALL_RECIPE[key]
     assert r.augment is None and r.seed == 3 and "gtsrb-cnn-small" in r.name
+    assert r.channels_last  # NHWC convolutions, as the zoo's gtsrb-cnn recipe
     kw = victim_arch_kwargs(r, ds)
     assert kw["num_classes"] == 43
     model = zoo.build(r.arch, **kw)
@@ -56,6 +57,35 @@ def test_other_data_gets_smallcnn(shape, k):
     ds = _images(20, shape, k)
     assert not is_gtsrb_shaped(ds)
     assert default_recipe(ds) == VictimRecipe()
+    assert not VictimRecipe().channels_last
+
+
+def test_channels_last_reaches_the_trainer(monkeypatch):
+    """The recipe's channels_last is what the trainer gets; the model comes back in the default
+    memory format (weights saved and loaded as usual) and still classifies as one trained on
+    NCHW tensors would (the same seeded steps, only the convolution layout differs)."""
+    import advex.zoo.traffic as T
+
+    seen = []
+    real = T.fit_sign_model
+
+    def spy(*a, **k):
+        seen.append(k["channels_last"])
+        return real(*a, **k)
+
+    monkeypatch.setattr(T, "fit_sign_model", spy)
+    ds = _images(64, (3, 32, 32), 43)
+    tiny = dataclasses.replace(
+        gtsrb_victim_recipe(), arch_kwargs={"width": 4, "standardize": True}, epochs=1
+    )
+    nhwc = train_victim(ds, tiny)
+    nchw = train_victim(ds, dataclasses.replace(tiny, channels_last=False))
+    assert seen == [True, False]
+    w = next(p for p in nhwc.parameters() if p.dim() == 4)
+    assert w.is_contiguous()  # handed back in the default (NCHW) layout
+    with torch.no_grad():
+        a, b = nhwc(ds.x), nchw(ds.x)
+    assert torch.allclose(a, b, atol=1e-3), float((a - b).abs().max())
 
 
 def test_gtsrb_arch_refuses_other_image_shapes():
