@@ -102,7 +102,7 @@ def test_benchmark_script_smoke(tmp_path):
     r = subprocess.run(
         [sys.executable, str(root / "benchmarks" / "poison.py"), "--quick", "--n-train", "600"]
         + ["--n-test", "150", "--epochs", "1", "--nc-steps", "10", "--skip", "ica,controls,5,6,7"]
-        + ["--target", "3", "--out", str(out)],
+        + ["--target", "3", "--trigger-size", "5", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=900,
@@ -114,6 +114,9 @@ def test_benchmark_script_smoke(tmp_path):
     # --target reaches the attack (the default target follows the data: 2 on GTSRB)
     assert res["target"] == 3 and st["badnets"]["attack"]["target"] == 3
     assert res["target_class_train_count"] == int((D.mnist5k("train").y[:600] == 3).sum())
+    # --trigger-size reaches the attack, and the JSON states the trigger's share of the image
+    assert res["trigger"]["size"] == 5 and st["badnets"]["attack"]["trigger"]["size"] == 5
+    assert res["trigger"]["image_share"] == round(25 / 784, 4)
     assert "advex spectral (whitened, robust rule z > 4)" in st["detectors"]
     assert any(k.startswith("advex STRIP") for k in st["strip"])
     assert st["badnets"]["cpu_s"] > 0 and res["advex_job_cpu_s"]["total"] > 0
