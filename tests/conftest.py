@@ -22,6 +22,23 @@ def datasets_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def sms_root(datasets_root) -> Path:
+    """The shared SMS Spam Collection folder (skips when it is absent)."""
+    root = datasets_root / "sms-spam-collection"
+    if not (root / "SMSSpamCollection").is_file():
+        pytest.skip(f"SMS Spam Collection not found at {root}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def sms_spam_cnn(sms_root):
+    """The zoo's word CNN spam filter (trained on first use, then cached)."""
+    from advex import zoo
+
+    return zoo.load("sms-spam-cnn", data_root=sms_root, progress=False)
+
+
+@pytest.fixture(scope="session")
 def mnist_model():
     """The zoo's MNIST SmallCNN (trained on first use, then cached)."""
     from advex import zoo

@@ -25,22 +25,6 @@ from advex.models.text import (
 )
 from advex.threats.text import EditBudget, char_edits, words_changed
 
-
-@pytest.fixture(scope="session")
-def sms_root(datasets_root):
-    root = datasets_root / "sms-spam-collection"
-    if not (root / "SMSSpamCollection").is_file():
-        pytest.skip(f"SMS Spam Collection not found at {root}")
-    return root
-
-
-@pytest.fixture(scope="session")
-def spam_cnn(sms_root):
-    from advex import zoo
-
-    return zoo.load("sms-spam-cnn", data_root=sms_root, progress=False)
-
-
 # -- data -------------------------------------------------------------------------------------
 
 
@@ -207,20 +191,20 @@ def test_tokenizers_round_trip(tmp_path):
 # -- zoo text models --------------------------------------------------------------------------
 
 
-def test_spam_cnn_meets_its_bar_and_is_padding_invariant(spam_cnn, sms_root):
+def test_sms_spam_cnn_meets_its_bar_and_is_padding_invariant(sms_spam_cnn, sms_root):
     test = sms_spam(sms_root, "test")
-    pred = spam_cnn(list(test.texts)).argmax(1)
+    pred = sms_spam_cnn(list(test.texts)).argmax(1)
     acc = float((pred == test.y).float().mean())
     recall = float((pred[test.y == 1] == 1).float().mean())
     assert acc >= 0.97 and recall >= 0.90, (acc, recall)
-    assert abs(acc - spam_cnn.card["accuracy"]) < 1e-6
-    assert spam_cnn.exposes == {"gradients", "scores", "labels"}
+    assert abs(acc - sms_spam_cnn.card["accuracy"]) < 1e-6
+    assert sms_spam_cnn.exposes == {"gradients", "scores", "labels"}
     texts = list(test.texts[:16])
-    batched = spam_cnn(texts)
-    single = torch.cat([spam_cnn([t]) for t in texts])
+    batched = sms_spam_cnn(texts)
+    single = torch.cat([sms_spam_cnn([t]) for t in texts])
     assert torch.allclose(batched, single, atol=1e-5)
     odd = ["", "😀😀😀", "x" * 100_000, "\x00\ufffd"]
-    assert spam_cnn(odd).shape == (4, 2)
+    assert sms_spam_cnn(odd).shape == (4, 2)
 
 
 def test_spam_tfidf_is_a_skops_black_box(sms_root):

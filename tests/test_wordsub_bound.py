@@ -32,18 +32,8 @@ except SynonymError as e:  # pragma: no cover - depends on the machine
 
 
 @pytest.fixture(scope="module")
-def sms_root(datasets_root):
-    root = datasets_root / "sms-spam-collection"
-    if not (root / "SMSSpamCollection").is_file():
-        pytest.skip(f"SMS Spam Collection not found at {root}")
-    return root
-
-
-@pytest.fixture(scope="module")
-def model(sms_root):
-    from advex import zoo
-
-    return zoo.load("sms-spam-cnn", data_root=sms_root, progress=False)
+def model(sms_spam_cnn):
+    return sms_spam_cnn
 
 
 @pytest.fixture(scope="module")
