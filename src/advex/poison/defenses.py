@@ -500,6 +500,11 @@ class STRIP:
         if balanced:
             y = reference.y  # check_dataset: one label per image
             self._by_class = [(y == c).nonzero().squeeze(1) for c in torch.unique(y).tolist()]
+            # the class tables of overlay_indices, built once: sizes, all indices by class,
+            # and where each class starts in them
+            self._class_sizes = torch.tensor([len(c) for c in self._by_class])
+            self._class_flat = torch.cat(self._by_class)
+            self._class_starts = torch.cumsum(self._class_sizes, 0) - self._class_sizes
         self.shared_indices: torch.Tensor | None = None
         if overlays == "shared":
             if self.n_overlays > len(reference.x):
@@ -531,13 +536,10 @@ class STRIP:
             return self.shared_indices.expand(b, -1)
         if self._by_class is None:
             return torch.randint(0, len(self.reference.x), (b, self.n_overlays), generator=g)
-        k = len(self._by_class)
-        sizes = torch.tensor([len(c) for c in self._by_class])
-        flat = torch.cat(self._by_class)
-        starts = torch.cumsum(sizes, 0) - sizes
-        cls = torch.arange(self.n_overlays) % k
+        sizes = self._class_sizes
+        cls = torch.arange(self.n_overlays) % len(sizes)
         r = (torch.rand(b, self.n_overlays, generator=g) * sizes[cls]).long()
-        return flat[starts[cls] + r.clamp_max(sizes[cls] - 1)]
+        return self._class_flat[self._class_starts[cls] + r.clamp_max(sizes[cls] - 1)]
 
     @torch.no_grad()
     def entropies(self, x: torch.Tensor) -> torch.Tensor:

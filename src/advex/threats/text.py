@@ -27,7 +27,7 @@ import torch
 
 try:  # optional: the compiled edit distance of the [text] extra
     from rapidfuzz.distance import OSA as _RF_OSA
-except ImportError:  # pragma: no cover - exercised by the fallback test
+except ImportError:  # pragma: no cover - without the [text] extra: the Python band below
     _RF_OSA = None
 
 __all__ = [
