@@ -57,7 +57,8 @@ def test_other_data_gets_smallcnn(shape, k):
     ds = _images(20, shape, k)
     assert not is_gtsrb_shaped(ds)
     assert default_recipe(ds) == VictimRecipe()
-    assert not VictimRecipe().channels_last
+    r = VictimRecipe()
+    assert (r.arch, r.epochs, r.channels_last, r.schedule) == ("smallcnn", 6, True, "cosine")
 
 
 def test_channels_last_reaches_the_trainer(monkeypatch):
@@ -166,3 +167,16 @@ def test_cli_poison_on_fashion_mnist(datasets_root, tmp_path):
     assert res["recipe"]["lr"] == VictimRecipe().lr  # the data's recipe, --epochs overridden
     assert res["n_poisoned"] == 50 and res["data"].startswith("fashion-mnist:")
     assert zoo.load(out).card["name"] == "poisoned-victim"
+
+
+def test_recipe_of_an_old_card_keeps_the_plain_path():
+    # a results.json written before `channels_last` existed was trained on the plain path; the
+    # new default (True) must not change how `advex scan --repair` retrains it
+    from advex.poison.runs import _recipe_of
+
+    old = {"recipe": {"arch": "smallcnn", "epochs": 4, "seed": 0}, "arch_kwargs": {"k": 1}}
+    recipe, kw = _recipe_of(old)
+    assert (recipe.epochs, recipe.channels_last, kw) == (4, False, {"k": 1})
+    new = {"recipe": {**VictimRecipe().__dict__, "arch_kwargs": {"k": 2}}}
+    recipe, kw = _recipe_of(new)
+    assert recipe == VictimRecipe() and recipe.channels_last and kw == {"k": 2}

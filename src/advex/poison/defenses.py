@@ -949,7 +949,7 @@ def unlearn(
     *,
     trigger_share: float = 0.2,
     random_share: float = 0.2,
-    epochs: int = 1,
+    epochs: int = 2,
     lr: float = 1e-3,
     batch_size: int = 64,
     seed: int = 0,
@@ -961,7 +961,11 @@ def unlearn(
     filled with a fresh uniform-random pattern, ``(1 − mask) x + mask u``, so that the model
     learns to ignore whatever the masked region holds, not only the one reversed pattern
     (the real trigger differs from its reversal; ``random_share=0`` is the paper's recipe).
-    Adam with a cosine schedule through :func:`advex.zoo.train`.
+    Adam with a cosine schedule through :func:`advex.zoo.train`, two epochs by default: the
+    paper's one epoch runs over 10 % of the training data (6,000 MNIST digits), a defender here
+    typically holds fewer (5,000 in the benchmark), and on the full-MNIST victims one epoch left
+    5.4-6.6 % attack success where two leave 3.0-4.4 % and lose less clean accuracy (the
+    cosine decay settles the fine-tuning; docs/poisoning.md).
 
     Args:
         model: the backdoored model (not modified).

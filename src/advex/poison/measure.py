@@ -35,7 +35,8 @@ class VictimRecipe:
     """How the victim is trained (the same recipe on poisoned and on clean data): Adam with
     cross-entropy through the one :class:`advex.training.Trainer`.
 
-    The default is the MNIST-sized recipe (``smallcnn``, 4 epochs, cosine); :func:`default_recipe`
+    The default is the MNIST-sized recipe (``smallcnn``, 6 epochs, cosine, channels-last);
+    :func:`default_recipe`
     picks the recipe for a dataset (:func:`gtsrb_victim_recipe` for GTSRB-shaped data), and
     :func:`measure`, :func:`advex.poison.runs.poison_run` and ``advex poison`` use it when no
     recipe is given.
@@ -53,8 +54,10 @@ class VictimRecipe:
         label_smoothing: cross-entropy label smoothing.
         channels_last: train the convolutions on channels-last (NHWC) tensors (the trainer's
             ``channels_last``; the model is handed back in the default layout), through
-            :func:`advex.zoo.traffic.fit_sign_model` as the traffic-sign recipes; ``False``
-            (default) keeps the MNIST recipe's plain :func:`advex.zoo.train` path.
+            :func:`advex.zoo.traffic.fit_sign_model` as the traffic-sign recipes (default:
+            an epoch of the MNIST recipe takes 0.65x the CPU of the plain path); ``False``
+            trains through the plain :func:`advex.zoo.train` path (the MNIST recipe before
+            2026-12: 4 epochs that way, the same CPU as 6 epochs now).
         name: what the recipe is, stated in ``results.json``.
 
     In every recipe the normalisation is the model's first layer: a trigger is stamped on the
@@ -62,7 +65,10 @@ class VictimRecipe:
     """
 
     arch: str = "smallcnn"
-    epochs: int = 4
+    #: 6, not 4: channels-last pays for the two extra epochs (the same job CPU), and the
+    #: 4-epoch backdoor was planted unreliably across seeds (docs/poisoning.md, "the MNIST
+    #: recipe")
+    epochs: int = 6
     lr: float = 1e-3
     batch_size: int = 64
     seed: int = 0
@@ -72,12 +78,12 @@ class VictimRecipe:
     schedule: str = "cosine"
     label_smoothing: float = 0.0
     name: str = "smallcnn"
-    channels_last: bool = False
+    channels_last: bool = True
 
 
 #: epochs of :func:`gtsrb_victim_recipe`: the zoo's ``gtsrb-cnn-small`` trains 3 with
 #: augmentation; the victim trains without it and longer, so that a 1 % poison set is seen
-#: about 1,600 times (MNIST's 4-epoch recipe: 2,400); measured in docs/poisoning.md
+#: about 1,600 times (MNIST's 6-epoch recipe: 3,600); measured in docs/poisoning.md
 GTSRB_VICTIM_EPOCHS = 8
 
 

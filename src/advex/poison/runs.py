@@ -339,6 +339,8 @@ def _recipe_of(card: dict) -> tuple[VictimRecipe, dict]:
     r = dict(card.get("recipe") or {})
     kw = r.pop("arch_kwargs", card.get("arch_kwargs", {}))
     fields = VictimRecipe.__dataclass_fields__
+    # a card written before a field existed was trained as that field's old default
+    r.setdefault("channels_last", False)
     recipe = VictimRecipe(**{k: v for k, v in r.items() if k in fields})
     return recipe, kw
 
