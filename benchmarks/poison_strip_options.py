@@ -121,7 +121,6 @@ def main() -> None:
         xc, yc = test.x[cal], test.y[cal]
         xt = attack.apply_trigger(xc[yc != attack.target], test.bounds)
         sel = float((strip.entropy(xt) >= s.threshold).float().mean())
-        th_roc = float(torch.quantile(s.entropy_clean.double(), args.frr))
         hc = s.entropy_calibration.double()
         z = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(args.frr)))
         th_n = float(hc.mean() + z * hc.std())
@@ -130,10 +129,8 @@ def main() -> None:
             "n_missed": int((s.entropy_triggered >= s.threshold).sum()),
             "selection_miss_rate": sel,
             "selection_n_triggered": len(xt),
-            "roc_miss_rate_at_frr": float((s.entropy_triggered >= th_roc).float().mean()),
-            "roc_miss_rate_firing_at_frr": float(
-                (s.entropy_triggered[s.fires] >= th_roc).float().mean()
-            ),
+            "roc_miss_rate_at_frr": s.miss_rate_at(args.frr),
+            "roc_miss_rate_firing_at_frr": s.miss_rate_at(args.frr, firing=True),
             "normal_fit": {
                 "threshold": th_n,
                 "false_rejection_rate": float((s.entropy_clean < th_n).float().mean()),

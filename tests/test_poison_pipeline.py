@@ -209,3 +209,20 @@ def test_strip_diagnosis_of_the_benchmark(run):
     }
     with pytest.raises(SystemExit, match="pool must be"):
         parse("add/shared/classes/100")
+
+
+def test_strip_result_roc_miss_rate_at_a_false_rejection_rate():
+    from advex.poison.defenses import StripResult
+
+    clean = torch.linspace(0.0, 1.0, 101)  # the 10 % quantile is 0.1
+    trig = torch.tensor([0.05, 0.08, 0.12, 0.5])
+    fires = torch.tensor([True, True, False, True])
+    s = StripResult(0.3, 0.1, 0.0, 0.0, None, 101, 4, {}, clean, trig, fires)
+    assert s.miss_rate_at(0.1) == 0.5  # 0.12 and 0.5 lie at or above 0.1
+    assert s.miss_rate_at(0.1, firing=True) == pytest.approx(1 / 3)  # 0.5 among 3 firing
+    assert s.miss_rate_at(0.0) == 1.0
+    none = StripResult(0.3, 0.1, 0.0, 0.0, None, 101, 4, {}, clean, trig, None)
+    assert none.miss_rate_at(0.1, firing=True) is None
+    # the oracle threshold the benchmarks used before this method (float32 comparison)
+    th = float(torch.quantile(clean.double(), 0.1))
+    assert s.miss_rate_at(0.1) == float((trig >= th).float().mean())

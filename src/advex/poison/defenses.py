@@ -632,6 +632,19 @@ class StripResult:
             return None
         return float((self.entropy_triggered[self.fires] >= self.threshold).float().mean())
 
+    def miss_rate_at(self, frr: float, *, firing: bool = False) -> float | None:
+        """The ROC curve's miss rate at exactly ``frr`` false rejections: the threshold is the
+        ``frr`` quantile of the *evaluation* clean entropies themselves (an oracle threshold,
+        for diagnosis; :attr:`miss_rate` is the deployable number). ``firing``: over the
+        triggered inputs on which the backdoor fires only."""
+        th = float(torch.quantile(self.entropy_clean.double(), float(frr)))
+        h = self.entropy_triggered
+        if firing:
+            if self.fires is None or not bool(self.fires.any()):
+                return None
+            h = h[self.fires]
+        return float((h >= th).float().mean())
+
     def to_dict(self) -> dict:
         return {
             "method": "strip",
