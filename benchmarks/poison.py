@@ -254,6 +254,12 @@ def main() -> int:
         + ", ".join(f"{k_} {v}" for k_, v in TRIGGER_SIZES.items()),
     )
     ap.add_argument("--nc-steps", type=int, default=None, help="Neural Cleanse steps per class")
+    ap.add_argument(
+        "--nc-batch",
+        type=int,
+        default=None,
+        help="Neural Cleanse batch size (default: the library's, 32)",
+    )
     ap.add_argument("--cache", default=None, help="keep/reuse trained models here")
     ap.add_argument(
         "--keep",
@@ -508,7 +514,10 @@ def main() -> int:
         perm = torch.randperm(len(test), generator=g)
         half = len(test) // 2
         clean, evalset = test.subset(perm[:half]), test.subset(perm[half:])
-        nc = P.neural_cleanse(m.model, clean.subset(min(n_nc, half)), steps=nc_steps)
+        nc_kw = {"steps": nc_steps}
+        if args.nc_batch:
+            nc_kw["batch_size"] = args.nc_batch
+        nc = P.neural_cleanse(m.model, clean.subset(min(n_nc, half)), **nc_kw)
         ncd = nc.to_dict()
         ncd["n_clean_reverse"] = min(n_nc, half)
         tgt = nc.suspected_target if nc.suspected_target is not None else nc.most_anomalous
@@ -560,6 +569,22 @@ def main() -> int:
             )
             print(ncd["unlearning"][-1], flush=True)
         ncd.update(ck.done())
+        if "controls" not in skip:
+            # the control: the same scan of the clean reference (same recipe, clean data)
+            # should flag nothing; not part of the job's CPU
+            c0 = Clock()
+            ncr = P.neural_cleanse(m.reference_model, clean.subset(min(n_nc, half)), **nc_kw)
+            ncd["control_clean_reference"] = {
+                "flagged_classes": ncr.flagged_classes,
+                "most_anomalous": ncr.most_anomalous,
+                "most_anomalous_index": ncr.anomaly_index[ncr.most_anomalous],
+                "l1_norms": ncr.l1_norms,
+                "anomaly_index": ncr.anomaly_index,
+                "steps_run": ncr.params["steps_run"],
+                **c0.done(),
+            }
+            ctl = ncd["control_clean_reference"]
+            print({k_: ctl[k_] for k_ in ("flagged_classes", "most_anomalous_index", "cpu_s")})
         ncd["ART NeuralCleanse"] = (
             "not run: art.defences.transformer.poisoning.NeuralCleanse raises NotImplementedError "
             "for non-Keras classifiers ('Only Keras classifiers are supported for this defence') "

@@ -226,3 +226,23 @@ def test_strip_result_roc_miss_rate_at_a_false_rejection_rate():
     # the oracle threshold the benchmarks used before this method (float32 comparison)
     th = float(torch.quantile(clean.double(), 0.1))
     assert s.miss_rate_at(0.1) == float((trig >= th).float().mean())
+
+
+def test_neural_cleanse_reverses_on_a_channels_last_copy():
+    """The reversal runs on a private channels-last copy (auto on CPU for a conv model): the
+    caller's model keeps its layout and weights, and the result matches the default layout up
+    to float rounding."""
+    torch.manual_seed(0)
+    model = zoo.build("smallcnn").eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    clean = D.mnist5k("test").subset(64)
+    cl = neural_cleanse(model, clean, classes=[3], steps=10, batch_size=16, early_stop=None)
+    plain = neural_cleanse(
+        model, clean, classes=[3], steps=10, batch_size=16, early_stop=None, channels_last=False
+    )
+    assert cl.params["layout"] == "channels_last" and plain.params["layout"] == "default"
+    assert all(p.is_contiguous() for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.requires_grad for p in model.parameters())
+    assert torch.allclose(cl.masks, plain.masks, atol=1e-3)
+    assert cl.l1_norms[0] == pytest.approx(plain.l1_norms[0], rel=1e-3)

@@ -10,7 +10,6 @@ and ends with the same numbers.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
@@ -28,6 +27,7 @@ from ..distributed import broadcast_object, is_distributed
 from ..distributed import rank as dist_rank
 from ..models.counting import BACKWARD_COST, counting_stage
 from ..models.guards import match_input_dtype
+from ..models.layout import fast_layout
 from ..report.table import verdict_text
 from ..threats import ThreatModel
 from ..training import check_amp
@@ -469,7 +469,7 @@ def evaluate(
     dev = model_device(model, device)
     amp = resolve_amp(amp_key, dev)
     view, adaptations = _adapt(model, adapt, eot_samples)
-    view, layout = _fast_layout(view, channels_last, dev)
+    view, layout = fast_layout(view, channels_last, dev)
     # what the model exposes (gradients / scores / labels), before any attack runs: a model
     # without usable gradients gets the black-box stages instead of an autograd error later
     with counting_stage(view, "probe"):
@@ -743,23 +743,6 @@ def _options(options: EvaluateOptions | None, run_options: dict[str, Any]) -> Ev
             + ", ".join(EvaluateOptions.__dataclass_fields__)
         )
     return dataclasses.replace(options, **run_options) if run_options else options
-
-
-def _fast_layout(view: Any, channels_last: bool | None, dev: torch.device) -> tuple[Any, str]:
-    """A channels-last copy of ``view`` when asked (or, with None, for a CPU conv model), and
-    the layout used (part of a resumable run's fingerprint: float rounding differs)."""
-    if channels_last is False or not isinstance(view, nn.Module):
-        return view, "default"
-    if channels_last is None:
-        if torch.device(dev).type != "cpu":
-            return view, "default"
-        if not any(isinstance(m, nn.Conv2d) for m in view.modules()):
-            return view, "default"
-    try:
-        twin = copy.deepcopy(view)
-    except Exception:  # an uncopyable model: attack it as it is
-        return view, "default"
-    return twin.to(memory_format=torch.channels_last), "channels_last"
 
 
 def _first_x(batches) -> torch.Tensor:

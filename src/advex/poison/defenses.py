@@ -36,6 +36,7 @@ from torch import nn
 from advex import zoo
 from advex.data import ArrayDataset
 
+from ..models.layout import as_layout, fast_layout
 from .attacks import PoisonAttack, check_dataset, features
 from .measure import VictimRecipe, accuracy, attack_success_rate, predict, train_victim
 
@@ -784,7 +785,7 @@ class NeuralCleanseResult:
 
 
 def _reverse_one(
-    model, x, target, *, steps, batch_size, lr, init_cost, success, g, lo, hi, early_stop
+    model, x, target, *, steps, batch_size, lr, init_cost, success, g, lo, hi, early_stop, layout
 ):
     """One class of Neural Cleanse; returns ``(mask, pattern, steps_run)``."""
     c, h, w = x.shape[1:]
@@ -806,7 +807,7 @@ def _reverse_one(
         xb = x[pick]
         mask = torch.tanh(mask_raw) / 2 + 0.5
         pattern = lo + (hi - lo) * (torch.tanh(pat_raw) / 2 + 0.5)
-        xa = (1 - mask) * xb + mask * pattern
+        xa = as_layout((1 - mask) * xb + mask * pattern, layout)
         logits = model(xa)
         tgt = torch.full((len(xb),), target, dtype=torch.int64)
         ce = F.cross_entropy(logits, tgt)
@@ -849,13 +850,14 @@ def neural_cleanse(
     *,
     classes=None,
     steps: int = 300,
-    batch_size: int = 128,
+    batch_size: int = 32,
     lr: float = 0.1,
     init_cost: float = 1e-3,
     success: float = 0.99,
     threshold: float = 2.0,
     early_stop: int | None = 5,
     seed: int = 0,
+    channels_last: bool | None = None,
 ) -> NeuralCleanseResult:
     """Neural Cleanse (Wang et al. 2019): for each class ``t``, find the smallest mask ``m``
     (H, W) and pattern ``p`` (C, H, W) with ``f((1 − m) x + m p) = t`` on clean ``x``, by
@@ -868,12 +870,17 @@ def neural_cleanse(
         model: the model to inspect (not modified; its weights are frozen while reversing).
         clean: clean labelled images (the defender's held-out set).
         steps, batch_size, lr, init_cost: the optimisation per class (``steps`` is the
-            most it runs).
+            most it runs). Batch 32, learning rate 0.1 and initial cost 1e-3 are the authors'
+            released GTSRB settings; batch 32 costs a quarter of the CPU per step of batch 128
+            and flags the same backdoors here (docs/poisoning.md).
         early_stop: stop a class once the cost has been both raised and lowered and its best
             mask norm has not improved by 1 % for this many checks (of 5 steps each), as in
             Wang et al.'s code; ``None`` runs every class for ``steps``.
         seed: each class draws its batches from its own generator (seeded from ``seed`` and
             the class), so a class's result does not depend on the others.
+        channels_last: reverse on a private channels-last copy of the model (about 0.7× the
+            CPU time of a class here); ``None``: when the model has a ``Conv2d`` and runs on
+            CPU. The caller's model is not converted.
 
     >>> nc = neural_cleanse(model, clean_subset)
     >>> nc.suspected_target, nc.anomaly_index
@@ -888,16 +895,18 @@ def neural_cleanse(
     if early_stop is not None and int(early_stop) < 1:
         raise ValueError(f"early_stop must be a positive count of checks or None, got {early_stop}")
     x = clean.x
-    was = model.training
-    model.eval()
-    flags = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+    net, layout = fast_layout(model, channels_last, dev)
+    was = net.training
+    net.eval()
+    flags = [p.requires_grad for p in net.parameters()]
+    for p in net.parameters():
         p.requires_grad_(False)
     masks, patterns, l1s, succ, ran = [], [], [], [], []
     try:
         for t in classes:
             m, p, n_steps = _reverse_one(
-                model,
+                net,
                 x,
                 t,
                 steps=steps,
@@ -909,6 +918,7 @@ def neural_cleanse(
                 lo=lo,
                 hi=hi,
                 early_stop=None if early_stop is None else int(early_stop),
+                layout=layout,
             )
             ran.append(n_steps)
             masks.append(m[0])
@@ -916,11 +926,11 @@ def neural_cleanse(
             l1s.append(float(m.sum()))
             with torch.no_grad():
                 xa = (1 - m) * x[:1000] + m * p
-                succ.append(float((predict(model, xa) == t).float().mean()))
+                succ.append(float((predict(net, xa) == t).float().mean()))
     finally:
-        for p_, f in zip(model.parameters(), flags, strict=True):
+        for p_, f in zip(net.parameters(), flags, strict=True):
             p_.requires_grad_(f)
-        model.train(was)
+        net.train(was)
     ai = anomaly_index(l1s)
     med = float(torch.tensor(l1s).median())
     flagged = [
@@ -947,6 +957,7 @@ def neural_cleanse(
             "init_cost": init_cost,
             "success": success,
             "early_stop": early_stop,
+            "layout": layout,
             "steps_run": ran,
             "seed": seed,
             "n_clean": len(clean),
