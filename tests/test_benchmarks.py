@@ -3,7 +3,6 @@ self-consistent. Speed is never asserted here (timings on a shared CI machine ar
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,16 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from benchscripts import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "run.py"
 
 
 def _load_run_module():
-    spec = importlib.util.spec_from_file_location("advex_benchmarks_run", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("run")
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+from benchscripts import load_benchmark
 
 from advex.attacks import BoundaryAttack, HopSkipJump, RayS
 from advex.attacks.decision import QueryCurve
@@ -161,13 +162,7 @@ def test_no_start_point_means_failure_not_crash():
 
 def test_benchmark_script_quick_smoke():
     """benchmarks/blackbox.py --quick (advex only): its counts agree and the numbers are sane."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "blackbox.py"
-    spec = importlib.util.spec_from_file_location("advex_bench_blackbox", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("blackbox")
     res = bench.main(["--quick", "--peers", "none"])
     mine = res["advex"]
     assert mine["queries_at_model"] == 2 * 300 and mine["max_queries_per_point"] == 300

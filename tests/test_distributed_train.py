@@ -19,6 +19,7 @@ import traceback
 
 import pytest
 import torch
+from benchscripts import load_benchmark
 from torch import nn
 
 from advex.training import TrainingInterrupted
@@ -269,14 +270,7 @@ def test_distributed_true_without_process_group(tmp_path):
 
 
 def _bench(name: str):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"advex_bench_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark(name)
 
 
 def test_distributed_train_benchmark_quick(tmp_path, capsys):

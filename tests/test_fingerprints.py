@@ -7,24 +7,17 @@ A deliberate change of behaviour re-records the affected cases with
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from benchscripts import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location(
-        "fingerprints", ROOT / "benchmarks" / "fingerprints.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["fingerprints"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("fingerprints")
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from benchscripts import load_benchmark
 
 from advex.attacks.apgd import APGD
 from advex.evaluate import PRESETS, evaluate
@@ -83,16 +84,9 @@ def test_measure_backward_cost(tiny_model):
 def test_autoattack_passes_benchmark_quick(mnist_model, tmp_path):
     # the smoke run of benchmarks/autoattack_passes.py: advex alone on the zoo CNN; its own
     # counts equal the counter's and the JSON is complete
-    import importlib.util
     import json
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location(
-        "autoattack_passes", root / "benchmarks" / "autoattack_passes.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("autoattack_passes")
     out = tmp_path / "r.json"
     mod.main(["--quick", "--out", str(out), "--markdown"])
     doc = json.loads(out.read_text())

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from benchscripts import load_benchmark
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -295,14 +296,9 @@ def test_cli_physical(gtsrb_stop, tmp_path):
 
 
 def test_benchmark_quick(gtsrb_stop, tmp_path, monkeypatch, capsys):
-    import importlib.util
     import sys
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "physical.py"
-    spec = importlib.util.spec_from_file_location("bench_physical", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("physical")
     out = tmp_path / "phys.json"
     monkeypatch.setattr(sys, "argv", ["physical.py", "--quick", "--out", str(out)])
     mod.main()

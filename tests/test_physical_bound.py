@@ -9,11 +9,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from benchscripts import load_benchmark
 from torch import nn
 
 from advex.attacks.base import ModelCaller
@@ -42,11 +40,7 @@ def _net(seed: int = 0, view: bool = False) -> nn.Module:
 
 
 def _bench():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "physical_bound.py"
-    spec = importlib.util.spec_from_file_location("bench_physical_bound", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("physical_bound")
 
 
 def test_chunked_logits_equal_unchunked_and_count_the_same():

@@ -15,7 +15,6 @@ need ``../shared/datasets`` (or ``$ADVEX_DATASETS``) and are skipped without it.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import re
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 
 import pytest
+from benchscripts import load_benchmark
 
 pytest.importorskip("fastapi", reason="the [web] extra (fastapi) is not installed")
 uvicorn = pytest.importorskip("uvicorn", reason="the [web] extra (uvicorn) is not installed")
@@ -376,11 +376,7 @@ def test_defend_toggle_compares_both_models(page, artifacts):
 
 def test_benchmark_round_trip_helper(page):
     """Smoke test of benchmarks/playground_browser.py's measurement (1 attack, 10 steps)."""
-    spec = importlib.util.spec_from_file_location(
-        "advex_bench_playground", ROOT / "benchmarks" / "playground_browser.py"
-    )
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("playground_browser")
     out = bench.measure_round_trips(page, 1, steps=10)
     assert out["round_trip_ms"]["n"] == 1 and out["round_trip_ms"]["min"] > 0
     assert out["server_elapsed_ms"]["median"] <= out["round_trip_ms"]["median"]

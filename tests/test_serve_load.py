@@ -5,6 +5,7 @@ clients; bad requests, the job cap and a client that hangs up."""
 from __future__ import annotations
 
 import pytest
+from benchscripts import load_benchmark
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -12,13 +13,7 @@ pytest.importorskip("uvicorn")
 
 def test_load_benchmark_quick(tmp_path):
     """benchmarks/serve_load.py --quick, shortened: a real server on a free loopback port."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py"
-    spec = importlib.util.spec_from_file_location("serve_load", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("serve_load")
     out = tmp_path / "load.json"
     res = mod.main(
         ["--quick", "--duration", "1.5", "--trips", "2", "--clients", "6", "--out", str(out)]

@@ -7,6 +7,7 @@ import csv
 import json
 
 import pytest
+from benchscripts import load_benchmark
 from click.testing import CliRunner
 
 from advex.cli import main
@@ -109,13 +110,7 @@ def test_user_csv_and_clear_errors(tmp_path):
 def test_benchmark_smoke(tmp_path):
     """``benchmarks/tabular.py --quick`` in a tiny configuration: every advex row valid, the LR
     ceiling respected, ART's row present (or the benchmark says why not)."""
-    import importlib.util
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "tabular.py"
-    spec = importlib.util.spec_from_file_location("advex_bench_tabular", script)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("tabular")
     argv = ["--quick", "--rows", "4", "--models", "lr", "--out", str(tmp_path / "b.json")]
     try:
         import art  # noqa: F401

@@ -4,22 +4,20 @@ TextAttack's venv are what the docs describe. Speed is never asserted here."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from benchscripts import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "textattack_compare.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("advex_textattack_compare", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("textattack_compare")
 
 
 def test_quick_run_without_textattack(tmp_path):

@@ -867,7 +867,8 @@ def neural_cleanse(
     ``threshold``, the paper's 2) is flagged as a backdoor target.
 
     Args:
-        model: the model to inspect (not modified; its weights are frozen while reversing).
+        model: the model to inspect (not modified: the reversal runs on a channels-last copy,
+            or on the model itself with its weights frozen and then restored).
         clean: clean labelled images (the defender's held-out set).
         steps, batch_size, lr, init_cost: the optimisation per class (``steps`` is the
             most it runs). Batch 32, learning rate 0.1 and initial cost 1e-3 are the authors'
