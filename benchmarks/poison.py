@@ -517,9 +517,10 @@ def main() -> int:
         nc_kw = {"steps": nc_steps}
         if args.nc_batch:
             nc_kw["batch_size"] = args.nc_batch
-        nc = P.neural_cleanse(m.model, clean.subset(min(n_nc, half)), **nc_kw)
+        reverse_set = clean.subset(min(n_nc, half))
+        nc = P.neural_cleanse(m.model, reverse_set, **nc_kw)
         ncd = nc.to_dict()
-        ncd["n_clean_reverse"] = min(n_nc, half)
+        ncd["n_clean_reverse"] = len(reverse_set)
         tgt = nc.suspected_target if nc.suspected_target is not None else nc.most_anomalous
         ncd["unlearned_class"] = tgt
         ncd["unlearned_class_flagged"] = nc.suspected_target is not None
@@ -573,7 +574,7 @@ def main() -> int:
             # the control: the same scan of the clean reference (same recipe, clean data)
             # should flag nothing; not part of the job's CPU
             c0 = Clock()
-            ncr = P.neural_cleanse(m.reference_model, clean.subset(min(n_nc, half)), **nc_kw)
+            ncr = P.neural_cleanse(m.reference_model, reverse_set, **nc_kw)
             ncd["control_clean_reference"] = {
                 "flagged_classes": ncr.flagged_classes,
                 "most_anomalous": ncr.most_anomalous,

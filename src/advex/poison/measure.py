@@ -36,10 +36,9 @@ class VictimRecipe:
     cross-entropy through the one :class:`advex.training.Trainer`.
 
     The default is the MNIST-sized recipe (``smallcnn``, 6 epochs, cosine, channels-last);
-    :func:`default_recipe`
-    picks the recipe for a dataset (:func:`gtsrb_victim_recipe` for GTSRB-shaped data), and
-    :func:`measure`, :func:`advex.poison.runs.poison_run` and ``advex poison`` use it when no
-    recipe is given.
+    :func:`default_recipe` picks the recipe for a dataset (:func:`gtsrb_victim_recipe` for
+    GTSRB-shaped data), and :func:`measure`, :func:`advex.poison.runs.poison_run` and
+    ``advex poison`` use it when no recipe is given.
 
     Args:
         arch: a :func:`advex.zoo.build` architecture. ``"smallcnn"`` adapts to the data's channel
@@ -56,8 +55,8 @@ class VictimRecipe:
             ``channels_last``; the model is handed back in the default layout), through
             :func:`advex.zoo.traffic.fit_sign_model` as the traffic-sign recipes (default:
             an epoch of the MNIST recipe takes 0.65x the CPU of the plain path); ``False``
-            trains through the plain :func:`advex.zoo.train` path (the MNIST recipe before
-            2026-12: 4 epochs that way, the same CPU as 6 epochs now).
+            trains through the plain :func:`advex.zoo.train` path (the MNIST recipe until
+            2026-11-30: 4 epochs that way, the same CPU as 6 epochs now).
         name: what the recipe is, stated in ``results.json``.
 
     In every recipe the normalisation is the model's first layer: a trigger is stamped on the
@@ -66,8 +65,8 @@ class VictimRecipe:
 
     arch: str = "smallcnn"
     #: 6, not 4: channels-last pays for the two extra epochs (the same job CPU), and the
-    #: 4-epoch backdoor was planted unreliably across seeds (docs/poisoning.md, "the MNIST
-    #: recipe")
+    #: 4-epoch backdoor was planted unreliably across seeds (docs/poisoning.md, "Why the
+    #: recipe changed, and what it cost")
     epochs: int = 6
     lr: float = 1e-3
     batch_size: int = 64
